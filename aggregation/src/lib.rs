@@ -1,0 +1,27 @@
+//! The learning logic of Conclave, free of I/O: checked job definitions ([`JobSpec`]), model
+//! parameter layouts ([`ModelLayout`]) and the aggregation strategies that turn a round's
+//! updates into the next global model ([`fedavg`]). Everything works on flat `f32` vectors;
+//! only the participant crate knows libtorch.
+//!
+//! ```
+//! use conclave_aggregation::fedavg::{weighted_mean, WeightedUpdate};
+//!
+//! let a = [1.0, 2.0];
+//! let b = [3.0, 6.0];
+//! let mean = weighted_mean(&[
+//!     WeightedUpdate { delta: &a, num_samples: 3 },
+//!     WeightedUpdate { delta: &b, num_samples: 1 },
+//! ])
+//! .unwrap();
+//! assert_eq!(mean, vec![1.5, 3.0]);
+//! ```
+
+mod error;
+pub mod fedavg;
+pub mod job;
+mod job_toml;
+pub mod model;
+
+pub use error::AggregationError;
+pub use job::{DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, TrainingConfig};
+pub use model::{ModelArch, ModelLayout, TensorSpec};

@@ -1,0 +1,81 @@
+//! The coordinator's error type and its one mapping to gRPC status codes.
+
+use conclave_aggregation::{AggregationError, JobError};
+use tonic::{Code, Status};
+
+/// Everything a coordinator request can fail with. Each variant names what was wrong;
+/// [`From<CoordinatorError> for Status`] is the single table from these to gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("unknown job {0:?}")]
+    UnknownJob(String),
+    #[error("job {job} has no model version {version} (latest is {latest})")]
+    UnknownModelVersion { job: String, version: u32, latest: u32 },
+    #[error("{0}")]
+    InvalidJob(#[from] JobError),
+    #[error("authentication failed: {0}")]
+    BadAuth(String),
+    #[error("nonce already used by {0}: replayed request refused")]
+    Replay(String),
+    #[error("{did} is not on job {job}'s admission list")]
+    NotAdmitted { job: String, did: String },
+    #[error("{did} has not joined job {job}")]
+    NotJoined { job: String, did: String },
+    #[error("{did} joined job {job} with another sealing key")]
+    KeyMismatch { job: String, did: String },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("update has {got} elements, the model has {expected}")]
+    WrongLength { expected: u64, got: u64 },
+    #[error("update element {index} is NaN or infinite")]
+    NonFinite { index: usize },
+    #[error("payload does not match the signed hash in the header")]
+    HashMismatch,
+    #[error("chunk of {size} bytes exceeds the limit of {max} bytes")]
+    ChunkTooLarge { size: usize, max: usize },
+    #[error("round {round} of job {job} is not open (current round: {current})")]
+    RoundNotOpen { job: String, round: u32, current: String },
+    #[error("{did} is not a participant of round {round}")]
+    NotInRound { did: String, round: u32 },
+    #[error("{did} already uploaded an update for round {round}")]
+    DuplicateUpload { did: String, round: u32 },
+    #[error("{did} already reported metrics for model version {version}")]
+    DuplicateReport { did: String, version: u32 },
+    #[error("job {0} has finished")]
+    JobFinished(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("aggregation: {0}")]
+    Aggregation(#[from] AggregationError),
+}
+
+impl CoordinatorError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        use CoordinatorError::*;
+        match self {
+            UnknownJob(_) | UnknownModelVersion { .. } => Code::NotFound,
+            InvalidJob(_) | InvalidRequest(_) | WrongLength { .. } | NonFinite { .. } | HashMismatch => {
+                Code::InvalidArgument
+            }
+            BadAuth(_) | Replay(_) => Code::Unauthenticated,
+            NotAdmitted { .. } | NotJoined { .. } => Code::PermissionDenied,
+            KeyMismatch { .. } | DuplicateUpload { .. } | DuplicateReport { .. } => Code::AlreadyExists,
+            ChunkTooLarge { .. } => Code::ResourceExhausted,
+            RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
+            Storage(_) | Aggregation(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CoordinatorError {
+    fn from(e: std::io::Error) -> Self {
+        CoordinatorError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,27 @@
+//! The Conclave coordinator: a gRPC server (tonic) that keeps jobs and their rounds, admits
+//! participants, hands them work over a server stream, collects their updates until all arrive
+//! or the round's deadline passes, aggregates them with the job's strategy, stores each global
+//! model version as safetensors, and aggregates the participants' evaluation metrics.
+//!
+//! Shaped like a small tokio server: [`server::serve`] accepts connections, the `service`
+//! module holds one thin adapter per gRPC service, and [`State`] holds all jobs behind narrow
+//! methods. Business logic never sees `tonic::Status`; [`CoordinatorError`] maps to it in one
+//! table. The coordinator never needs libtorch: models are flat `f32` vectors to it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let state = conclave_coordinator::State::open("coordinator-data".as_ref())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! conclave_coordinator::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod server;
+mod service;
+pub mod state;
+pub mod store;
+
+pub use error::CoordinatorError;
+pub use server::serve;
+pub use state::State;

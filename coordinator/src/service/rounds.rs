@@ -1,0 +1,126 @@
+//! The `Rounds` service: participants join, receive work, download models, upload updates and
+//! report metrics.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use conclave_proto::v1::{self, rounds_server::Rounds, upload_chunk::Part};
+use conclave_proto::MAX_CHUNK_BYTES;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::WorkCursor;
+use crate::{CoordinatorError, State};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves `conclave.v1.Rounds`.
+pub struct RoundsService {
+    pub(crate) state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl Rounds for RoundsService {
+    async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+        let req = request.into_inner();
+        let job = self.state.join(&req)?;
+        tracing::info!(job = %req.job_id, participant = %req.auth.unwrap_or_default().participant, "participant joined");
+        Ok(Response::new(v1::JoinResponse { job: Some(job) }))
+    }
+
+    type WorkStream = BoxStream<v1::WorkItem>;
+
+    async fn work(&self, request: Request<v1::WorkRequest>) -> Result<Response<Self::WorkStream>, Status> {
+        let req = request.into_inner();
+        let (did, mut changes) = self.state.subscribe(&req)?;
+        let (tx, rx) = mpsc::channel(8);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            let mut cursor = WorkCursor::default();
+            loop {
+                changes.borrow_and_update();
+                match state.pending_work(&req.job_id, &did, &mut cursor) {
+                    Ok(items) => {
+                        for item in items {
+                            if tx.send(Ok(item)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+                if cursor.is_done() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DownloadModelStream = BoxStream<v1::ModelChunk>;
+
+    async fn download_model(&self, request: Request<v1::DownloadModelRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let req = request.into_inner();
+        let (bytes, hash) = self.state.model(&req.job_id, req.model_version)?;
+        let total = bytes.len() as u64;
+        let chunks = (0..bytes.len().max(1)).step_by(MAX_CHUNK_BYTES).map(move |offset| {
+            let end = (offset + MAX_CHUNK_BYTES).min(bytes.len());
+            Ok(v1::ModelChunk {
+                offset: offset as u64,
+                data: bytes[offset..end].to_vec(),
+                total_bytes: if offset == 0 { total } else { 0 },
+                model_hash: if offset == 0 { hash.clone() } else { Vec::new() },
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn upload_update(&self, request: Request<Streaming<v1::UploadChunk>>) -> Result<Response<v1::UploadReceipt>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(v1::UploadChunk { part: Some(Part::Header(h)) })) => h,
+            Some(Ok(_)) => return Err(CoordinatorError::InvalidRequest("an upload must start with its header".into()).into()),
+            Some(Err(status)) => return Err(status),
+            None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
+        };
+        let ticket = self.state.check_upload(&header)?;
+        let expected_bytes = ticket.dim as usize * 4;
+        let mut payload = Vec::with_capacity(expected_bytes);
+        while let Some(chunk) = stream.next().await {
+            match chunk?.part {
+                Some(Part::Data(data)) => {
+                    if data.len() > MAX_CHUNK_BYTES {
+                        return Err(CoordinatorError::ChunkTooLarge { size: data.len(), max: MAX_CHUNK_BYTES }.into());
+                    }
+                    if payload.len() + data.len() > expected_bytes {
+                        let got = (payload.len() + data.len()) as u64 / 4;
+                        return Err(CoordinatorError::WrongLength { expected: ticket.dim, got }.into());
+                    }
+                    payload.extend_from_slice(&data);
+                }
+                _ => return Err(CoordinatorError::InvalidRequest("only data chunks may follow the header".into()).into()),
+            }
+        }
+        let state = Arc::clone(&self.state);
+        let receipt = v1::UploadReceipt { round: ticket.round, payload_hash: ticket.payload_hash.to_vec() };
+        tokio::task::spawn_blocking(move || state.accept_upload(&ticket, &payload))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::debug!(round = receipt.round, "update accepted");
+        Ok(Response::new(receipt))
+    }
+
+    async fn report_metrics(&self, request: Request<v1::MetricsReport>) -> Result<Response<v1::MetricsReceipt>, Status> {
+        self.state.report_metrics(&request.into_inner())?;
+        Ok(Response::new(v1::MetricsReceipt {}))
+    }
+}

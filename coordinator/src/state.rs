@@ -1,0 +1,623 @@
+//! `State`: the coordinator's jobs and rounds behind one lock, with narrow methods for each
+//! thing a request or the round driver may do. Every method validates its input first and
+//! changes nothing when it fails; every change is written to the [`Store`] before the method
+//! returns (and so before the client is answered).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conclave_aggregation::fedavg::{self, WeightedUpdate};
+use conclave_aggregation::{JobSpec, ModelLayout};
+use conclave_crypto::ParticipantId;
+use conclave_proto::v1::{self, work_item::Item};
+use conclave_proto::{NONCE_LEN, Signed};
+use prost::Message;
+use tokio::sync::{Notify, watch};
+
+use crate::CoordinatorError;
+use crate::store::{EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadRecord};
+
+/// Milliseconds since the Unix epoch: the coordinator's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Largest sample count a participant may claim for one update or evaluation.
+const MAX_SAMPLES: u64 = 1 << 40;
+/// Nonces remembered per job before the oldest half is forgotten (replays of forgotten nonces
+/// still fail: each state-changing request is also refused as a duplicate).
+const MAX_NONCES: usize = 1 << 20;
+
+struct Job {
+    spec: JobSpec,
+    layout: ModelLayout,
+    record: JobRecord,
+    /// Flat little-endian f32 parameters of `record.model_version`.
+    latest_model: Arc<Vec<u8>>,
+    nonces: HashSet<Vec<u8>>,
+    changes: watch::Sender<u64>,
+    wake: Arc<Notify>,
+}
+
+/// What a participant's work stream has already been sent.
+#[derive(Clone, Debug, Default)]
+pub struct WorkCursor {
+    evaluated: Option<u32>,
+    trained: Option<u32>,
+    done: bool,
+}
+
+impl WorkCursor {
+    /// Whether the job is over for this stream.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// An upload whose signed header has been checked; its payload is still to come.
+#[derive(Debug)]
+pub struct UploadTicket {
+    pub job: String,
+    pub round: u32,
+    pub did: ParticipantId,
+    pub num_samples: u64,
+    pub dim: u64,
+    pub payload_hash: [u8; 32],
+}
+
+/// The coordinator's state.
+pub struct State {
+    store: Store,
+    jobs: Mutex<BTreeMap<String, Job>>,
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Decodes little-endian f32s, refusing NaN and infinities.
+pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(CoordinatorError::NonFinite { index }),
+        None => Ok(values),
+    }
+}
+
+/// Checks a signed request's signature and returns the signer. The nonce is checked against
+/// the job's memory separately, under the lock.
+pub fn authenticate<T: Signed>(req: &T) -> Result<(ParticipantId, Vec<u8>), CoordinatorError> {
+    let auth = req.auth().ok_or_else(|| CoordinatorError::BadAuth("request is not signed".into()))?;
+    let did = ParticipantId::parse(&auth.participant).map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+    if auth.nonce.len() != NONCE_LEN {
+        return Err(CoordinatorError::BadAuth(format!("nonce must be {NONCE_LEN} bytes")));
+    }
+    did.verify(&req.signing_bytes(), &auth.signature).map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+    Ok((did, auth.nonce.clone()))
+}
+
+impl Job {
+    fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    fn consume_nonce(&mut self, did: &ParticipantId, nonce: &[u8]) -> Result<(), CoordinatorError> {
+        let mut key = did.as_str().as_bytes().to_vec();
+        key.extend_from_slice(nonce);
+        if self.nonces.contains(&key) {
+            return Err(CoordinatorError::Replay(did.to_string()));
+        }
+        if self.nonces.len() >= MAX_NONCES {
+            let keep: HashSet<Vec<u8>> = self.nonces.drain().skip(MAX_NONCES / 2).collect();
+            self.nonces = keep;
+        }
+        self.nonces.insert(key);
+        Ok(())
+    }
+
+    fn is_joined(&self, did: &ParticipantId) -> bool {
+        self.record.participants.iter().any(|p| p.did == did.as_str())
+    }
+
+    fn require_joined(&self, did: &ParticipantId) -> Result<(), CoordinatorError> {
+        if self.is_joined(did) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::NotJoined { job: self.id().into(), did: did.to_string() })
+        }
+    }
+
+    fn open_round(&self) -> Option<&RoundRecord> {
+        self.record.rounds.last().filter(|r| r.status == RoundStatus::Open)
+    }
+
+    fn model_hash(&self, version: u32) -> Vec<u8> {
+        hex_to_bytes(&self.record.model_hashes[version as usize])
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v += 1);
+        self.wake.notify_one();
+    }
+
+    /// Opens the next round for every participant who has joined.
+    fn open_next_round(&mut self, now: u64) {
+        let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
+        self.record.rounds.push(RoundRecord {
+            round,
+            status: RoundStatus::Open,
+            base_version: self.record.model_version,
+            result_version: None,
+            expected: self.record.participants.iter().map(|p| p.did.clone()).collect(),
+            uploads: Vec::new(),
+            deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
+        });
+    }
+
+    fn info(&self) -> v1::JobInfo {
+        let r = &self.record;
+        let state = if r.finished {
+            v1::JobState::Finished
+        } else if r.rounds.is_empty() {
+            v1::JobState::Waiting
+        } else {
+            v1::JobState::Running
+        };
+        v1::JobInfo {
+            job_id: r.id.clone(),
+            spec: Some(self.spec.to_proto()),
+            state: state.into(),
+            model_version: r.model_version,
+            dim: self.layout.dim() as u64,
+            participants: r.participants.iter().map(|p| p.did.clone()).collect(),
+            rounds: r
+                .rounds
+                .iter()
+                .map(|round| v1::RoundSummary {
+                    round: round.round,
+                    state: match round.status {
+                        RoundStatus::Open => v1::RoundState::Open,
+                        RoundStatus::Closed => v1::RoundState::Closed,
+                        RoundStatus::Failed => v1::RoundState::Failed,
+                    }
+                    .into(),
+                    base_version: round.base_version,
+                    result_version: round.result_version.unwrap_or(0),
+                    expected: round.expected.clone(),
+                    uploaded: round.uploads.iter().map(|u| u.did.clone()).collect(),
+                    total_samples: round.uploads.iter().map(|u| u.num_samples).sum(),
+                    deadline_unix_ms: round.deadline_unix_ms,
+                })
+                .collect(),
+            evaluations: r
+                .evaluations
+                .iter()
+                .map(|(&version, reports)| {
+                    let n: u64 = reports.iter().map(|e| e.num_examples).sum();
+                    let mean = |f: fn(&EvalRecord) -> f64| {
+                        reports.iter().map(|e| f(e) * e.num_examples as f64).sum::<f64>() / n.max(1) as f64
+                    };
+                    v1::Evaluation {
+                        model_version: version,
+                        loss: mean(|e| e.loss),
+                        accuracy: mean(|e| e.accuracy),
+                        num_examples: n,
+                        reports: reports.len() as u32,
+                    }
+                })
+                .collect(),
+            created_unix_ms: r.created_unix_ms,
+        }
+    }
+}
+
+fn hex_to_bytes(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap_or_default()
+}
+
+impl State {
+    /// Opens the data directory and loads every job in it. Call [`State::start_drivers`]
+    /// from inside a tokio runtime to resume their rounds.
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
+        let store = Store::open(data_dir)?;
+        let mut jobs = BTreeMap::new();
+        for record in store.load_jobs()? {
+            let wire = hex::decode(&record.spec)
+                .ok()
+                .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok())
+                .ok_or_else(|| CoordinatorError::Storage(format!("job {}: stored spec is unreadable", record.id)))?;
+            let spec = JobSpec::from_proto(&wire)?;
+            let layout = spec.layout();
+            let model = layout.from_safetensors(&store.load_model(&record.id, record.model_version)?)?;
+            let latest_model = Arc::new(f32_bytes(&model));
+            if hash_hex(&latest_model) != record.model_hashes[record.model_version as usize] {
+                return Err(CoordinatorError::Storage(format!("job {}: model file does not match its hash", record.id)));
+            }
+            let job = Job {
+                spec,
+                layout,
+                latest_model,
+                nonces: HashSet::new(),
+                changes: watch::channel(0).0,
+                wake: Arc::new(Notify::new()),
+                record,
+            };
+            jobs.insert(job.record.id.clone(), job);
+        }
+        Ok(Arc::new(Self { store, jobs: Mutex::new(jobs) }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
+        // A panic while holding the lock cannot leave a half-applied change on disk (records
+        // are written whole), so the in-memory map is still the last durable state.
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with_job<R>(&self, id: &str, f: impl FnOnce(&mut Job, &Store) -> Result<R, CoordinatorError>) -> Result<R, CoordinatorError> {
+        let mut jobs = self.lock();
+        let job = jobs.get_mut(id).ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
+        f(job, &self.store)
+    }
+
+    /// Starts the round driver of every unfinished job.
+    pub fn start_drivers(self: &Arc<Self>) {
+        let ids: Vec<String> = self.lock().iter().filter(|(_, j)| !j.record.finished).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            self.spawn_driver(id);
+        }
+    }
+
+    /// Checks and stores a new job with its initial model (version 0); returns its id.
+    pub fn create_job(self: &Arc<Self>, wire: &v1::JobSpec) -> Result<String, CoordinatorError> {
+        let spec = JobSpec::from_proto(wire)?;
+        let layout = spec.layout();
+        let id = format!("j-{}", hex::encode(conclave_crypto::random_bytes::<8>()));
+        let model = layout.init(spec.seed);
+        let latest_model = Arc::new(f32_bytes(&model));
+        self.store.save_model(&id, 0, &layout.to_safetensors(&model)?)?;
+        let record = JobRecord {
+            id: id.clone(),
+            spec: hex::encode(spec.to_proto().encode_to_vec()),
+            created_unix_ms: now_ms(),
+            participants: Vec::new(),
+            model_version: 0,
+            model_hashes: vec![hash_hex(&latest_model)],
+            rounds: Vec::new(),
+            evaluations: BTreeMap::new(),
+            finished: false,
+        };
+        self.store.save_job(&record)?;
+        let job = Job {
+            spec,
+            layout,
+            record,
+            latest_model,
+            nonces: HashSet::new(),
+            changes: watch::channel(0).0,
+            wake: Arc::new(Notify::new()),
+        };
+        self.lock().insert(id.clone(), job);
+        self.spawn_driver(id.clone());
+        Ok(id)
+    }
+
+    /// A job's public state.
+    pub fn job_info(&self, id: &str) -> Result<v1::JobInfo, CoordinatorError> {
+        self.with_job(id, |job, _| Ok(job.info()))
+    }
+
+    /// Every job, oldest first.
+    pub fn list_jobs(&self) -> Vec<v1::JobInfo> {
+        let jobs = self.lock();
+        let mut out: Vec<_> = jobs.values().map(Job::info).collect();
+        out.sort_by_key(|j| j.created_unix_ms);
+        out
+    }
+
+    /// Admits a participant to a job (idempotent for the same keys) and opens the first round
+    /// once `min_participants` have joined.
+    pub fn join(&self, req: &v1::JoinRequest) -> Result<v1::JobInfo, CoordinatorError> {
+        let (did, nonce) = authenticate(req)?;
+        let sealing_key: [u8; 32] = req
+            .x25519_public
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoordinatorError::InvalidRequest(format!("x25519_public must be 32 bytes, got {}", req.x25519_public.len())))?;
+        self.with_job(&req.job_id, |job, store| {
+            if job.record.finished {
+                return Err(CoordinatorError::JobFinished(job.id().into()));
+            }
+            if !job.spec.admission.is_empty() && !job.spec.admission.contains(&did) {
+                return Err(CoordinatorError::NotAdmitted { job: job.id().into(), did: did.to_string() });
+            }
+            let key_hex = hex::encode(sealing_key);
+            if let Some(existing) = job.record.participants.iter().find(|p| p.did == did.as_str()) {
+                if existing.sealing_key != key_hex {
+                    return Err(CoordinatorError::KeyMismatch { job: job.id().into(), did: did.to_string() });
+                }
+                job.consume_nonce(&did, &nonce)?;
+                return Ok(job.info());
+            }
+            job.consume_nonce(&did, &nonce)?;
+            let mut record = job.record.clone();
+            record.participants.push(ParticipantRecord { did: did.to_string(), sealing_key: key_hex });
+            let before = std::mem::replace(&mut job.record, record);
+            if job.record.rounds.is_empty() && job.record.participants.len() >= job.spec.min_participants as usize {
+                job.open_next_round(now_ms());
+            }
+            if let Err(e) = store.save_job(&job.record) {
+                job.record = before;
+                return Err(e);
+            }
+            job.bump();
+            Ok(job.info())
+        })
+    }
+
+    /// Authenticates a work-stream request and returns a receiver of the job's change signal.
+    pub fn subscribe(&self, req: &v1::WorkRequest) -> Result<(ParticipantId, watch::Receiver<u64>), CoordinatorError> {
+        let (did, nonce) = authenticate(req)?;
+        self.with_job(&req.job_id, |job, _| {
+            job.require_joined(&did)?;
+            job.consume_nonce(&did, &nonce)?;
+            Ok((did, job.changes.subscribe()))
+        })
+    }
+
+    /// The work items a participant has not been sent yet, in the order to do them.
+    pub fn pending_work(&self, job_id: &str, did: &ParticipantId, cursor: &mut WorkCursor) -> Result<Vec<v1::WorkItem>, CoordinatorError> {
+        self.with_job(job_id, |job, _| {
+            let mut items = Vec::new();
+            if cursor.done {
+                return Ok(Vec::new());
+            }
+            let r = &job.record;
+            let v = r.model_version;
+            let reported = r.evaluations.get(&v).is_some_and(|e| e.iter().any(|x| x.did == did.as_str()));
+            if cursor.evaluated != Some(v) && !reported {
+                items.push(Item::Evaluate(v1::EvaluateTask { model_version: v, model_hash: job.model_hash(v) }));
+                cursor.evaluated = Some(v);
+            }
+            if let Some(round) = job.open_round() {
+                let expected = round.expected.iter().any(|d| d == did.as_str());
+                let uploaded = round.uploads.iter().any(|u| u.did == did.as_str());
+                if expected && !uploaded && cursor.trained != Some(round.round) {
+                    items.push(Item::Train(v1::TrainTask {
+                        round: round.round,
+                        model_version: round.base_version,
+                        model_hash: job.model_hash(round.base_version),
+                        deadline_unix_ms: round.deadline_unix_ms,
+                    }));
+                    cursor.trained = Some(round.round);
+                }
+            }
+            if r.finished {
+                items.push(Item::Done(v1::JobDone { state: v1::JobState::Finished.into(), final_model_version: v }));
+                cursor.done = true;
+            }
+            Ok(items.into_iter().map(|item| v1::WorkItem { item: Some(item) }).collect())
+        })
+    }
+
+    /// A model version's flat parameters (little-endian f32) and their BLAKE3 hash.
+    pub fn model(&self, job_id: &str, version: u32) -> Result<(Arc<Vec<u8>>, Vec<u8>), CoordinatorError> {
+        let (latest, hash, layout) = self.with_job(job_id, |job, _| {
+            let latest = job.record.model_version;
+            if version > latest {
+                return Err(CoordinatorError::UnknownModelVersion { job: job.id().into(), version, latest });
+            }
+            let cached = (version == latest).then(|| job.latest_model.clone());
+            Ok((cached, job.model_hash(version), job.layout.clone()))
+        })?;
+        if let Some(bytes) = latest {
+            return Ok((bytes, hash));
+        }
+        let params = layout.from_safetensors(&self.store.load_model(job_id, version)?)?;
+        Ok((Arc::new(f32_bytes(&params)), hash))
+    }
+
+    /// Checks a signed upload header before any payload is read.
+    pub fn check_upload(&self, header: &v1::UploadHeader) -> Result<UploadTicket, CoordinatorError> {
+        let (did, nonce) = authenticate(header)?;
+        let payload_hash: [u8; 32] = header
+            .payload_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoordinatorError::InvalidRequest("payload_hash must be 32 bytes".into()))?;
+        if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
+            return Err(CoordinatorError::InvalidRequest(format!("num_samples must be between 1 and {MAX_SAMPLES}")));
+        }
+        self.with_job(&header.job_id, |job, _| {
+            job.require_joined(&did)?;
+            check_round_upload(job, header.round, &did)?;
+            let dim = job.layout.dim() as u64;
+            if header.dim != dim {
+                return Err(CoordinatorError::WrongLength { expected: dim, got: header.dim });
+            }
+            job.consume_nonce(&did, &nonce)?;
+            Ok(UploadTicket {
+                job: job.id().into(),
+                round: header.round,
+                did,
+                num_samples: header.num_samples,
+                dim,
+                payload_hash,
+            })
+        })
+    }
+
+    /// Stores a complete, checked upload. Durable before it returns.
+    pub fn accept_upload(&self, ticket: &UploadTicket, payload: &[u8]) -> Result<(), CoordinatorError> {
+        if payload.len() as u64 != ticket.dim * 4 {
+            return Err(CoordinatorError::WrongLength { expected: ticket.dim, got: payload.len() as u64 / 4 });
+        }
+        if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
+            return Err(CoordinatorError::HashMismatch);
+        }
+        decode_f32(payload)?;
+        let staged = self.store.stage_update(&ticket.job, ticket.round, ticket.did.as_str(), payload)?;
+        let result = self.with_job(&ticket.job, |job, store| {
+            check_round_upload(job, ticket.round, &ticket.did)?;
+            let mut record = job.record.clone();
+            let round = record.rounds.last_mut().expect("check_round_upload found an open round");
+            round.uploads.push(UploadRecord {
+                did: ticket.did.to_string(),
+                num_samples: ticket.num_samples,
+                payload_hash: hex::encode(ticket.payload_hash),
+            });
+            store.commit_update(&staged, &ticket.job, ticket.round, ticket.did.as_str())?;
+            store.save_job(&record)?;
+            job.record = record;
+            job.bump();
+            Ok(())
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        result
+    }
+
+    /// Records a participant's evaluation of a model version.
+    pub fn report_metrics(&self, req: &v1::MetricsReport) -> Result<(), CoordinatorError> {
+        let (did, nonce) = authenticate(req)?;
+        let ok = req.loss.is_finite() && req.loss >= 0.0 && (0.0..=1.0).contains(&req.accuracy);
+        if !ok {
+            return Err(CoordinatorError::InvalidRequest("loss must be finite and >= 0, accuracy in [0, 1]".into()));
+        }
+        if req.num_examples == 0 || req.num_examples > MAX_SAMPLES {
+            return Err(CoordinatorError::InvalidRequest(format!("num_examples must be between 1 and {MAX_SAMPLES}")));
+        }
+        self.with_job(&req.job_id, |job, store| {
+            job.require_joined(&did)?;
+            let latest = job.record.model_version;
+            if req.model_version > latest {
+                return Err(CoordinatorError::UnknownModelVersion { job: job.id().into(), version: req.model_version, latest });
+            }
+            let reports = job.record.evaluations.get(&req.model_version);
+            if reports.is_some_and(|r| r.iter().any(|e| e.did == did.as_str())) {
+                return Err(CoordinatorError::DuplicateReport { did: did.to_string(), version: req.model_version });
+            }
+            job.consume_nonce(&did, &nonce)?;
+            let mut record = job.record.clone();
+            record.evaluations.entry(req.model_version).or_default().push(EvalRecord {
+                did: did.to_string(),
+                loss: req.loss,
+                accuracy: req.accuracy,
+                num_examples: req.num_examples,
+            });
+            store.save_job(&record)?;
+            job.record = record;
+            job.bump();
+            Ok(())
+        })
+    }
+
+    /// Closes the open round if every expected participant uploaded or its deadline passed:
+    /// aggregates it (or fails it, with fewer than `min_participants` uploads), then opens the
+    /// next round or finishes the job. Returns the open round's deadline, if any remains.
+    pub fn advance(&self, job_id: &str, now: u64) -> Result<Option<u64>, CoordinatorError> {
+        self.with_job(job_id, |job, store| {
+            let Some(round) = job.open_round() else { return Ok(None) };
+            let complete = round.uploads.len() == round.expected.len();
+            if !complete && now < round.deadline_unix_ms {
+                return Ok(Some(round.deadline_unix_ms));
+            }
+            let round = round.clone();
+            let mut record = job.record.clone();
+            let mut new_model = None;
+            let closed = record.rounds.last_mut().expect("open round exists");
+            if round.uploads.len() >= job.spec.min_participants as usize && !round.uploads.is_empty() {
+                let updates = round
+                    .uploads
+                    .iter()
+                    .map(|u| Ok((decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?, u.num_samples)))
+                    .collect::<Result<Vec<_>, CoordinatorError>>()?;
+                let weighted: Vec<_> = updates.iter().map(|(d, n)| WeightedUpdate { delta: d, num_samples: *n }).collect();
+                let mean = fedavg::weighted_mean(&weighted)?;
+                let mut params = decode_f32(&job.latest_model)?;
+                fedavg::apply(&mut params, &mean)?;
+                let version = record.model_version + 1;
+                store.save_model(job.id(), version, &job.layout.to_safetensors(&params)?)?;
+                let bytes = f32_bytes(&params);
+                record.model_hashes.push(hash_hex(&bytes));
+                record.model_version = version;
+                closed.status = RoundStatus::Closed;
+                closed.result_version = Some(version);
+                new_model = Some(bytes);
+            } else {
+                closed.status = RoundStatus::Failed;
+            }
+            let before = std::mem::replace(&mut job.record, record);
+            if round.round >= job.spec.rounds {
+                job.record.finished = true;
+            } else {
+                job.open_next_round(now);
+            }
+            if let Err(e) = store.save_job(&job.record) {
+                job.record = before;
+                return Err(e);
+            }
+            if let Some(bytes) = new_model {
+                job.latest_model = Arc::new(bytes);
+            }
+            store.drop_round_updates(job.id(), round.round)?;
+            job.bump();
+            Ok(job.open_round().map(|r| r.deadline_unix_ms))
+        })
+    }
+
+    fn spawn_driver(self: &Arc<Self>, job_id: String) {
+        let Ok(wake) = self.with_job(&job_id, |job, _| Ok(job.wake.clone())) else { return };
+        let state = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let s = Arc::clone(&state);
+                let id = job_id.clone();
+                let next = tokio::task::spawn_blocking(move || s.advance(&id, now_ms())).await;
+                match next {
+                    Ok(Ok(Some(deadline))) => {
+                        let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = wake.notified() => {}
+                        }
+                    }
+                    Ok(Ok(None)) => {
+                        if state.with_job(&job_id, |job, _| Ok(job.record.finished)).unwrap_or(true) {
+                            break;
+                        }
+                        wake.notified().await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(job = %job_id, error = %e, "round driver failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %job_id, error = %e, "round driver panicked");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), CoordinatorError> {
+    let Some(open) = job.open_round().filter(|r| r.round == round) else {
+        let current = job.open_round().map_or("none".to_string(), |r| r.round.to_string());
+        return Err(CoordinatorError::RoundNotOpen { job: job.id().into(), round, current });
+    };
+    if !open.expected.iter().any(|d| d == did.as_str()) {
+        return Err(CoordinatorError::NotInRound { did: did.to_string(), round });
+    }
+    if open.uploads.iter().any(|u| u.did == did.as_str()) {
+        return Err(CoordinatorError::DuplicateUpload { did: did.to_string(), round });
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Durable storage of the coordinator's state in its data directory:
+//!
+//! ```text
+//! DATA_DIR/jobs/<job-id>/job.json                  job record (spec, participants, rounds, metrics)
+//! DATA_DIR/jobs/<job-id>/models/v<N>.safetensors   global model version N
+//! DATA_DIR/jobs/<job-id>/rounds/<r>/<id>.update    accepted update of one participant (f32 LE)
+//! ```
+//!
+//! Every write goes to a temporary file that is fsync'd and renamed into place, then the
+//! directory is fsync'd, so a crash leaves either the old or the new file, and anything
+//! acknowledged to a client is on disk.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorError;
+
+/// A participant as recorded at join.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantRecord {
+    pub did: String,
+    pub sealing_key: String,
+}
+
+/// State of a round.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundStatus {
+    Open,
+    Closed,
+    Failed,
+}
+
+/// An accepted upload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UploadRecord {
+    pub did: String,
+    pub num_samples: u64,
+    pub payload_hash: String,
+}
+
+/// One round of a job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub status: RoundStatus,
+    pub base_version: u32,
+    pub result_version: Option<u32>,
+    pub expected: Vec<String>,
+    pub uploads: Vec<UploadRecord>,
+    pub deadline_unix_ms: u64,
+}
+
+/// One participant's evaluation of one model version.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalRecord {
+    pub did: String,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub num_examples: u64,
+}
+
+/// Everything the coordinator keeps about a job, apart from model and update vectors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    /// The job's `v1::JobSpec`, protobuf-encoded, hex; checked again when loaded.
+    pub spec: String,
+    pub created_unix_ms: u64,
+    pub participants: Vec<ParticipantRecord>,
+    pub model_version: u32,
+    /// BLAKE3 (hex) of each model version's flat parameters, index = version.
+    pub model_hashes: Vec<String>,
+    pub rounds: Vec<RoundRecord>,
+    pub evaluations: BTreeMap<u32, Vec<EvalRecord>>,
+    pub finished: bool,
+}
+
+/// The data directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) a data directory.
+    pub fn open(root: &Path) -> Result<Self, CoordinatorError> {
+        fs::create_dir_all(root.join("jobs"))?;
+        Ok(Self { root: root.to_owned() })
+    }
+
+    fn job_dir(&self, job: &str) -> PathBuf {
+        self.root.join("jobs").join(job)
+    }
+
+    /// Path of a stored model version.
+    pub fn model_path(&self, job: &str, version: u32) -> PathBuf {
+        self.job_dir(job).join("models").join(format!("v{version}.safetensors"))
+    }
+
+    fn update_path(&self, job: &str, round: u32, did: &str) -> PathBuf {
+        // did:key strings are base58 after the prefix: safe in file names once ':' is replaced.
+        self.job_dir(job).join("rounds").join(round.to_string()).join(format!("{}.update", did.replace(':', "_")))
+    }
+
+    /// Every stored job record.
+    pub fn load_jobs(&self) -> Result<Vec<JobRecord>, CoordinatorError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.root.join("jobs"))? {
+            let path = entry?.path().join("job.json");
+            if !path.exists() {
+                continue;
+            }
+            let text = fs::read_to_string(&path)?;
+            let record: JobRecord = serde_json::from_str(&text)
+                .map_err(|e| CoordinatorError::Storage(format!("{}: {e}", path.display())))?;
+            out.push(record);
+        }
+        out.sort_by_key(|r| r.created_unix_ms);
+        Ok(out)
+    }
+
+    /// Durably writes a job record.
+    pub fn save_job(&self, record: &JobRecord) -> Result<(), CoordinatorError> {
+        let json = serde_json::to_vec_pretty(record).map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+        write_atomic(&self.job_dir(&record.id).join("job.json"), &json)
+    }
+
+    /// Durably writes a model version.
+    pub fn save_model(&self, job: &str, version: u32, safetensors: &[u8]) -> Result<(), CoordinatorError> {
+        write_atomic(&self.model_path(job, version), safetensors)
+    }
+
+    /// Reads a model version's safetensors bytes.
+    pub fn load_model(&self, job: &str, version: u32) -> Result<Vec<u8>, CoordinatorError> {
+        Ok(fs::read(self.model_path(job, version))?)
+    }
+
+    /// Durably writes an update under a temporary name; [`Store::commit_update`] moves it in place.
+    pub fn stage_update(&self, job: &str, round: u32, did: &str, payload: &[u8]) -> Result<PathBuf, CoordinatorError> {
+        let path = self.update_path(job, round, did);
+        let staged = path.with_extension(format!("staged-{}", hex::encode(conclave_crypto::random_bytes::<8>())));
+        write_synced(&staged, payload)?;
+        Ok(staged)
+    }
+
+    /// Moves a staged update to its final name.
+    pub fn commit_update(&self, staged: &Path, job: &str, round: u32, did: &str) -> Result<(), CoordinatorError> {
+        let path = self.update_path(job, round, did);
+        fs::rename(staged, &path)?;
+        sync_dir(&path)
+    }
+
+    /// Reads an accepted update.
+    pub fn load_update(&self, job: &str, round: u32, did: &str) -> Result<Vec<u8>, CoordinatorError> {
+        Ok(fs::read(self.update_path(job, round, did))?)
+    }
+
+    /// Deletes every update of a round once its aggregate is stored: they are no longer needed.
+    pub fn drop_round_updates(&self, job: &str, round: u32) -> Result<(), CoordinatorError> {
+        let dir = self.job_dir(job).join("rounds").join(round.to_string());
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<(), CoordinatorError> {
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    let tmp = path.with_extension("conclave-tmp");
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path)
+}

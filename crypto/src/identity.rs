@@ -1,0 +1,185 @@
+//! `Identity`: a participant's (or coordinator's) secret keys, and its identity file.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::{CryptoError, ParticipantId, random_bytes};
+
+/// A party's secret keys: Ed25519 for signing requests and X25519 for receiving sealed
+/// messages. Both dalek key types zeroize on drop; `Debug` shows only the public id.
+pub struct Identity {
+    signing: SigningKey,
+    sealing: StaticSecret,
+}
+
+/// The public half of an [`Identity`]: what other parties may know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicIdentity {
+    /// The signing key, as a `did:key`.
+    pub id: ParticipantId,
+    /// The X25519 public key others seal messages to.
+    pub sealing_key: [u8; 32],
+}
+
+/// On-disk form of an identity file (JSON, mode 0600).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    version: u32,
+    did: String,
+    ed25519_secret: String,
+    x25519_secret: String,
+}
+
+impl Identity {
+    /// A fresh identity from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let ed = Zeroizing::new(random_bytes::<32>());
+        let x = Zeroizing::new(random_bytes::<32>());
+        Self::from_secret_bytes(&ed, &x)
+    }
+
+    fn from_secret_bytes(ed25519: &[u8; 32], x25519: &[u8; 32]) -> Self {
+        Self { signing: SigningKey::from_bytes(ed25519), sealing: StaticSecret::from(*x25519) }
+    }
+
+    /// The participant id (`did:key`) of this identity.
+    pub fn participant_id(&self) -> ParticipantId {
+        ParticipantId::from_key(self.signing.verifying_key())
+    }
+
+    /// The public half of this identity.
+    pub fn public(&self) -> PublicIdentity {
+        PublicIdentity {
+            id: self.participant_id(),
+            sealing_key: PublicKey::from(&self.sealing).to_bytes(),
+        }
+    }
+
+    /// Signs `message` with the Ed25519 key (deterministic, RFC 8032).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// Writes the identity to `path` with mode 0600. Refuses to overwrite an existing file.
+    pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
+        let io = |source| CryptoError::Io { path: path.to_owned(), source };
+        let file = IdentityFile {
+            version: 1,
+            did: self.participant_id().to_string(),
+            ed25519_secret: hex::encode(self.signing.to_bytes()),
+            x25519_secret: hex::encode(self.sealing.to_bytes()),
+        };
+        let text = Zeroizing::new(
+            serde_json::to_string_pretty(&file).expect("identity serialises to JSON"),
+        );
+        drop(Zeroizing::new(file.ed25519_secret));
+        drop(Zeroizing::new(file.x25519_secret));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    CryptoError::Exists(path.to_owned())
+                } else {
+                    io(e)
+                }
+            })?;
+        out.write_all(text.as_bytes()).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+        out.sync_all().map_err(io)
+    }
+
+    /// Reads an identity file, refusing one that other users can read or that does not match
+    /// its own `did`.
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        let io = |source| CryptoError::Io { path: path.to_owned(), source };
+        let malformed =
+            |reason: String| CryptoError::Malformed { path: path.to_owned(), reason };
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::TooOpen { path: path.to_owned(), mode });
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let file: IdentityFile =
+            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+        if file.version != 1 {
+            return Err(malformed(format!("unsupported version {}", file.version)));
+        }
+        let ed = Zeroizing::new(decode_key(&file.ed25519_secret).map_err(|r| malformed(format!("ed25519_secret: {r}")))?);
+        let x = Zeroizing::new(decode_key(&file.x25519_secret).map_err(|r| malformed(format!("x25519_secret: {r}")))?);
+        drop(Zeroizing::new(file.ed25519_secret));
+        drop(Zeroizing::new(file.x25519_secret));
+        let identity = Self::from_secret_bytes(&ed, &x);
+        if identity.participant_id().as_str() != file.did {
+            return Err(malformed("did does not match the ed25519 secret".into()));
+        }
+        Ok(identity)
+    }
+}
+
+fn decode_key(text: &str) -> Result<[u8; 32], &'static str> {
+    let bytes = Zeroizing::new(hex::decode(text).map_err(|_| "not hex")?);
+    bytes.as_slice().try_into().map_err(|_| "must be 32 bytes")
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.participant_id())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.json");
+        let id = Identity::generate();
+        id.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = Identity::load(&path).unwrap();
+        assert_eq!(loaded.public(), id.public());
+        assert_eq!(loaded.sign(b"m"), id.sign(b"m"));
+        assert!(matches!(id.save(&path), Err(CryptoError::Exists(_))));
+    }
+
+    #[test]
+    fn refuses_world_readable_and_tampered_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.json");
+        Identity::generate().save(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(Identity::load(&path), Err(CryptoError::TooOpen { .. })));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let other = Identity::generate().participant_id().to_string();
+        let did_start = text.find("did:key").unwrap();
+        let end = did_start + text[did_start..].find('"').unwrap();
+        std::fs::write(&path, format!("{}{}{}", &text[..did_start], other, &text[end..])).unwrap();
+        assert!(matches!(Identity::load(&path), Err(CryptoError::Malformed { .. })));
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let id = Identity::generate();
+        let shown = format!("{id:?}");
+        assert!(shown.contains("did:key"));
+        assert!(!shown.contains(&hex::encode(id.signing.to_bytes())));
+    }
+}

@@ -1,0 +1,205 @@
+//! Running a participant through a job: join, then do what the work stream says (evaluate a
+//! model version, train a round and upload the update) until the job is done.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_aggregation::{JobSpec, Normalization};
+use conclave_crypto::Identity;
+use conclave_datasets::{Table, TableSchema, load_table};
+use conclave_proto::v1::work_item::Item;
+use tch::Device;
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::Code;
+
+use crate::client::Client;
+use crate::trainer::{self, Metrics};
+use crate::ParticipantError;
+
+/// How often a lost work stream is re-opened before the participant gives up.
+const MAX_RECONNECTS: u32 = 30;
+
+/// Where a participant connects and what it trains on.
+#[derive(Clone, Debug)]
+pub struct ParticipantConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    pub job_id: String,
+    /// Local training data (CSV or Parquet).
+    pub data: PathBuf,
+    /// Local held-out data; when absent, `data.eval_fraction` of `data` is held out.
+    pub eval_data: Option<PathBuf>,
+    pub device: Device,
+}
+
+/// Something a participant did; sent to the optional event channel of [`run`].
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Joined the job with this many training and evaluation rows.
+    Joined { train_rows: usize, eval_rows: usize },
+    /// Trained a round; `delta` is exactly what was uploaded.
+    Trained { round: u32, num_samples: u64, delta: Vec<f32> },
+    /// The coordinator refused or missed the upload (e.g. the round closed first).
+    UploadRefused { round: u32, reason: String },
+    /// Evaluated and reported a model version.
+    Evaluated { model_version: u32, metrics: Metrics },
+    /// The job finished.
+    Done { final_model_version: u32 },
+}
+
+/// Parses a `--device` value: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
+pub fn parse_device(text: &str) -> Result<Device, ParticipantError> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => cuda(0, text),
+        _ => match text.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => cuda(n, text),
+            None => Err(ParticipantError::Config(format!("unknown device {text:?}; expected cpu, cuda, cuda:N or auto"))),
+        },
+    }
+}
+
+fn cuda(n: usize, text: &str) -> Result<Device, ParticipantError> {
+    if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() {
+        Ok(Device::Cuda(n))
+    } else {
+        Err(ParticipantError::DeviceUnavailable(text.into()))
+    }
+}
+
+/// Loads the participant's training and evaluation tables as the job describes them.
+pub fn load_local_data(spec: &JobSpec, config: &ParticipantConfig, seed: u64) -> Result<(Table, Table), ParticipantError> {
+    let schema = TableSchema {
+        features: spec.data.features.clone(),
+        label: spec.data.label.clone(),
+        num_classes: spec.data.num_classes,
+    };
+    let table = load_table(&config.data, &schema)?;
+    let (mut train, mut eval) = match &config.eval_data {
+        Some(path) => (table, load_table(path, &schema)?),
+        None => {
+            if spec.data.eval_fraction <= 0.0 || table.rows() < 2 {
+                return Err(ParticipantError::Config(
+                    "no evaluation data: pass an evaluation file or set data.eval_fraction > 0 with at least 2 rows".into(),
+                ));
+            }
+            table.split(spec.data.eval_fraction, seed)
+        }
+    };
+    if eval.rows() == 0 {
+        return Err(ParticipantError::Config("the evaluation split is empty".into()));
+    }
+    if spec.data.normalize == Normalization::LocalZScore {
+        let (mean, std) = train.column_stats();
+        train.standardize(&mean, &std);
+        eval.standardize(&mean, &std);
+    }
+    Ok((train, eval))
+}
+
+fn emit(events: &Option<UnboundedSender<Event>>, event: Event) {
+    if let Some(tx) = events {
+        let _ = tx.send(event);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs a participant until its job finishes. Returns the final model version.
+pub async fn run(config: ParticipantConfig, identity: Arc<Identity>, events: Option<UnboundedSender<Event>>) -> Result<u32, ParticipantError> {
+    let mut client = Client::connect(&config.coordinator, identity).await?;
+    let info = client.join(&config.job_id).await?;
+    let spec = Arc::new(JobSpec::from_proto(&info.spec.unwrap_or_default())?);
+    let seed = spec.seed ^ u64::from_le_bytes(blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8].try_into().expect("8 bytes"));
+    let (train, eval) = {
+        let (spec, config) = (Arc::clone(&spec), config.clone());
+        tokio::task::spawn_blocking(move || load_local_data(&spec, &config, seed)).await.map_err(|e| ParticipantError::Config(e.to_string()))??
+    };
+    emit(&events, Event::Joined { train_rows: train.rows(), eval_rows: eval.rows() });
+    let (train, eval) = (Arc::new(train), Arc::new(eval));
+    let mut cache: Option<(u32, Arc<Vec<f32>>)> = None;
+    let mut reconnects = 0;
+    let mut work = client.work(&config.job_id).await?;
+    loop {
+        let item = match work.message().await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Err(ParticipantError::StreamEnded),
+            Err(status) if status.code() == Code::Unavailable || status.code() == Code::Unknown || status.code() == Code::Internal => {
+                reconnects += 1;
+                if reconnects > MAX_RECONNECTS {
+                    return Err(ParticipantError::Rpc { call: "Work", status });
+                }
+                tracing::warn!(%status, "work stream lost; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match client.work(&config.job_id).await {
+                    Ok(stream) => work = stream,
+                    Err(e) => tracing::warn!(error = %e, "reconnect failed"),
+                }
+                continue;
+            }
+            Err(status) => return Err(ParticipantError::Rpc { call: "Work", status }),
+        };
+        match item.item {
+            Some(Item::Train(task)) => {
+                if now_ms() >= task.deadline_unix_ms {
+                    emit(&events, Event::UploadRefused { round: task.round, reason: "deadline passed before training".into() });
+                    continue;
+                }
+                let global = fetch(&mut client, &config.job_id, &mut cache, task.model_version, &task.model_hash).await?;
+                let (s, t, g) = (Arc::clone(&spec), Arc::clone(&train), Arc::clone(&global));
+                let device = config.device;
+                let round_seed = seed.wrapping_add(task.round as u64);
+                let delta = tokio::task::spawn_blocking(move || trainer::train(&s, &g, &t, device, round_seed))
+                    .await
+                    .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                let num_samples = train.rows() as u64;
+                match client.upload(&config.job_id, task.round, num_samples, &delta).await {
+                    Ok(_) => emit(&events, Event::Trained { round: task.round, num_samples, delta }),
+                    Err(e) if matches!(e.code(), Some(Code::FailedPrecondition | Code::AlreadyExists)) => {
+                        tracing::warn!(round = task.round, error = %e, "update not accepted");
+                        emit(&events, Event::UploadRefused { round: task.round, reason: e.to_string() });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(Item::Evaluate(task)) => {
+                let params = fetch(&mut client, &config.job_id, &mut cache, task.model_version, &task.model_hash).await?;
+                let (s, e) = (Arc::clone(&spec), Arc::clone(&eval));
+                let device = config.device;
+                let metrics = tokio::task::spawn_blocking(move || trainer::evaluate(&s, &params, &e, device))
+                    .await
+                    .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                match client.report(&config.job_id, task.model_version, &metrics).await {
+                    Ok(()) => emit(&events, Event::Evaluated { model_version: task.model_version, metrics }),
+                    Err(e) if e.code() == Some(Code::AlreadyExists) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(Item::Done(done)) => {
+                emit(&events, Event::Done { final_model_version: done.final_model_version });
+                return Ok(done.final_model_version);
+            }
+            None => return Err(ParticipantError::Config("coordinator sent an empty work item".into())),
+        }
+    }
+}
+
+async fn fetch(
+    client: &mut Client,
+    job_id: &str,
+    cache: &mut Option<(u32, Arc<Vec<f32>>)>,
+    version: u32,
+    hash: &[u8],
+) -> Result<Arc<Vec<f32>>, ParticipantError> {
+    if let Some((v, params)) = cache.as_ref().filter(|(v, _)| *v == version) {
+        debug_assert_eq!(*v, version);
+        return Ok(Arc::clone(params));
+    }
+    let params = Arc::new(client.download(job_id, version, hash).await?);
+    *cache = Some((version, Arc::clone(&params)));
+    Ok(params)
+}

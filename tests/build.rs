@@ -1,0 +1,3 @@
+fn main() {
+    conclave_torch_link::link_libtorch();
+}
