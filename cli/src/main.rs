@@ -1,1 +1,116 @@
-fn main() {}
+//! `conclave`: the one binary of Conclave. Runs the coordinator, a hospital participant, job and
+//! model management, data partitioning and the demo. Data goes to stdout; logs, progress bars
+//! and errors go to stderr, so `--format json | jq` stays clean.
+
+mod cmd;
+mod printer;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::printer::Printer;
+
+/// Default coordinator address for client commands.
+const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
+
+#[derive(Parser)]
+#[command(name = "conclave", version, about = "Federated, privacy-preserving learning coordinator")]
+struct Cli {
+    /// Print less (no progress bars).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+    /// Print more logs (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator.
+    Serve(cmd::serve::Args),
+    /// Create or inspect identity files.
+    #[command(subcommand)]
+    Identity(cmd::identity::Command),
+    /// Launch and inspect federated jobs.
+    #[command(subcommand)]
+    Job(cmd::job::Command),
+    /// Join a job as a data owner and train on local data.
+    Join(cmd::join::Args),
+    /// Export global models.
+    #[command(subcommand)]
+    Model(cmd::model::Command),
+    /// Prepare local data files.
+    #[command(subcommand)]
+    Data(cmd::data::Command),
+    /// Run a coordinator and simulated hospitals on the shipped data, over loopback gRPC.
+    Demo(cmd::demo::Args),
+}
+
+/// Where a client command finds the coordinator.
+#[derive(clap::Args, Clone)]
+struct CoordinatorArg {
+    /// Coordinator URL.
+    #[arg(long, env = "CONCLAVE_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+}
+
+/// Output format of inspection commands.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let printer = Printer::new(cli.quiet > 0);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args, &printer).await,
+            Command::Identity(c) => cmd::identity::run(c, &printer),
+            Command::Job(c) => cmd::job::run(c, &printer).await,
+            Command::Join(args) => cmd::join::run(args, &printer).await,
+            Command::Model(c) => cmd::model::run(c, &printer).await,
+            Command::Data(c) => cmd::data::run(c, &printer),
+            Command::Demo(args) => cmd::demo::run(args, &printer).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path argument that must exist.
+fn existing(path: PathBuf) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}

@@ -106,4 +106,56 @@ mod tests {
         assert!(partition(&labels, 0, Scheme::Iid, 1).is_err());
         assert!(partition(&labels, 2, Scheme::Dirichlet { alpha: 0.0 }, 1).is_err());
     }
+
+    #[test]
+    fn partition_file_keeps_every_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("all.csv");
+        std::fs::write(&input, crate::wdbc::TRAIN_CSV).unwrap();
+        let paths = partition_file(&input, "diagnosis", 3, Scheme::Dirichlet { alpha: 1.0 }, 5, dir.path(), "h").unwrap();
+        let schema = crate::wdbc::schema();
+        let parts: Vec<_> = paths.iter().map(|p| crate::load_table(p, &schema).unwrap()).collect();
+        assert_eq!(parts.iter().map(|t| t.rows()).sum::<usize>(), 456);
+        let mut rows: Vec<Vec<u32>> = parts
+            .iter()
+            .flat_map(|t| t.features().chunks(30).map(|r| r.iter().map(|v| v.to_bits()).collect()).collect::<Vec<_>>())
+            .collect();
+        let all = crate::load_table(&input, &schema).unwrap();
+        let mut want: Vec<Vec<u32>> = all.features().chunks(30).map(|r| r.iter().map(|v| v.to_bits()).collect()).collect();
+        rows.sort();
+        want.sort();
+        assert_eq!(rows, want);
+    }
+}
+
+/// Splits a CSV or Parquet file by rows into `parts` CSV files `<out_dir>/<stem>-<i>.csv`
+/// (i from 1), keeping every column as it was. The label column drives the Dirichlet scheme.
+pub fn partition_file(
+    input: &std::path::Path,
+    label: &str,
+    parts: usize,
+    scheme: Scheme,
+    seed: u64,
+    out_dir: &std::path::Path,
+    stem: &str,
+) -> Result<Vec<std::path::PathBuf>, DataError> {
+    use polars::prelude::{IdxCa, IdxSize};
+    let df = crate::load_frame(input)?;
+    let labels_table = crate::load_table(
+        input,
+        &crate::TableSchema { features: Vec::new(), label: label.into(), num_classes: u32::MAX },
+    )?;
+    let split = partition(labels_table.labels(), parts, scheme, seed)?;
+    std::fs::create_dir_all(out_dir).map_err(|source| DataError::Io { path: out_dir.to_owned(), source })?;
+    let mut paths = Vec::with_capacity(parts);
+    for (i, rows) in split.iter().enumerate() {
+        let mut rows = rows.clone();
+        rows.sort_unstable();
+        let idx = IdxCa::from_vec("idx".into(), rows.iter().map(|&r| r as IdxSize).collect());
+        let mut part = df.take(&idx).map_err(|e| DataError::Read { path: input.to_owned(), message: e.to_string() })?;
+        let path = out_dir.join(format!("{stem}-{}.csv", i + 1));
+        crate::write_csv(&mut part, &path)?;
+        paths.push(path);
+    }
+    Ok(paths)
 }

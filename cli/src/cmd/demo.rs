@@ -1,0 +1,198 @@
+//! `conclave demo`: a coordinator and N simulated hospitals in one process, talking real gRPC
+//! over loopback, train on the shipped breast-cancer data and report accuracy on its fixed
+//! test split each round.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use conclave_aggregation::{DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig};
+use conclave_coordinator::State;
+use conclave_crypto::Identity;
+use conclave_datasets::partition::{Scheme, partition_file};
+use conclave_datasets::wdbc;
+use conclave_participant::client::{connect, jobs_client};
+use conclave_participant::{Event, ParticipantConfig, run as run_participant};
+use conclave_proto::v1;
+
+use crate::cmd::model::{ModelFormat, export};
+use crate::printer::Printer;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivacyArg {
+    Plain,
+    Secagg,
+    Fhe,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelArg {
+    LogisticRegression,
+    Mlp,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep state here (default: a fresh directory under the system temp dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// Number of simulated hospitals.
+    #[arg(long, default_value_t = 5)]
+    participants: usize,
+    /// Privacy mode of the rounds.
+    #[arg(long, value_enum, default_value = "plain")]
+    privacy: PrivacyArg,
+    #[arg(long, value_enum, default_value = "logistic-regression")]
+    model: ModelArg,
+    /// Split the training data with Dirichlet(alpha) label skew instead of IID.
+    #[arg(long)]
+    dirichlet_alpha: Option<f64>,
+    /// Where hospitals train: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
+    let privacy = match args.privacy {
+        PrivacyArg::Plain => Privacy::Plain,
+        PrivacyArg::Secagg | PrivacyArg::Fhe => {
+            bail!("privacy mode {:?} is not available in this release yet; use --privacy plain", args.privacy)
+        }
+    };
+    let spec = JobSpec {
+        name: "wdbc-demo".into(),
+        model: match args.model {
+            ModelArg::LogisticRegression => ModelArch::LogisticRegression,
+            ModelArg::Mlp => ModelArch::Mlp { hidden: vec![16] },
+        },
+        data: DataSchema {
+            features: wdbc::FEATURES.iter().map(|s| s.to_string()).collect(),
+            label: wdbc::LABEL.into(),
+            num_classes: 2,
+            normalize: Normalization::LocalZScore,
+            eval_fraction: 0.0,
+        },
+        training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
+        rounds: args.rounds,
+        min_participants: args.participants as u32,
+        round_deadline_secs: 120,
+        privacy,
+        clip_norm: None,
+        seed: 42,
+        admission: Vec::new(),
+    };
+    // Same checks as a job file or a wire request.
+    Ok(JobSpec::from_proto(&spec.to_proto())?)
+}
+
+/// Writes the shipped splits and deals them to the hospitals; returns (train, test) per hospital.
+fn prepare_data(dir: &Path, parts: usize, alpha: Option<f64>) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+    let shipped = dir.join("shipped");
+    std::fs::create_dir_all(&shipped)?;
+    let train = shipped.join("wdbc_train.csv");
+    let test = shipped.join("wdbc_test.csv");
+    std::fs::write(&train, wdbc::TRAIN_CSV)?;
+    std::fs::write(&test, wdbc::TEST_CSV)?;
+    let scheme = alpha.map_or(Scheme::Iid, |alpha| Scheme::Dirichlet { alpha });
+    let hospitals = dir.join("hospitals");
+    let trains = partition_file(&train, wdbc::LABEL, parts, scheme, 7, &hospitals, "train")?;
+    // Every hospital holds a slice of the test split, so federated evaluation covers all of it.
+    let tests = partition_file(&test, wdbc::LABEL, parts, Scheme::Iid, 11, &hospitals, "test")?;
+    Ok(trains.into_iter().zip(tests).collect())
+}
+
+fn load_or_create_identity(path: &Path) -> anyhow::Result<Identity> {
+    if path.exists() {
+        return Identity::load(path).with_context(|| format!("loading {}", path.display()));
+    }
+    let identity = Identity::generate();
+    identity.save(path)?;
+    Ok(identity)
+}
+
+pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(args.participants >= 1 && args.participants <= 50, "--participants must be between 1 and 50");
+    anyhow::ensure!(args.rounds >= 1 && args.rounds <= 1000, "--rounds must be between 1 and 1000");
+    let device = conclave_participant::parse_device(&args.device)?;
+    let spec = demo_job(&args)?;
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("conclave-demo-{}", hex::encode(conclave_crypto::random_bytes::<4>()))),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    printer.status(format!("demo state in {}", dir.display()));
+    let files = prepare_data(&dir, args.participants, args.dirichlet_alpha)?;
+
+    // Coordinator on an ephemeral loopback port.
+    let state = State::open(&dir.join("coordinator"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(conclave_coordinator::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut jobs = jobs_client(connect(&url).await?);
+    let job_id = jobs.create_job(v1::CreateJobRequest { spec: Some(spec.to_proto()) }).await?.into_inner().job_id;
+    printer.status(format!(
+        "coordinator at {url}; job {job_id}: {} hospitals, {} rounds, {:?} model, privacy {:?}",
+        args.participants, args.rounds, args.model, spec.privacy
+    ));
+
+    // Five hospitals share two cores: one libtorch thread each.
+    tch::set_num_threads(1);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for (i, (train, test)) in files.into_iter().enumerate() {
+        let identity = Arc::new(load_or_create_identity(&dir.join("hospitals").join(format!("hospital-{}.identity", i + 1)))?);
+        let config = ParticipantConfig { coordinator: url.clone(), job_id: job_id.clone(), data: train, eval_data: Some(test), device };
+        tasks.push(tokio::spawn(run_participant(config, identity, Some(tx.clone()))));
+    }
+    drop(tx);
+
+    let bar = printer.progress(args.rounds as u64, "rounds");
+    let mut reports: BTreeMap<u32, usize> = BTreeMap::new();
+    while let Some(event) = rx.recv().await {
+        let Event::Evaluated { model_version, .. } = event else { continue };
+        let count = reports.entry(model_version).or_default();
+        *count += 1;
+        if *count < args.participants {
+            continue;
+        }
+        let info = jobs.get_job(v1::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
+        let Some(eval) = info.evaluations.iter().find(|e| e.model_version == model_version) else { continue };
+        let label = match info.rounds.iter().find(|r| r.state == v1::RoundState::Closed as i32 && r.result_version == model_version) {
+            Some(r) => format!("round {:>3}", r.round),
+            None => "initial  ".to_string(),
+        };
+        let line = format!("{label}  test accuracy {:>6.2}%  loss {:.4}  ({} rows)", eval.accuracy * 100.0, eval.loss, eval.num_examples);
+        bar.suspend(|| printer.data(line));
+        bar.set_position(info.rounds.iter().filter(|r| r.state != v1::RoundState::Open as i32).count() as u64);
+    }
+    bar.finish_and_clear();
+    for task in tasks {
+        task.await.context("hospital task")?.context("hospital failed")?;
+    }
+
+    let info = jobs.get_job(v1::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
+    let out = dir.join("model-final.safetensors");
+    let (path, version) = export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
+    let _ = stop.send(());
+    server.await.context("coordinator task")??;
+    let failed = info.rounds.iter().filter(|r| r.state == v1::RoundState::Failed as i32).count();
+    let Some(last) = info.evaluations.iter().find(|e| e.model_version == version) else {
+        bail!("no evaluation of the final model was reported");
+    };
+    printer.data(format!(
+        "final test accuracy: {:.2}% (loss {:.4}) on the {}-row shipped test split, model version {version} after {} rounds{}",
+        last.accuracy * 100.0,
+        last.loss,
+        last.num_examples,
+        info.rounds.len(),
+        if failed > 0 { format!(" ({failed} failed)") } else { String::new() }
+    ));
+    printer.data(format!("model: {}", path.display()));
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `conclave join`: take part in a job as a data owner.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use conclave_crypto::Identity;
+use conclave_participant::{Event, ParticipantConfig, parse_device, run as run_participant};
+
+use crate::printer::Printer;
+use crate::{CoordinatorArg, existing};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    coordinator: CoordinatorArg,
+    /// The job to join.
+    #[arg(long)]
+    job: String,
+    /// Local training data (.csv or .parquet) with the job's feature and label columns.
+    #[arg(long)]
+    data: PathBuf,
+    /// Local held-out data for evaluation; default: hold out the job's eval_fraction of --data.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Identity file (create one with `conclave identity new`).
+    #[arg(long, default_value = "conclave.identity")]
+    identity: PathBuf,
+    /// Where to train: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let identity = Arc::new(Identity::load(&args.identity).with_context(|| format!("loading identity {}", args.identity.display()))?);
+    let config = ParticipantConfig {
+        coordinator: args.coordinator.coordinator,
+        job_id: args.job,
+        data: existing(args.data)?,
+        eval_data: args.eval_data.map(existing).transpose()?,
+        device,
+    };
+    printer.status(format!("joining job {} as {} (training on {:?})", config.job_id, identity.participant_id(), device));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(run_participant(config, identity, Some(tx)));
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Joined { train_rows, eval_rows } => printer.status(format!("joined: {train_rows} training rows, {eval_rows} held-out rows")),
+            Event::Trained { round, num_samples, .. } => printer.status(format!("round {round}: trained on {num_samples} rows, update uploaded")),
+            Event::UploadRefused { round, reason } => printer.status(format!("round {round}: update not accepted: {reason}")),
+            Event::Evaluated { model_version, metrics } => printer.status(format!(
+                "model v{model_version}: local accuracy {:.2}%, loss {:.4} on {} rows",
+                metrics.accuracy * 100.0,
+                metrics.loss,
+                metrics.num_examples
+            )),
+            Event::Done { final_model_version } => printer.status(format!("job finished at model version {final_model_version}")),
+        }
+    }
+    let final_version = task.await.context("participant task")??;
+    printer.data(final_version.to_string());
+    Ok(())
+}

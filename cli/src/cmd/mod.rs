@@ -1,0 +1,9 @@
+//! One module per top-level command.
+
+pub mod data;
+pub mod demo;
+pub mod identity;
+pub mod job;
+pub mod join;
+pub mod model;
+pub mod serve;

@@ -1,0 +1,94 @@
+//! `conclave model export`: write a global model version as safetensors or a PyTorch file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use conclave_aggregation::JobSpec;
+use conclave_participant::client::{connect, download_model, jobs_client, rounds_client};
+use conclave_proto::v1;
+
+use crate::CoordinatorArg;
+use crate::printer::Printer;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// safetensors (f32 tensors named layers.N.weight / layers.N.bias).
+    Safetensors,
+    /// PyTorch file of named tensors, readable with torch.load.
+    Pt,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Export the model produced by a round (default: the latest).
+    Export {
+        #[arg(long)]
+        job: String,
+        /// The round whose result to export; 0 is the initial model.
+        #[arg(long)]
+        round: Option<u32>,
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: ModelFormat,
+        /// Output file; default: <job>-round<N>.<ext> in the current directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+}
+
+pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
+    let Command::Export { job, round, format, out, coordinator } = command;
+    let (path, version) = export(&coordinator.coordinator, &job, round, format, out.as_deref()).await?;
+    printer.status(format!("exported model version {version} of job {job}"));
+    printer.data(path.display().to_string());
+    Ok(())
+}
+
+/// Picks the model version a round produced.
+fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u32> {
+    let Some(round) = round else { return Ok(info.model_version) };
+    if round == 0 {
+        return Ok(0);
+    }
+    let Some(r) = info.rounds.iter().find(|r| r.round == round) else {
+        bail!("job {} has no round {round} (it has {})", info.job_id, info.rounds.len());
+    };
+    match v1::RoundState::try_from(r.state) {
+        Ok(v1::RoundState::Closed) => Ok(r.result_version),
+        Ok(v1::RoundState::Failed) => bail!("round {round} failed (too few updates): it produced no model"),
+        _ => bail!("round {round} is still open"),
+    }
+}
+
+/// Downloads a model version and writes it; returns the path and the version.
+pub async fn export(url: &str, job: &str, round: Option<u32>, format: ModelFormat, out: Option<&Path>) -> anyhow::Result<(PathBuf, u32)> {
+    let channel = connect(url).await?;
+    let info = jobs_client(channel.clone()).get_job(v1::GetJobRequest { job_id: job.into() }).await.context("fetching job")?.into_inner();
+    let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
+    let layout = spec.layout();
+    let version = version_of_round(&info, round)?;
+    let params = download_model(&mut rounds_client(channel), job, version, None).await?;
+    let ext = match format {
+        ModelFormat::Safetensors => "safetensors",
+        ModelFormat::Pt => "pt",
+    };
+    let path = out.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(format!("{job}-v{version}.{ext}")));
+    match format {
+        ModelFormat::Safetensors => {
+            std::fs::write(&path, layout.to_safetensors(&params)?).with_context(|| format!("writing {}", path.display()))?;
+        }
+        ModelFormat::Pt => {
+            let named: Vec<(String, tch::Tensor)> = layout
+                .split(&params)?
+                .into_iter()
+                .map(|(spec, values)| {
+                    let shape: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
+                    (spec.name.clone(), tch::Tensor::from_slice(values).reshape(&shape))
+                })
+                .collect();
+            tch::Tensor::save_multi(&named, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok((path, version))
+}
