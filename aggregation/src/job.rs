@@ -63,7 +63,10 @@ pub struct JobSpec {
     pub data: DataSchema,
     pub training: TrainingConfig,
     pub rounds: u32,
+    /// Fewest updates a round needs to produce a model.
     pub min_participants: u32,
+    /// Participants that must have joined before the first round opens (>= min_participants).
+    pub start_participants: u32,
     pub round_deadline_secs: u32,
     pub privacy: Privacy,
     /// L2 bound on each participant's update; `None` leaves updates unclipped.
@@ -143,6 +146,10 @@ impl JobSpec {
         }
         p.range("rounds", wire.rounds, 1, 100_000);
         p.range("min_participants", wire.min_participants, 1, 100_000);
+        let start_participants = if wire.start_participants == 0 { wire.min_participants } else { wire.start_participants };
+        if start_participants < wire.min_participants || start_participants > 100_000 {
+            p.add("start_participants", format!("must be between min_participants ({}) and 100000, got {start_participants}", wire.min_participants));
+        }
         p.range("round_deadline_secs", wire.round_deadline_secs, 1, 7 * 24 * 3600);
         let privacy = match v1::Privacy::try_from(wire.privacy) {
             Ok(v1::Privacy::Plain) => Some(Privacy::Plain),
@@ -189,6 +196,7 @@ impl JobSpec {
                 training,
                 rounds: wire.rounds,
                 min_participants: wire.min_participants,
+                start_participants,
                 round_deadline_secs: wire.round_deadline_secs,
                 privacy,
                 clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
@@ -332,6 +340,7 @@ impl JobSpec {
             }),
             rounds: self.rounds,
             min_participants: self.min_participants,
+            start_participants: self.start_participants,
             round_deadline_secs: self.round_deadline_secs,
             privacy: match self.privacy {
                 Privacy::Plain => v1::Privacy::Plain,

@@ -128,13 +128,14 @@ fn type_matches(value: &Value, expected: &str) -> bool {
 pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
     let mut top = Reader { table, prefix: "", report };
     top.check_keys(&[
-        "name", "rounds", "min_participants", "round_deadline_secs", "privacy", "clip_norm",
+        "name", "rounds", "min_participants", "start_participants", "round_deadline_secs", "privacy", "clip_norm",
         "seed", "admission", "model", "data", "training",
     ]);
     let mut spec = v1::JobSpec {
         name: top.string("name").unwrap_or_default(),
         rounds: top.u32("rounds").unwrap_or(0),
         min_participants: top.u32("min_participants").unwrap_or(DEFAULT_MIN_PARTICIPANTS),
+        start_participants: top.u32("start_participants").unwrap_or(0),
         round_deadline_secs: top.u32("round_deadline_secs").unwrap_or(DEFAULT_DEADLINE_SECS),
         privacy: top
             .choice("privacy", &[("plain", v1::Privacy::Plain), ("secagg", v1::Privacy::Secagg), ("fhe", v1::Privacy::Fhe)])

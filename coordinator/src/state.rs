@@ -348,7 +348,7 @@ impl State {
             let mut record = job.record.clone();
             record.participants.push(ParticipantRecord { did: did.to_string(), sealing_key: key_hex });
             let before = std::mem::replace(&mut job.record, record);
-            if job.record.rounds.is_empty() && job.record.participants.len() >= job.spec.min_participants as usize {
+            if job.record.rounds.is_empty() && job.record.participants.len() >= job.spec.start_participants as usize {
                 job.open_next_round(now_ms());
             }
             if let Err(e) = store.save_job(&job.record) {

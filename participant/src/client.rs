@@ -110,13 +110,21 @@ pub fn upload_messages(identity: &Identity, job_id: &str, round: u32, num_sample
 #[derive(Clone)]
 pub struct Client {
     identity: Arc<Identity>,
+    jobs: JobsClient<Channel>,
     rounds: RoundsClient<Channel>,
 }
 
 impl Client {
     /// Connects to `url` as `identity`.
     pub async fn connect(url: &str, identity: Arc<Identity>) -> Result<Self, ParticipantError> {
-        Ok(Self { identity, rounds: rounds_client(connect(url).await?) })
+        let channel = connect(url).await?;
+        Ok(Self { identity, jobs: jobs_client(channel.clone()), rounds: rounds_client(channel) })
+    }
+
+    /// Reads a job's description and state (no signature needed).
+    pub async fn job(&mut self, job_id: &str) -> Result<v1::JobInfo, ParticipantError> {
+        let req = v1::GetJobRequest { job_id: job_id.into() };
+        Ok(self.jobs.get_job(req).await.map_err(ParticipantError::rpc("GetJob"))?.into_inner())
     }
 
     /// The identity this client signs with.

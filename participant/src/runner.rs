@@ -112,13 +112,16 @@ fn now_ms() -> u64 {
 /// Runs a participant until its job finishes. Returns the final model version.
 pub async fn run(config: ParticipantConfig, identity: Arc<Identity>, events: Option<UnboundedSender<Event>>) -> Result<u32, ParticipantError> {
     let mut client = Client::connect(&config.coordinator, identity).await?;
-    let info = client.join(&config.job_id).await?;
+    // Read the job and check the local data against it before joining: a hospital whose
+    // export is broken should learn it before it is counted in a round.
+    let info = client.job(&config.job_id).await?;
     let spec = Arc::new(JobSpec::from_proto(&info.spec.unwrap_or_default())?);
     let seed = spec.seed ^ u64::from_le_bytes(blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8].try_into().expect("8 bytes"));
     let (train, eval) = {
         let (spec, config) = (Arc::clone(&spec), config.clone());
         tokio::task::spawn_blocking(move || load_local_data(&spec, &config, seed)).await.map_err(|e| ParticipantError::Config(e.to_string()))??
     };
+    client.join(&config.job_id).await?;
     emit(&events, Event::Joined { train_rows: train.rows(), eval_rows: eval.rows() });
     let (train, eval) = (Arc::new(train), Arc::new(eval));
     let mut cache: Option<(u32, Arc<Vec<f32>>)> = None;

@@ -77,7 +77,9 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
         },
         training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
         rounds: args.rounds,
-        min_participants: args.participants as u32,
+        // Rounds train every hospital and survive up to two stragglers.
+        min_participants: args.participants.min(3) as u32,
+        start_participants: args.participants as u32,
         round_deadline_secs: 120,
         privacy,
         clip_norm: None,

@@ -121,7 +121,12 @@ fn round_state_name(state: i32) -> &'static str {
 fn print_status(info: &v1::JobInfo, printer: &Printer) {
     let spec = info.spec.clone().unwrap_or_default();
     printer.data(format!("job {} ({}): {}, model version {}, {} parameters", info.job_id, spec.name, state_name(info.state), info.model_version, info.dim));
-    printer.data(format!("participants: {} (round opens at {})", info.participants.len(), spec.min_participants));
+    let start = if spec.start_participants == 0 { spec.min_participants } else { spec.start_participants };
+    printer.data(format!(
+        "participants: {} (first round opens at {start}; a round needs {} updates)",
+        info.participants.len(),
+        spec.min_participants
+    ));
     printer.data(format!("{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}", "ROUND", "STATE", "UPLOADS", "SAMPLES", "ACCURACY", "LOSS"));
     let eval0 = info.evaluations.iter().find(|e| e.model_version == 0);
     if let Some(e) = eval0 {
@@ -152,6 +157,7 @@ pub fn job_json(info: &v1::JobInfo) -> serde_json::Value {
         "dim": info.dim,
         "rounds_planned": spec.rounds,
         "min_participants": spec.min_participants,
+        "start_participants": spec.start_participants,
         "participants": info.participants,
         "rounds": info.rounds.iter().map(|r| json!({
             "round": r.round,
