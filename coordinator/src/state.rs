@@ -539,9 +539,8 @@ impl State {
                     .map(|u| Ok((decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?, u.num_samples)))
                     .collect::<Result<Vec<_>, CoordinatorError>>()?;
                 let weighted: Vec<_> = updates.iter().map(|(d, n)| WeightedUpdate { delta: d, num_samples: *n }).collect();
-                let mean = fedavg::weighted_mean(&weighted)?;
                 let mut params = decode_f32(&job.latest_model)?;
-                fedavg::apply(&mut params, &mean)?;
+                fedavg::add_weighted_mean(&mut params, &weighted)?;
                 let version = record.model_version + 1;
                 store.save_model(job.id(), version, &job.layout.to_safetensors(&params)?)?;
                 let bytes = f32_bytes(&params);

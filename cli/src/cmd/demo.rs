@@ -139,7 +139,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     let mut jobs = jobs_client(connect(&url).await?);
     let job_id = jobs.create_job(v1::CreateJobRequest { spec: Some(spec.to_proto()) }).await?.into_inner().job_id;
     printer.status(format!(
-        "coordinator at {url}; job {job_id}: {} hospitals, {} rounds, {:?} model, privacy {:?}",
+        "coordinator at {url}; job {job_id}: {} hospitals training on {device:?}, {} rounds, {:?} model, privacy {:?}",
         args.participants, args.rounds, args.model, spec.privacy
     ));
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Device check for a lent GPU machine (no Rust toolchain there): runs the release binary built
+# here against that machine's own torch 2.11.0 (CUDA 13). Carry target/release/conclave.
+# Writes a short report to $OUT (or ./gpu-check-out).
+set -u
+OUT=${OUT:-./gpu-check-out}
+mkdir -p "$OUT"
+PY=${TORCH_PYTHON:-/opt/torch/.venv/bin/python}
+TORCH_LIB=$("$PY" -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+export LD_LIBRARY_PATH="$TORCH_LIB"
+BIN=./target/release/conclave
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  ldd "$BIN" | grep -E "libtorch|libc10" | sed 's/ (0x.*//'
+  for run in "cpu logistic-regression" "cuda logistic-regression" "cpu mlp" "cuda mlp"; do
+    set -- $run
+    echo "== demo --device $1 --model $2"
+    start=$(date +%s%N)
+    "$BIN" demo --device "$1" --model "$2" --rounds 20 --data-dir "$OUT/demo-$1-$2" 2>&1 | grep -E "coordinator at|final|error" 
+    end=$(date +%s%N)
+    echo "wall: $(( (end - start) / 1000000 )) ms"
+  done
+  echo "== --device cuda:7 (absent) must fail clearly"
+  "$BIN" demo --device cuda:7 --rounds 1 2>&1 | tail -1
+} 2>&1 | tee "$OUT/report.txt"
