@@ -11,7 +11,13 @@ use conclave_aggregation::fedavg::{WeightedUpdate, add_weighted_mean};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn updates(n: usize, d: usize) -> Vec<Vec<f32>> {
-    (0..n).map(|i| (0..d).map(|j| ((i * 31 + j * 7) % 1000) as f32 * 1e-3 - 0.5).collect()).collect()
+    (0..n)
+        .map(|i| {
+            (0..d)
+                .map(|j| ((i * 31 + j * 7) % 1000) as f32 * 1e-3 - 0.5)
+                .collect()
+        })
+        .collect()
 }
 
 /// Baseline: one single-threaded pass over the whole global vector per update.
@@ -28,20 +34,35 @@ fn naive(global: &mut [f32], updates: &[WeightedUpdate<'_>]) {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("fedavg");
     group.sample_size(10);
-    for &(n, d) in &[(10usize, 1_000_000usize), (100, 1_000_000), (10, 10_000_000)] {
+    for &(n, d) in &[
+        (10usize, 1_000_000usize),
+        (100, 1_000_000),
+        (10, 10_000_000),
+    ] {
         let data = updates(n, d);
-        let weighted: Vec<_> = data.iter().enumerate().map(|(i, v)| WeightedUpdate { delta: v, num_samples: 10 + i as u64 }).collect();
+        let weighted: Vec<_> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| WeightedUpdate {
+                delta: v,
+                num_samples: 10 + i as u64,
+            })
+            .collect();
         group.throughput(Throughput::Bytes((n * d * 4) as u64));
         let id = format!("n{n}_d{d}");
         // Both sum into a resident global model, as the coordinator does each round.
         let mut global = vec![0f32; d];
-        group.bench_with_input(BenchmarkId::new("add_weighted_mean", &id), &weighted, |b, w| {
-            b.iter(|| add_weighted_mean(black_box(&mut global), black_box(w)).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("add_weighted_mean", &id),
+            &weighted,
+            |b, w| b.iter(|| add_weighted_mean(black_box(&mut global), black_box(w)).unwrap()),
+        );
         let mut global = vec![0f32; d];
-        group.bench_with_input(BenchmarkId::new("baseline_one_pass_per_update", &id), &weighted, |b, w| {
-            b.iter(|| naive(black_box(&mut global), black_box(w)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("baseline_one_pass_per_update", &id),
+            &weighted,
+            |b, w| b.iter(|| naive(black_box(&mut global), black_box(w))),
+        );
     }
     group.finish();
 }

@@ -22,7 +22,11 @@ const PARALLEL_MIN: usize = 1 << 18;
 /// The sample-weighted mean of `updates`. All must have the same length, finite values, and a
 /// positive sample count.
 pub fn weighted_mean(updates: &[WeightedUpdate<'_>]) -> Result<Vec<f32>, AggregationError> {
-    let dim = updates.first().ok_or(AggregationError::NoUpdates)?.delta.len();
+    let dim = updates
+        .first()
+        .ok_or(AggregationError::NoUpdates)?
+        .delta
+        .len();
     let mut out = vec![0f32; dim];
     add_weighted_mean(&mut out, updates)?;
     Ok(out)
@@ -32,7 +36,10 @@ pub fn weighted_mean(updates: &[WeightedUpdate<'_>]) -> Result<Vec<f32>, Aggrega
 /// resident global model saves allocating (and page-faulting) a fresh output vector each
 /// round. On error `global` is unchanged, except for [`AggregationError::NonFinite`], which
 /// leaves the non-finite sum in place for the caller to discard.
-pub fn add_weighted_mean(global: &mut [f32], updates: &[WeightedUpdate<'_>]) -> Result<(), AggregationError> {
+pub fn add_weighted_mean(
+    global: &mut [f32],
+    updates: &[WeightedUpdate<'_>],
+) -> Result<(), AggregationError> {
     if updates.is_empty() {
         return Err(AggregationError::NoUpdates);
     }
@@ -40,17 +47,29 @@ pub fn add_weighted_mean(global: &mut [f32], updates: &[WeightedUpdate<'_>]) -> 
     let mut total: u64 = 0;
     for u in updates {
         if u.delta.len() != dim {
-            return Err(AggregationError::DimensionMismatch { expected: dim, got: u.delta.len() });
+            return Err(AggregationError::DimensionMismatch {
+                expected: dim,
+                got: u.delta.len(),
+            });
         }
         if u.num_samples == 0 {
             return Err(AggregationError::ZeroSamples);
         }
-        total = total.checked_add(u.num_samples).ok_or(AggregationError::ZeroSamples)?;
+        total = total
+            .checked_add(u.num_samples)
+            .ok_or(AggregationError::ZeroSamples)?;
     }
     // Weights in f64 so that large sample counts keep their ratio; the sum runs in f32.
-    let weights: Vec<f32> = updates.iter().map(|u| (u.num_samples as f64 / total as f64) as f32).collect();
+    let weights: Vec<f32> = updates
+        .iter()
+        .map(|u| (u.num_samples as f64 / total as f64) as f32)
+        .collect();
     // Split the output among the available cores; each sums its range block by block.
-    let threads = if dim >= PARALLEL_MIN { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { 1 };
+    let threads = if dim >= PARALLEL_MIN {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    };
     let per_thread = dim.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (t, range) in global.chunks_mut(per_thread).enumerate() {
@@ -93,8 +112,14 @@ mod tests {
         let a = [1.0f32, 0.0, 4.0];
         let b = [3.0f32, 2.0, 0.0];
         let m = weighted_mean(&[
-            WeightedUpdate { delta: &a, num_samples: 1 },
-            WeightedUpdate { delta: &b, num_samples: 3 },
+            WeightedUpdate {
+                delta: &a,
+                num_samples: 1,
+            },
+            WeightedUpdate {
+                delta: &b,
+                num_samples: 3,
+            },
         ])
         .unwrap();
         assert_eq!(m, vec![2.5, 1.5, 1.0]);
@@ -102,16 +127,50 @@ mod tests {
 
     #[test]
     fn refuses_mismatched_and_empty_input() {
-        assert!(matches!(weighted_mean(&[]), Err(AggregationError::NoUpdates)));
+        assert!(matches!(
+            weighted_mean(&[]),
+            Err(AggregationError::NoUpdates)
+        ));
         let a = [1.0f32; 3];
         let b = [1.0f32; 2];
-        let r = weighted_mean(&[WeightedUpdate { delta: &a, num_samples: 1 }, WeightedUpdate { delta: &b, num_samples: 1 }]);
-        assert!(matches!(r, Err(AggregationError::DimensionMismatch { expected: 3, got: 2 })));
-        let r = weighted_mean(&[WeightedUpdate { delta: &a, num_samples: 0 }]);
+        let r = weighted_mean(&[
+            WeightedUpdate {
+                delta: &a,
+                num_samples: 1,
+            },
+            WeightedUpdate {
+                delta: &b,
+                num_samples: 1,
+            },
+        ]);
+        assert!(matches!(
+            r,
+            Err(AggregationError::DimensionMismatch {
+                expected: 3,
+                got: 2
+            })
+        ));
+        let r = weighted_mean(&[WeightedUpdate {
+            delta: &a,
+            num_samples: 0,
+        }]);
         assert!(matches!(r, Err(AggregationError::ZeroSamples)));
         let mut g = [7.0f32; 2];
-        assert!(add_weighted_mean(&mut g, &[WeightedUpdate { delta: &a, num_samples: 1 }]).is_err());
-        assert_eq!(g, [7.0, 7.0], "refused input leaves the global model untouched");
+        assert!(
+            add_weighted_mean(
+                &mut g,
+                &[WeightedUpdate {
+                    delta: &a,
+                    num_samples: 1
+                }]
+            )
+            .is_err()
+        );
+        assert_eq!(
+            g,
+            [7.0, 7.0],
+            "refused input leaves the global model untouched"
+        );
     }
 
     #[test]
@@ -119,8 +178,21 @@ mod tests {
         let dim = 2 * BLOCK + PARALLEL_MIN + 7;
         let a: Vec<f32> = (0..dim).map(|i| (i % 97) as f32 * 0.01).collect();
         let b: Vec<f32> = (0..dim).map(|i| (i % 13) as f32 * -0.1).collect();
-        let m = weighted_mean(&[WeightedUpdate { delta: &a, num_samples: 2 }, WeightedUpdate { delta: &b, num_samples: 6 }]).unwrap();
-        for i in (0..dim).step_by(997).chain([dim - 1, BLOCK - 1, BLOCK, PARALLEL_MIN]) {
+        let m = weighted_mean(&[
+            WeightedUpdate {
+                delta: &a,
+                num_samples: 2,
+            },
+            WeightedUpdate {
+                delta: &b,
+                num_samples: 6,
+            },
+        ])
+        .unwrap();
+        for i in (0..dim)
+            .step_by(997)
+            .chain([dim - 1, BLOCK - 1, BLOCK, PARALLEL_MIN])
+        {
             let want = 0.25 * a[i] + 0.75 * b[i];
             assert!((m[i] - want).abs() < 1e-5, "index {i}: {} vs {want}", m[i]);
         }

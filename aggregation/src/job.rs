@@ -91,7 +91,12 @@ pub struct JobError {
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid job ({} problem{}):", self.problems.len(), if self.problems.len() == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid job ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             write!(f, "\n  {}: {}", p.path, p.message)?;
         }
@@ -104,7 +109,10 @@ struct Problems(Vec<JobProblem>);
 
 impl Problems {
     fn add(&mut self, path: &str, message: impl Into<String>) {
-        self.0.push(JobProblem { path: path.into(), message: message.into() });
+        self.0.push(JobProblem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
     fn range<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, v: T, lo: T, hi: T) {
         if !(v >= lo && v <= hi) {
@@ -117,21 +125,28 @@ impl JobSpec {
     /// Parses and checks a TOML job file's text.
     pub fn from_toml(text: &str) -> Result<Self, JobError> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| JobError {
-            problems: vec![JobProblem { path: "(file)".into(), message: format!("not valid TOML: {}", e.message()) }],
+            problems: vec![JobProblem {
+                path: "(file)".into(),
+                message: format!("not valid TOML: {}", e.message()),
+            }],
         })?;
         let mut problems = Problems::default();
         let wire = crate::job_toml::to_proto(&table, &mut problems_sink(&mut problems));
         let checked = Self::from_proto(&wire);
         match checked {
             Ok(spec) if problems.0.is_empty() => Ok(spec),
-            Ok(_) => Err(JobError { problems: problems.0 }),
+            Ok(_) => Err(JobError {
+                problems: problems.0,
+            }),
             Err(mut e) => {
                 // Type and unknown-key problems first, then rule violations, minus duplicates
                 // of keys whose value could not be read at all.
                 let bad_keys: HashSet<String> = problems.0.iter().map(|p| p.path.clone()).collect();
                 e.problems.retain(|p| !bad_keys.contains(&p.path));
                 problems.0.extend(e.problems);
-                Err(JobError { problems: problems.0 })
+                Err(JobError {
+                    problems: problems.0,
+                })
             }
         }
     }
@@ -146,19 +161,40 @@ impl JobSpec {
         }
         p.range("rounds", wire.rounds, 1, 100_000);
         p.range("min_participants", wire.min_participants, 1, 100_000);
-        let start_participants = if wire.start_participants == 0 { wire.min_participants } else { wire.start_participants };
+        let start_participants = if wire.start_participants == 0 {
+            wire.min_participants
+        } else {
+            wire.start_participants
+        };
         if start_participants < wire.min_participants || start_participants > 100_000 {
-            p.add("start_participants", format!("must be between min_participants ({}) and 100000, got {start_participants}", wire.min_participants));
+            p.add(
+                "start_participants",
+                format!(
+                    "must be between min_participants ({}) and 100000, got {start_participants}",
+                    wire.min_participants
+                ),
+            );
         }
-        p.range("round_deadline_secs", wire.round_deadline_secs, 1, 7 * 24 * 3600);
+        p.range(
+            "round_deadline_secs",
+            wire.round_deadline_secs,
+            1,
+            7 * 24 * 3600,
+        );
         let privacy = match v1::Privacy::try_from(wire.privacy) {
             Ok(v1::Privacy::Plain) => Some(Privacy::Plain),
             Ok(v1::Privacy::Secagg) => {
-                p.add("privacy", "\"secagg\" is not available in this release yet; use \"plain\"");
+                p.add(
+                    "privacy",
+                    "\"secagg\" is not available in this release yet; use \"plain\"",
+                );
                 None
             }
             Ok(v1::Privacy::Fhe) => {
-                p.add("privacy", "\"fhe\" is not available in this release yet; use \"plain\"");
+                p.add(
+                    "privacy",
+                    "\"fhe\" is not available in this release yet; use \"plain\"",
+                );
                 None
             }
             _ => {
@@ -167,7 +203,10 @@ impl JobSpec {
             }
         };
         if !wire.clip_norm.is_finite() || wire.clip_norm < 0.0 {
-            p.add("clip_norm", format!("must be a finite number >= 0, got {}", wire.clip_norm));
+            p.add(
+                "clip_norm",
+                format!("must be a finite number >= 0, got {}", wire.clip_norm),
+            );
         }
         let mut admission = Vec::new();
         let mut seen = HashSet::new();
@@ -185,24 +224,32 @@ impl JobSpec {
         if let (Some(model), Some(data)) = (&model, &data) {
             let layout = ModelLayout::new(model, data.features.len(), data.num_classes as usize);
             if layout.dim() as u64 > MAX_MODEL_PARAMS {
-                p.add("model", format!("has {} parameters, more than the limit {MAX_MODEL_PARAMS}", layout.dim()));
+                p.add(
+                    "model",
+                    format!(
+                        "has {} parameters, more than the limit {MAX_MODEL_PARAMS}",
+                        layout.dim()
+                    ),
+                );
             }
         }
         match (privacy, model, data, training) {
-            (Some(privacy), Some(model), Some(data), Some(training)) if p.0.is_empty() => Ok(JobSpec {
-                name: wire.name.clone(),
-                model,
-                data,
-                training,
-                rounds: wire.rounds,
-                min_participants: wire.min_participants,
-                start_participants,
-                round_deadline_secs: wire.round_deadline_secs,
-                privacy,
-                clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
-                seed: wire.seed,
-                admission,
-            }),
+            (Some(privacy), Some(model), Some(data), Some(training)) if p.0.is_empty() => {
+                Ok(JobSpec {
+                    name: wire.name.clone(),
+                    model,
+                    data,
+                    training,
+                    rounds: wire.rounds,
+                    min_participants: wire.min_participants,
+                    start_participants,
+                    round_deadline_secs: wire.round_deadline_secs,
+                    privacy,
+                    clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
+                    seed: wire.seed,
+                    admission,
+                })
+            }
             _ => Err(JobError { problems: p.0 }),
         }
     }
@@ -222,17 +269,24 @@ impl JobSpec {
             }
             Ok(v1::ModelKind::Mlp) => {
                 if m.hidden.is_empty() {
-                    p.add("model.hidden", "an mlp needs at least one hidden layer width");
+                    p.add(
+                        "model.hidden",
+                        "an mlp needs at least one hidden layer width",
+                    );
                 }
                 let before = p.0.len();
                 for (i, &w) in m.hidden.iter().enumerate() {
                     p.range(&format!("model.hidden[{i}]"), w, 1, 65_536);
                 }
-                (p.0.len() == before && !m.hidden.is_empty())
-                    .then(|| ModelArch::Mlp { hidden: m.hidden.iter().map(|&w| w as usize).collect() })
+                (p.0.len() == before && !m.hidden.is_empty()).then(|| ModelArch::Mlp {
+                    hidden: m.hidden.iter().map(|&w| w as usize).collect(),
+                })
             }
             _ => {
-                p.add("model.kind", "missing or unknown; expected \"logistic_regression\" or \"mlp\"");
+                p.add(
+                    "model.kind",
+                    "missing or unknown; expected \"logistic_regression\" or \"mlp\"",
+                );
                 None
             }
         }
@@ -252,25 +306,37 @@ impl JobSpec {
             if f.is_empty() {
                 p.add(&format!("data.features[{i}]"), "empty column name");
             } else if !seen.insert(f.as_str()) {
-                p.add(&format!("data.features[{i}]"), format!("column {f:?} listed twice"));
+                p.add(
+                    &format!("data.features[{i}]"),
+                    format!("column {f:?} listed twice"),
+                );
             }
         }
         if d.label.is_empty() {
             p.add("data.label", "missing");
         } else if seen.contains(d.label.as_str()) {
-            p.add("data.label", format!("column {:?} is also a feature", d.label));
+            p.add(
+                "data.label",
+                format!("column {:?} is also a feature", d.label),
+            );
         }
         p.range("data.num_classes", d.num_classes, 2, 10_000);
         let normalize = match v1::Normalization::try_from(d.normalize) {
             Ok(v1::Normalization::None) => Normalization::None,
             Ok(v1::Normalization::LocalZscore) => Normalization::LocalZScore,
             _ => {
-                p.add("data.normalize", "missing or unknown; expected \"none\" or \"local_zscore\"");
+                p.add(
+                    "data.normalize",
+                    "missing or unknown; expected \"none\" or \"local_zscore\"",
+                );
                 Normalization::None
             }
         };
         if !(0.0..=0.9).contains(&d.eval_fraction) {
-            p.add("data.eval_fraction", format!("must be between 0 and 0.9, got {}", d.eval_fraction));
+            p.add(
+                "data.eval_fraction",
+                format!("must be between 0 and 0.9, got {}", d.eval_fraction),
+            );
         }
         (p.0.len() == before).then(|| DataSchema {
             features: d.features.clone(),
@@ -290,17 +356,23 @@ impl JobSpec {
         p.range("training.local_epochs", t.local_epochs, 1, 10_000);
         p.range("training.batch_size", t.batch_size, 1, 1 << 20);
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0 && t.learning_rate <= 100.0) {
-            p.add("training.learning_rate", format!("must be > 0 and <= 100, got {}", t.learning_rate));
+            p.add(
+                "training.learning_rate",
+                format!("must be > 0 and <= 100, got {}", t.learning_rate),
+            );
         }
         let optimizer = match v1::Optimizer::try_from(t.optimizer) {
             Ok(v1::Optimizer::Sgd) => Optimizer::Sgd,
             Ok(v1::Optimizer::Adam) => Optimizer::Adam,
             _ => {
-                p.add("training.optimizer", "missing or unknown; expected \"sgd\" or \"adam\"");
+                p.add(
+                    "training.optimizer",
+                    "missing or unknown; expected \"sgd\" or \"adam\"",
+                );
                 Optimizer::Sgd
             }
         };
-        (p.0.len() == before).then(|| TrainingConfig {
+        (p.0.len() == before).then_some(TrainingConfig {
             local_epochs: t.local_epochs,
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
@@ -312,11 +384,17 @@ impl JobSpec {
     pub fn to_proto(&self) -> v1::JobSpec {
         let (kind, hidden) = match &self.model {
             ModelArch::LogisticRegression => (v1::ModelKind::LogisticRegression, vec![]),
-            ModelArch::Mlp { hidden } => (v1::ModelKind::Mlp, hidden.iter().map(|&w| w as u32).collect()),
+            ModelArch::Mlp { hidden } => (
+                v1::ModelKind::Mlp,
+                hidden.iter().map(|&w| w as u32).collect(),
+            ),
         };
         v1::JobSpec {
             name: self.name.clone(),
-            model: Some(v1::ModelSpec { kind: kind.into(), hidden }),
+            model: Some(v1::ModelSpec {
+                kind: kind.into(),
+                hidden,
+            }),
             data: Some(v1::DataSpec {
                 features: self.data.features.clone(),
                 label: self.data.label.clone(),
@@ -354,7 +432,11 @@ impl JobSpec {
 
     /// The parameter layout of this job's model.
     pub fn layout(&self) -> ModelLayout {
-        ModelLayout::new(&self.model, self.data.features.len(), self.data.num_classes as usize)
+        ModelLayout::new(
+            &self.model,
+            self.data.features.len(),
+            self.data.num_classes as usize,
+        )
     }
 }
 
@@ -396,7 +478,12 @@ optimizer = "adam"
     #[test]
     fn good_job_parses_and_round_trips_through_the_wire() {
         let spec = JobSpec::from_toml(GOOD).unwrap();
-        assert_eq!(spec.model, ModelArch::Mlp { hidden: vec![16, 8] });
+        assert_eq!(
+            spec.model,
+            ModelArch::Mlp {
+                hidden: vec![16, 8]
+            }
+        );
         assert_eq!(spec.training.optimizer, Optimizer::Adam);
         assert_eq!(spec.data.normalize, Normalization::LocalZScore);
         assert_eq!(spec.data.num_classes, 2);
@@ -414,8 +501,18 @@ optimizer = "adam"
             .replace("batch_size = 16", "batch_size = \"big\"")
             .replace("optimizer = \"adam\"", "optimizer = \"lbfgs\"");
         let got = paths(JobSpec::from_toml(&bad).unwrap_err());
-        for want in ["colour", "rounds", "model.hidden[1]", "data.label", "training.batch_size", "training.optimizer"] {
-            assert!(got.contains(&want.to_string()), "{want} missing from {got:?}");
+        for want in [
+            "colour",
+            "rounds",
+            "model.hidden[1]",
+            "data.label",
+            "training.batch_size",
+            "training.optimizer",
+        ] {
+            assert!(
+                got.contains(&want.to_string()),
+                "{want} missing from {got:?}"
+            );
         }
     }
 
@@ -423,13 +520,24 @@ optimizer = "adam"
     fn missing_sections_and_bad_values_are_named() {
         let got = paths(JobSpec::from_toml("name = \"x\"\nrounds = 1\n").unwrap_err());
         assert_eq!(got, ["model", "data"]);
-        let got = paths(JobSpec::from_toml(&GOOD.replace("privacy = \"plain\"", "privacy = \"secagg\"")).unwrap_err());
+        let got = paths(
+            JobSpec::from_toml(&GOOD.replace("privacy = \"plain\"", "privacy = \"secagg\""))
+                .unwrap_err(),
+        );
         assert_eq!(got, ["privacy"]);
         let err = JobSpec::from_toml("rounds = [").unwrap_err();
         assert_eq!(err.problems[0].path, "(file)");
-        let got = paths(JobSpec::from_toml(&GOOD.replace("features = [\"a\", \"b\", \"c\"]", "features = [\"a\", \"a\"]")).unwrap_err());
+        let got = paths(
+            JobSpec::from_toml(&GOOD.replace(
+                "features = [\"a\", \"b\", \"c\"]",
+                "features = [\"a\", \"a\"]",
+            ))
+            .unwrap_err(),
+        );
         assert_eq!(got, ["data.features[1]"]);
-        let got = paths(JobSpec::from_toml(&format!("admission = [\"did:key:zBAD\"]\n{GOOD}")).unwrap_err());
+        let got = paths(
+            JobSpec::from_toml(&format!("admission = [\"did:key:zBAD\"]\n{GOOD}")).unwrap_err(),
+        );
         assert_eq!(got, ["admission[0]"]);
     }
 
@@ -438,6 +546,9 @@ optimizer = "adam"
         let mut wire = JobSpec::from_toml(GOOD).unwrap().to_proto();
         wire.model.as_mut().unwrap().kind = 99;
         wire.training.as_mut().unwrap().learning_rate = f32::NAN;
-        assert_eq!(paths(JobSpec::from_proto(&wire).unwrap_err()), ["model.kind", "training.learning_rate"]);
+        assert_eq!(
+            paths(JobSpec::from_proto(&wire).unwrap_err()),
+            ["model.kind", "training.learning_rate"]
+        );
     }
 }

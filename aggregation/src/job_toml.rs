@@ -20,14 +20,21 @@ struct Reader<'t, 'r, 'a> {
 
 impl<'t> Reader<'t, '_, '_> {
     fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() { key.to_string() } else { format!("{}.{key}", self.prefix) }
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
     }
 
     fn check_keys(&mut self, known: &[&str]) {
         for key in self.table.keys() {
             if !known.contains(&key.as_str()) {
                 let path = self.path(key);
-                (self.report)(&path, format!("unknown key (expected one of: {})", known.join(", ")));
+                (self.report)(
+                    &path,
+                    format!("unknown key (expected one of: {})", known.join(", ")),
+                );
             }
         }
     }
@@ -36,14 +43,19 @@ impl<'t> Reader<'t, '_, '_> {
         let value = self.table.get(key)?;
         if !type_matches(value, expected) {
             let path = self.path(key);
-            (self.report)(&path, format!("expected {expected}, got {}", value.type_str()));
+            (self.report)(
+                &path,
+                format!("expected {expected}, got {}", value.type_str()),
+            );
             return None;
         }
         Some(value)
     }
 
     fn string(&mut self, key: &str) -> Option<String> {
-        self.get(key, "a string").and_then(Value::as_str).map(str::to_owned)
+        self.get(key, "a string")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     fn uint(&mut self, key: &str, max: u64) -> Option<u64> {
@@ -62,7 +74,9 @@ impl<'t> Reader<'t, '_, '_> {
 
     fn float(&mut self, key: &str) -> Option<f32> {
         let v = self.get(key, "a number")?;
-        v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).map(|f| f as f32)
+        v.as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .map(|f| f as f32)
     }
 
     fn strings(&mut self, key: &str) -> Option<Vec<String>> {
@@ -105,7 +119,10 @@ impl<'t> Reader<'t, '_, '_> {
         if found.is_none() {
             let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
             let path = self.path(key);
-            (self.report)(&path, format!("unknown value {s:?}; expected one of {}", names.join(", ")));
+            (self.report)(
+                &path,
+                format!("unknown value {s:?}; expected one of {}", names.join(", ")),
+            );
         }
         found
     }
@@ -126,20 +143,49 @@ fn type_matches(value: &Value, expected: &str) -> bool {
 /// Missing optional keys take their documented defaults; missing required keys are left at
 /// the wire's zero value, which `JobSpec::from_proto` then names.
 pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
-    let mut top = Reader { table, prefix: "", report };
+    let mut top = Reader {
+        table,
+        prefix: "",
+        report,
+    };
     top.check_keys(&[
-        "name", "rounds", "min_participants", "start_participants", "round_deadline_secs", "privacy", "clip_norm",
-        "seed", "admission", "model", "data", "training",
+        "name",
+        "rounds",
+        "min_participants",
+        "start_participants",
+        "round_deadline_secs",
+        "privacy",
+        "clip_norm",
+        "seed",
+        "admission",
+        "model",
+        "data",
+        "training",
     ]);
     let mut spec = v1::JobSpec {
         name: top.string("name").unwrap_or_default(),
         rounds: top.u32("rounds").unwrap_or(0),
-        min_participants: top.u32("min_participants").unwrap_or(DEFAULT_MIN_PARTICIPANTS),
+        min_participants: top
+            .u32("min_participants")
+            .unwrap_or(DEFAULT_MIN_PARTICIPANTS),
         start_participants: top.u32("start_participants").unwrap_or(0),
-        round_deadline_secs: top.u32("round_deadline_secs").unwrap_or(DEFAULT_DEADLINE_SECS),
+        round_deadline_secs: top
+            .u32("round_deadline_secs")
+            .unwrap_or(DEFAULT_DEADLINE_SECS),
         privacy: top
-            .choice("privacy", &[("plain", v1::Privacy::Plain), ("secagg", v1::Privacy::Secagg), ("fhe", v1::Privacy::Fhe)])
-            .unwrap_or(if table.contains_key("privacy") { v1::Privacy::Unspecified } else { v1::Privacy::Plain })
+            .choice(
+                "privacy",
+                &[
+                    ("plain", v1::Privacy::Plain),
+                    ("secagg", v1::Privacy::Secagg),
+                    ("fhe", v1::Privacy::Fhe),
+                ],
+            )
+            .unwrap_or(if table.contains_key("privacy") {
+                v1::Privacy::Unspecified
+            } else {
+                v1::Privacy::Plain
+            })
             .into(),
         clip_norm: top.float("clip_norm").unwrap_or(0.0),
         seed: top.uint("seed", u64::MAX).unwrap_or(0),
@@ -152,26 +198,56 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
     let report = top.report;
 
     if let Some(table) = model {
-        let mut r = Reader { table, prefix: "model", report: &mut *report };
+        let mut r = Reader {
+            table,
+            prefix: "model",
+            report: &mut *report,
+        };
         r.check_keys(&["kind", "hidden"]);
         spec.model = Some(v1::ModelSpec {
             kind: r
-                .choice("kind", &[("logistic_regression", v1::ModelKind::LogisticRegression), ("mlp", v1::ModelKind::Mlp)])
+                .choice(
+                    "kind",
+                    &[
+                        ("logistic_regression", v1::ModelKind::LogisticRegression),
+                        ("mlp", v1::ModelKind::Mlp),
+                    ],
+                )
                 .unwrap_or(v1::ModelKind::Unspecified)
                 .into(),
             hidden: r.u32s("hidden").unwrap_or_default(),
         });
     }
     if let Some(table) = data {
-        let mut r = Reader { table, prefix: "data", report: &mut *report };
-        r.check_keys(&["features", "label", "num_classes", "normalize", "eval_fraction"]);
+        let mut r = Reader {
+            table,
+            prefix: "data",
+            report: &mut *report,
+        };
+        r.check_keys(&[
+            "features",
+            "label",
+            "num_classes",
+            "normalize",
+            "eval_fraction",
+        ]);
         spec.data = Some(v1::DataSpec {
             features: r.strings("features").unwrap_or_default(),
             label: r.string("label").unwrap_or_default(),
             num_classes: r.u32("num_classes").unwrap_or(2),
             normalize: r
-                .choice("normalize", &[("none", v1::Normalization::None), ("local_zscore", v1::Normalization::LocalZscore)])
-                .unwrap_or(if table.contains_key("normalize") { v1::Normalization::Unspecified } else { v1::Normalization::None })
+                .choice(
+                    "normalize",
+                    &[
+                        ("none", v1::Normalization::None),
+                        ("local_zscore", v1::Normalization::LocalZscore),
+                    ],
+                )
+                .unwrap_or(if table.contains_key("normalize") {
+                    v1::Normalization::Unspecified
+                } else {
+                    v1::Normalization::None
+                })
                 .into(),
             eval_fraction: r.float("eval_fraction").unwrap_or(DEFAULT_EVAL_FRACTION),
         });
@@ -185,16 +261,31 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
     spec.training = Some(match training {
         None => training_defaults,
         Some(table) => {
-            let mut r = Reader { table, prefix: "training", report: &mut *report };
+            let mut r = Reader {
+                table,
+                prefix: "training",
+                report: &mut *report,
+            };
             r.check_keys(&["local_epochs", "batch_size", "learning_rate", "optimizer"]);
             v1::TrainingSpec {
-                local_epochs: r.u32("local_epochs").unwrap_or(training_defaults.local_epochs),
+                local_epochs: r
+                    .u32("local_epochs")
+                    .unwrap_or(training_defaults.local_epochs),
                 batch_size: r.u32("batch_size").unwrap_or(training_defaults.batch_size),
-                learning_rate: r.float("learning_rate").unwrap_or(training_defaults.learning_rate),
+                learning_rate: r
+                    .float("learning_rate")
+                    .unwrap_or(training_defaults.learning_rate),
                 optimizer: r
-                    .choice("optimizer", &[("sgd", v1::Optimizer::Sgd), ("adam", v1::Optimizer::Adam)])
+                    .choice(
+                        "optimizer",
+                        &[("sgd", v1::Optimizer::Sgd), ("adam", v1::Optimizer::Adam)],
+                    )
                     .map(i32::from)
-                    .unwrap_or(if table.contains_key("optimizer") { 0 } else { training_defaults.optimizer }),
+                    .unwrap_or(if table.contains_key("optimizer") {
+                        0
+                    } else {
+                        training_defaults.optimizer
+                    }),
             }
         }
     });

@@ -23,5 +23,7 @@ mod job_toml;
 pub mod model;
 
 pub use error::AggregationError;
-pub use job::{DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, TrainingConfig};
+pub use job::{
+    DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, TrainingConfig,
+};
 pub use model::{ModelArch, ModelLayout, TensorSpec};

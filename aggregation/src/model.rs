@@ -54,8 +54,14 @@ impl ModelLayout {
             .enumerate()
             .flat_map(|(i, w)| {
                 [
-                    TensorSpec { name: format!("layers.{i}.weight"), shape: vec![w[1], w[0]] },
-                    TensorSpec { name: format!("layers.{i}.bias"), shape: vec![w[1]] },
+                    TensorSpec {
+                        name: format!("layers.{i}.weight"),
+                        shape: vec![w[1], w[0]],
+                    },
+                    TensorSpec {
+                        name: format!("layers.{i}.bias"),
+                        shape: vec![w[1]],
+                    },
                 ]
             })
             .collect();
@@ -103,12 +109,14 @@ impl ModelLayout {
             views.push((t.name.clone(), view));
             offset += len;
         }
-        safetensors::serialize(views, None).map_err(|e| AggregationError::Safetensors(e.to_string()))
+        safetensors::serialize(views, None)
+            .map_err(|e| AggregationError::Safetensors(e.to_string()))
     }
 
     /// Decodes a safetensors file holding exactly this layout's tensors into flat parameters.
     pub fn from_safetensors(&self, file: &[u8]) -> Result<Vec<f32>, AggregationError> {
-        let st = SafeTensors::deserialize(file).map_err(|e| AggregationError::Safetensors(e.to_string()))?;
+        let st = SafeTensors::deserialize(file)
+            .map_err(|e| AggregationError::Safetensors(e.to_string()))?;
         if st.len() != self.tensors.len() {
             return Err(AggregationError::Safetensors(format!(
                 "expected {} tensors, found {}",
@@ -118,7 +126,9 @@ impl ModelLayout {
         }
         let mut out = Vec::with_capacity(self.dim());
         for t in &self.tensors {
-            let view = st.tensor(&t.name).map_err(|e| AggregationError::Safetensors(format!("{}: {e}", t.name)))?;
+            let view = st
+                .tensor(&t.name)
+                .map_err(|e| AggregationError::Safetensors(format!("{}: {e}", t.name)))?;
             if view.dtype() != Dtype::F32 || view.shape() != t.shape.as_slice() {
                 return Err(AggregationError::Safetensors(format!(
                     "{}: expected f32 {:?}, found {:?} {:?}",
@@ -128,13 +138,20 @@ impl ModelLayout {
                     view.shape()
                 )));
             }
-            out.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            out.extend(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
         }
         Ok(out)
     }
 
     /// Splits flat parameters into `(spec, values)` per tensor.
-    pub fn split<'a>(&'a self, params: &'a [f32]) -> Result<Vec<(&'a TensorSpec, &'a [f32])>, AggregationError> {
+    pub fn split<'a>(
+        &'a self,
+        params: &'a [f32],
+    ) -> Result<Vec<(&'a TensorSpec, &'a [f32])>, AggregationError> {
         self.check_len(params.len())?;
         let mut rest = params;
         Ok(self
@@ -150,7 +167,10 @@ impl ModelLayout {
 
     fn check_len(&self, len: usize) -> Result<(), AggregationError> {
         if len != self.dim() {
-            return Err(AggregationError::DimensionMismatch { expected: self.dim(), got: len });
+            return Err(AggregationError::DimensionMismatch {
+                expected: self.dim(),
+                got: len,
+            });
         }
         Ok(())
     }
@@ -164,7 +184,17 @@ mod tests {
     fn layout_shapes_and_dim() {
         let l = ModelLayout::new(&ModelArch::Mlp { hidden: vec![8, 4] }, 30, 2);
         let names: Vec<_> = l.tensors().iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight", "layers.2.bias"]);
+        assert_eq!(
+            names,
+            [
+                "layers.0.weight",
+                "layers.0.bias",
+                "layers.1.weight",
+                "layers.1.bias",
+                "layers.2.weight",
+                "layers.2.bias"
+            ]
+        );
         assert_eq!(l.dim(), 30 * 8 + 8 + 8 * 4 + 4 + 4 * 2 + 2);
         let lr = ModelLayout::new(&ModelArch::LogisticRegression, 30, 2);
         assert_eq!(lr.dim(), 62);

@@ -15,7 +15,11 @@ use crate::printer::Printer;
 const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
 
 #[derive(Parser)]
-#[command(name = "conclave", version, about = "Federated, privacy-preserving learning coordinator")]
+#[command(
+    name = "conclave",
+    version,
+    about = "Federated, privacy-preserving learning coordinator"
+)]
 struct Cli {
     /// Print less (no progress bars).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -72,14 +76,20 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let printer = Printer::new(cli.quiet > 0);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

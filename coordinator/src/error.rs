@@ -10,7 +10,11 @@ pub enum CoordinatorError {
     #[error("unknown job {0:?}")]
     UnknownJob(String),
     #[error("job {job} has no model version {version} (latest is {latest})")]
-    UnknownModelVersion { job: String, version: u32, latest: u32 },
+    UnknownModelVersion {
+        job: String,
+        version: u32,
+        latest: u32,
+    },
     #[error("{0}")]
     InvalidJob(#[from] JobError),
     #[error("authentication failed: {0}")]
@@ -34,7 +38,11 @@ pub enum CoordinatorError {
     #[error("chunk of {size} bytes exceeds the limit of {max} bytes")]
     ChunkTooLarge { size: usize, max: usize },
     #[error("round {round} of job {job} is not open (current round: {current})")]
-    RoundNotOpen { job: String, round: u32, current: String },
+    RoundNotOpen {
+        job: String,
+        round: u32,
+        current: String,
+    },
     #[error("{did} is not a participant of round {round}")]
     NotInRound { did: String, round: u32 },
     #[error("{did} already uploaded an update for round {round}")]
@@ -55,12 +63,16 @@ impl CoordinatorError {
         use CoordinatorError::*;
         match self {
             UnknownJob(_) | UnknownModelVersion { .. } => Code::NotFound,
-            InvalidJob(_) | InvalidRequest(_) | WrongLength { .. } | NonFinite { .. } | HashMismatch => {
-                Code::InvalidArgument
-            }
+            InvalidJob(_)
+            | InvalidRequest(_)
+            | WrongLength { .. }
+            | NonFinite { .. }
+            | HashMismatch => Code::InvalidArgument,
             BadAuth(_) | Replay(_) => Code::Unauthenticated,
             NotAdmitted { .. } | NotJoined { .. } => Code::PermissionDenied,
-            KeyMismatch { .. } | DuplicateUpload { .. } | DuplicateReport { .. } => Code::AlreadyExists,
+            KeyMismatch { .. } | DuplicateUpload { .. } | DuplicateReport { .. } => {
+                Code::AlreadyExists
+            }
             ChunkTooLarge { .. } => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) => Code::Internal,

@@ -17,11 +17,16 @@ use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::CoordinatorError;
-use crate::store::{EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadRecord};
+use crate::store::{
+    EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadRecord,
+};
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Largest sample count a participant may claim for one update or evaluation.
@@ -83,7 +88,10 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian f32s, refusing NaN and infinities.
 pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(CoordinatorError::NonFinite { index }),
         None => Ok(values),
@@ -93,12 +101,18 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
 /// Checks a signed request's signature and returns the signer. The nonce is checked against
 /// the job's memory separately, under the lock.
 pub fn authenticate<T: Signed>(req: &T) -> Result<(ParticipantId, Vec<u8>), CoordinatorError> {
-    let auth = req.auth().ok_or_else(|| CoordinatorError::BadAuth("request is not signed".into()))?;
-    let did = ParticipantId::parse(&auth.participant).map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+    let auth = req
+        .auth()
+        .ok_or_else(|| CoordinatorError::BadAuth("request is not signed".into()))?;
+    let did = ParticipantId::parse(&auth.participant)
+        .map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
     if auth.nonce.len() != NONCE_LEN {
-        return Err(CoordinatorError::BadAuth(format!("nonce must be {NONCE_LEN} bytes")));
+        return Err(CoordinatorError::BadAuth(format!(
+            "nonce must be {NONCE_LEN} bytes"
+        )));
     }
-    did.verify(&req.signing_bytes(), &auth.signature).map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+    did.verify(&req.signing_bytes(), &auth.signature)
+        .map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
     Ok((did, auth.nonce.clone()))
 }
 
@@ -122,19 +136,28 @@ impl Job {
     }
 
     fn is_joined(&self, did: &ParticipantId) -> bool {
-        self.record.participants.iter().any(|p| p.did == did.as_str())
+        self.record
+            .participants
+            .iter()
+            .any(|p| p.did == did.as_str())
     }
 
     fn require_joined(&self, did: &ParticipantId) -> Result<(), CoordinatorError> {
         if self.is_joined(did) {
             Ok(())
         } else {
-            Err(CoordinatorError::NotJoined { job: self.id().into(), did: did.to_string() })
+            Err(CoordinatorError::NotJoined {
+                job: self.id().into(),
+                did: did.to_string(),
+            })
         }
     }
 
     fn open_round(&self) -> Option<&RoundRecord> {
-        self.record.rounds.last().filter(|r| r.status == RoundStatus::Open)
+        self.record
+            .rounds
+            .last()
+            .filter(|r| r.status == RoundStatus::Open)
     }
 
     fn model_hash(&self, version: u32) -> Vec<u8> {
@@ -154,7 +177,12 @@ impl Job {
             status: RoundStatus::Open,
             base_version: self.record.model_version,
             result_version: None,
-            expected: self.record.participants.iter().map(|p| p.did.clone()).collect(),
+            expected: self
+                .record
+                .participants
+                .iter()
+                .map(|p| p.did.clone())
+                .collect(),
             uploads: Vec::new(),
             deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
         });
@@ -201,7 +229,11 @@ impl Job {
                 .map(|(&version, reports)| {
                     let n: u64 = reports.iter().map(|e| e.num_examples).sum();
                     let mean = |f: fn(&EvalRecord) -> f64| {
-                        reports.iter().map(|e| f(e) * e.num_examples as f64).sum::<f64>() / n.max(1) as f64
+                        reports
+                            .iter()
+                            .map(|e| f(e) * e.num_examples as f64)
+                            .sum::<f64>()
+                            / n.max(1) as f64
                     };
                     v1::Evaluation {
                         model_version: version,
@@ -231,13 +263,22 @@ impl State {
             let wire = hex::decode(&record.spec)
                 .ok()
                 .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok())
-                .ok_or_else(|| CoordinatorError::Storage(format!("job {}: stored spec is unreadable", record.id)))?;
+                .ok_or_else(|| {
+                    CoordinatorError::Storage(format!(
+                        "job {}: stored spec is unreadable",
+                        record.id
+                    ))
+                })?;
             let spec = JobSpec::from_proto(&wire)?;
             let layout = spec.layout();
-            let model = layout.from_safetensors(&store.load_model(&record.id, record.model_version)?)?;
+            let model =
+                layout.from_safetensors(&store.load_model(&record.id, record.model_version)?)?;
             let latest_model = Arc::new(f32_bytes(&model));
             if hash_hex(&latest_model) != record.model_hashes[record.model_version as usize] {
-                return Err(CoordinatorError::Storage(format!("job {}: model file does not match its hash", record.id)));
+                return Err(CoordinatorError::Storage(format!(
+                    "job {}: model file does not match its hash",
+                    record.id
+                )));
             }
             let job = Job {
                 spec,
@@ -250,24 +291,40 @@ impl State {
             };
             jobs.insert(job.record.id.clone(), job);
         }
-        Ok(Arc::new(Self { store, jobs: Mutex::new(jobs) }))
+        Ok(Arc::new(Self {
+            store,
+            jobs: Mutex::new(jobs),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
         // A panic while holding the lock cannot leave a half-applied change on disk (records
         // are written whole), so the in-memory map is still the last durable state.
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn with_job<R>(&self, id: &str, f: impl FnOnce(&mut Job, &Store) -> Result<R, CoordinatorError>) -> Result<R, CoordinatorError> {
+    fn with_job<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Job, &Store) -> Result<R, CoordinatorError>,
+    ) -> Result<R, CoordinatorError> {
         let mut jobs = self.lock();
-        let job = jobs.get_mut(id).ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
+        let job = jobs
+            .get_mut(id)
+            .ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
         f(job, &self.store)
     }
 
     /// Starts the round driver of every unfinished job.
     pub fn start_drivers(self: &Arc<Self>) {
-        let ids: Vec<String> = self.lock().iter().filter(|(_, j)| !j.record.finished).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, j)| !j.record.finished)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             self.spawn_driver(id);
         }
@@ -280,7 +337,8 @@ impl State {
         let id = format!("j-{}", hex::encode(conclave_crypto::random_bytes::<8>()));
         let model = layout.init(spec.seed);
         let latest_model = Arc::new(f32_bytes(&model));
-        self.store.save_model(&id, 0, &layout.to_safetensors(&model)?)?;
+        self.store
+            .save_model(&id, 0, &layout.to_safetensors(&model)?)?;
         let record = JobRecord {
             id: id.clone(),
             spec: hex::encode(spec.to_proto().encode_to_vec()),
@@ -324,31 +382,48 @@ impl State {
     /// once `min_participants` have joined.
     pub fn join(&self, req: &v1::JoinRequest) -> Result<v1::JobInfo, CoordinatorError> {
         let (did, nonce) = authenticate(req)?;
-        let sealing_key: [u8; 32] = req
-            .x25519_public
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoordinatorError::InvalidRequest(format!("x25519_public must be 32 bytes, got {}", req.x25519_public.len())))?;
+        let sealing_key: [u8; 32] = req.x25519_public.as_slice().try_into().map_err(|_| {
+            CoordinatorError::InvalidRequest(format!(
+                "x25519_public must be 32 bytes, got {}",
+                req.x25519_public.len()
+            ))
+        })?;
         self.with_job(&req.job_id, |job, store| {
             if job.record.finished {
                 return Err(CoordinatorError::JobFinished(job.id().into()));
             }
             if !job.spec.admission.is_empty() && !job.spec.admission.contains(&did) {
-                return Err(CoordinatorError::NotAdmitted { job: job.id().into(), did: did.to_string() });
+                return Err(CoordinatorError::NotAdmitted {
+                    job: job.id().into(),
+                    did: did.to_string(),
+                });
             }
             let key_hex = hex::encode(sealing_key);
-            if let Some(existing) = job.record.participants.iter().find(|p| p.did == did.as_str()) {
+            if let Some(existing) = job
+                .record
+                .participants
+                .iter()
+                .find(|p| p.did == did.as_str())
+            {
                 if existing.sealing_key != key_hex {
-                    return Err(CoordinatorError::KeyMismatch { job: job.id().into(), did: did.to_string() });
+                    return Err(CoordinatorError::KeyMismatch {
+                        job: job.id().into(),
+                        did: did.to_string(),
+                    });
                 }
                 job.consume_nonce(&did, &nonce)?;
                 return Ok(job.info());
             }
             job.consume_nonce(&did, &nonce)?;
             let mut record = job.record.clone();
-            record.participants.push(ParticipantRecord { did: did.to_string(), sealing_key: key_hex });
+            record.participants.push(ParticipantRecord {
+                did: did.to_string(),
+                sealing_key: key_hex,
+            });
             let before = std::mem::replace(&mut job.record, record);
-            if job.record.rounds.is_empty() && job.record.participants.len() >= job.spec.start_participants as usize {
+            if job.record.rounds.is_empty()
+                && job.record.participants.len() >= job.spec.start_participants as usize
+            {
                 job.open_next_round(now_ms());
             }
             if let Err(e) = store.save_job(&job.record) {
@@ -361,7 +436,10 @@ impl State {
     }
 
     /// Authenticates a work-stream request and returns a receiver of the job's change signal.
-    pub fn subscribe(&self, req: &v1::WorkRequest) -> Result<(ParticipantId, watch::Receiver<u64>), CoordinatorError> {
+    pub fn subscribe(
+        &self,
+        req: &v1::WorkRequest,
+    ) -> Result<(ParticipantId, watch::Receiver<u64>), CoordinatorError> {
         let (did, nonce) = authenticate(req)?;
         self.with_job(&req.job_id, |job, _| {
             job.require_joined(&did)?;
@@ -371,7 +449,12 @@ impl State {
     }
 
     /// The work items a participant has not been sent yet, in the order to do them.
-    pub fn pending_work(&self, job_id: &str, did: &ParticipantId, cursor: &mut WorkCursor) -> Result<Vec<v1::WorkItem>, CoordinatorError> {
+    pub fn pending_work(
+        &self,
+        job_id: &str,
+        did: &ParticipantId,
+        cursor: &mut WorkCursor,
+    ) -> Result<Vec<v1::WorkItem>, CoordinatorError> {
         self.with_job(job_id, |job, _| {
             let mut items = Vec::new();
             if cursor.done {
@@ -379,9 +462,15 @@ impl State {
             }
             let r = &job.record;
             let v = r.model_version;
-            let reported = r.evaluations.get(&v).is_some_and(|e| e.iter().any(|x| x.did == did.as_str()));
+            let reported = r
+                .evaluations
+                .get(&v)
+                .is_some_and(|e| e.iter().any(|x| x.did == did.as_str()));
             if cursor.evaluated != Some(v) && !reported {
-                items.push(Item::Evaluate(v1::EvaluateTask { model_version: v, model_hash: job.model_hash(v) }));
+                items.push(Item::Evaluate(v1::EvaluateTask {
+                    model_version: v,
+                    model_hash: job.model_hash(v),
+                }));
                 cursor.evaluated = Some(v);
             }
             if let Some(round) = job.open_round() {
@@ -398,19 +487,33 @@ impl State {
                 }
             }
             if r.finished {
-                items.push(Item::Done(v1::JobDone { state: v1::JobState::Finished.into(), final_model_version: v }));
+                items.push(Item::Done(v1::JobDone {
+                    state: v1::JobState::Finished.into(),
+                    final_model_version: v,
+                }));
                 cursor.done = true;
             }
-            Ok(items.into_iter().map(|item| v1::WorkItem { item: Some(item) }).collect())
+            Ok(items
+                .into_iter()
+                .map(|item| v1::WorkItem { item: Some(item) })
+                .collect())
         })
     }
 
     /// A model version's flat parameters (little-endian f32) and their BLAKE3 hash.
-    pub fn model(&self, job_id: &str, version: u32) -> Result<(Arc<Vec<u8>>, Vec<u8>), CoordinatorError> {
+    pub fn model(
+        &self,
+        job_id: &str,
+        version: u32,
+    ) -> Result<(Arc<Vec<u8>>, Vec<u8>), CoordinatorError> {
         let (latest, hash, layout) = self.with_job(job_id, |job, _| {
             let latest = job.record.model_version;
             if version > latest {
-                return Err(CoordinatorError::UnknownModelVersion { job: job.id().into(), version, latest });
+                return Err(CoordinatorError::UnknownModelVersion {
+                    job: job.id().into(),
+                    version,
+                    latest,
+                });
             }
             let cached = (version == latest).then(|| job.latest_model.clone());
             Ok((cached, job.model_hash(version), job.layout.clone()))
@@ -423,22 +526,28 @@ impl State {
     }
 
     /// Checks a signed upload header before any payload is read.
-    pub fn check_upload(&self, header: &v1::UploadHeader) -> Result<UploadTicket, CoordinatorError> {
+    pub fn check_upload(
+        &self,
+        header: &v1::UploadHeader,
+    ) -> Result<UploadTicket, CoordinatorError> {
         let (did, nonce) = authenticate(header)?;
-        let payload_hash: [u8; 32] = header
-            .payload_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoordinatorError::InvalidRequest("payload_hash must be 32 bytes".into()))?;
+        let payload_hash: [u8; 32] = header.payload_hash.as_slice().try_into().map_err(|_| {
+            CoordinatorError::InvalidRequest("payload_hash must be 32 bytes".into())
+        })?;
         if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
-            return Err(CoordinatorError::InvalidRequest(format!("num_samples must be between 1 and {MAX_SAMPLES}")));
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "num_samples must be between 1 and {MAX_SAMPLES}"
+            )));
         }
         self.with_job(&header.job_id, |job, _| {
             job.require_joined(&did)?;
             check_round_upload(job, header.round, &did)?;
             let dim = job.layout.dim() as u64;
             if header.dim != dim {
-                return Err(CoordinatorError::WrongLength { expected: dim, got: header.dim });
+                return Err(CoordinatorError::WrongLength {
+                    expected: dim,
+                    got: header.dim,
+                });
             }
             job.consume_nonce(&did, &nonce)?;
             Ok(UploadTicket {
@@ -453,19 +562,31 @@ impl State {
     }
 
     /// Stores a complete, checked upload. Durable before it returns.
-    pub fn accept_upload(&self, ticket: &UploadTicket, payload: &[u8]) -> Result<(), CoordinatorError> {
+    pub fn accept_upload(
+        &self,
+        ticket: &UploadTicket,
+        payload: &[u8],
+    ) -> Result<(), CoordinatorError> {
         if payload.len() as u64 != ticket.dim * 4 {
-            return Err(CoordinatorError::WrongLength { expected: ticket.dim, got: payload.len() as u64 / 4 });
+            return Err(CoordinatorError::WrongLength {
+                expected: ticket.dim,
+                got: payload.len() as u64 / 4,
+            });
         }
         if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
             return Err(CoordinatorError::HashMismatch);
         }
         decode_f32(payload)?;
-        let staged = self.store.stage_update(&ticket.job, ticket.round, ticket.did.as_str(), payload)?;
+        let staged =
+            self.store
+                .stage_update(&ticket.job, ticket.round, ticket.did.as_str(), payload)?;
         let result = self.with_job(&ticket.job, |job, store| {
             check_round_upload(job, ticket.round, &ticket.did)?;
             let mut record = job.record.clone();
-            let round = record.rounds.last_mut().expect("check_round_upload found an open round");
+            let round = record
+                .rounds
+                .last_mut()
+                .expect("check_round_upload found an open round");
             round.uploads.push(UploadRecord {
                 did: ticket.did.to_string(),
                 num_samples: ticket.num_samples,
@@ -488,29 +609,44 @@ impl State {
         let (did, nonce) = authenticate(req)?;
         let ok = req.loss.is_finite() && req.loss >= 0.0 && (0.0..=1.0).contains(&req.accuracy);
         if !ok {
-            return Err(CoordinatorError::InvalidRequest("loss must be finite and >= 0, accuracy in [0, 1]".into()));
+            return Err(CoordinatorError::InvalidRequest(
+                "loss must be finite and >= 0, accuracy in [0, 1]".into(),
+            ));
         }
         if req.num_examples == 0 || req.num_examples > MAX_SAMPLES {
-            return Err(CoordinatorError::InvalidRequest(format!("num_examples must be between 1 and {MAX_SAMPLES}")));
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "num_examples must be between 1 and {MAX_SAMPLES}"
+            )));
         }
         self.with_job(&req.job_id, |job, store| {
             job.require_joined(&did)?;
             let latest = job.record.model_version;
             if req.model_version > latest {
-                return Err(CoordinatorError::UnknownModelVersion { job: job.id().into(), version: req.model_version, latest });
+                return Err(CoordinatorError::UnknownModelVersion {
+                    job: job.id().into(),
+                    version: req.model_version,
+                    latest,
+                });
             }
             let reports = job.record.evaluations.get(&req.model_version);
             if reports.is_some_and(|r| r.iter().any(|e| e.did == did.as_str())) {
-                return Err(CoordinatorError::DuplicateReport { did: did.to_string(), version: req.model_version });
+                return Err(CoordinatorError::DuplicateReport {
+                    did: did.to_string(),
+                    version: req.model_version,
+                });
             }
             job.consume_nonce(&did, &nonce)?;
             let mut record = job.record.clone();
-            record.evaluations.entry(req.model_version).or_default().push(EvalRecord {
-                did: did.to_string(),
-                loss: req.loss,
-                accuracy: req.accuracy,
-                num_examples: req.num_examples,
-            });
+            record
+                .evaluations
+                .entry(req.model_version)
+                .or_default()
+                .push(EvalRecord {
+                    did: did.to_string(),
+                    loss: req.loss,
+                    accuracy: req.accuracy,
+                    num_examples: req.num_examples,
+                });
             store.save_job(&record)?;
             job.record = record;
             job.bump();
@@ -523,7 +659,9 @@ impl State {
     /// next round or finishes the job. Returns the open round's deadline, if any remains.
     pub fn advance(&self, job_id: &str, now: u64) -> Result<Option<u64>, CoordinatorError> {
         self.with_job(job_id, |job, store| {
-            let Some(round) = job.open_round() else { return Ok(None) };
+            let Some(round) = job.open_round() else {
+                return Ok(None);
+            };
             let complete = round.uploads.len() == round.expected.len();
             if !complete && now < round.deadline_unix_ms {
                 return Ok(Some(round.deadline_unix_ms));
@@ -532,13 +670,26 @@ impl State {
             let mut record = job.record.clone();
             let mut new_model = None;
             let closed = record.rounds.last_mut().expect("open round exists");
-            if round.uploads.len() >= job.spec.min_participants as usize && !round.uploads.is_empty() {
+            if round.uploads.len() >= job.spec.min_participants as usize
+                && !round.uploads.is_empty()
+            {
                 let updates = round
                     .uploads
                     .iter()
-                    .map(|u| Ok((decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?, u.num_samples)))
+                    .map(|u| {
+                        Ok((
+                            decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?,
+                            u.num_samples,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, CoordinatorError>>()?;
-                let weighted: Vec<_> = updates.iter().map(|(d, n)| WeightedUpdate { delta: d, num_samples: *n }).collect();
+                let weighted: Vec<_> = updates
+                    .iter()
+                    .map(|(d, n)| WeightedUpdate {
+                        delta: d,
+                        num_samples: *n,
+                    })
+                    .collect();
                 let mut params = decode_f32(&job.latest_model)?;
                 fedavg::add_weighted_mean(&mut params, &weighted)?;
                 let version = record.model_version + 1;
@@ -572,7 +723,9 @@ impl State {
     }
 
     fn spawn_driver(self: &Arc<Self>, job_id: String) {
-        let Ok(wake) = self.with_job(&job_id, |job, _| Ok(job.wake.clone())) else { return };
+        let Ok(wake) = self.with_job(&job_id, |job, _| Ok(job.wake.clone())) else {
+            return;
+        };
         let state = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -588,7 +741,10 @@ impl State {
                         }
                     }
                     Ok(Ok(None)) => {
-                        if state.with_job(&job_id, |job, _| Ok(job.record.finished)).unwrap_or(true) {
+                        if state
+                            .with_job(&job_id, |job, _| Ok(job.record.finished))
+                            .unwrap_or(true)
+                        {
                             break;
                         }
                         wake.notified().await;
@@ -609,14 +765,26 @@ impl State {
 
 fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), CoordinatorError> {
     let Some(open) = job.open_round().filter(|r| r.round == round) else {
-        let current = job.open_round().map_or("none".to_string(), |r| r.round.to_string());
-        return Err(CoordinatorError::RoundNotOpen { job: job.id().into(), round, current });
+        let current = job
+            .open_round()
+            .map_or("none".to_string(), |r| r.round.to_string());
+        return Err(CoordinatorError::RoundNotOpen {
+            job: job.id().into(),
+            round,
+            current,
+        });
     };
     if !open.expected.iter().any(|d| d == did.as_str()) {
-        return Err(CoordinatorError::NotInRound { did: did.to_string(), round });
+        return Err(CoordinatorError::NotInRound {
+            did: did.to_string(),
+            round,
+        });
     }
     if open.uploads.iter().any(|u| u.did == did.as_str()) {
-        return Err(CoordinatorError::DuplicateUpload { did: did.to_string(), round });
+        return Err(CoordinatorError::DuplicateUpload {
+            did: did.to_string(),
+            round,
+        });
     }
     Ok(())
 }

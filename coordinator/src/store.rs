@@ -90,7 +90,9 @@ impl Store {
     /// Opens (creating if needed) a data directory.
     pub fn open(root: &Path) -> Result<Self, CoordinatorError> {
         fs::create_dir_all(root.join("jobs"))?;
-        Ok(Self { root: root.to_owned() })
+        Ok(Self {
+            root: root.to_owned(),
+        })
     }
 
     fn job_dir(&self, job: &str) -> PathBuf {
@@ -99,12 +101,17 @@ impl Store {
 
     /// Path of a stored model version.
     pub fn model_path(&self, job: &str, version: u32) -> PathBuf {
-        self.job_dir(job).join("models").join(format!("v{version}.safetensors"))
+        self.job_dir(job)
+            .join("models")
+            .join(format!("v{version}.safetensors"))
     }
 
     fn update_path(&self, job: &str, round: u32, did: &str) -> PathBuf {
         // did:key strings are base58 after the prefix: safe in file names once ':' is replaced.
-        self.job_dir(job).join("rounds").join(round.to_string()).join(format!("{}.update", did.replace(':', "_")))
+        self.job_dir(job)
+            .join("rounds")
+            .join(round.to_string())
+            .join(format!("{}.update", did.replace(':', "_")))
     }
 
     /// Every stored job record.
@@ -126,12 +133,18 @@ impl Store {
 
     /// Durably writes a job record.
     pub fn save_job(&self, record: &JobRecord) -> Result<(), CoordinatorError> {
-        let json = serde_json::to_vec_pretty(record).map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
         write_atomic(&self.job_dir(&record.id).join("job.json"), &json)
     }
 
     /// Durably writes a model version.
-    pub fn save_model(&self, job: &str, version: u32, safetensors: &[u8]) -> Result<(), CoordinatorError> {
+    pub fn save_model(
+        &self,
+        job: &str,
+        version: u32,
+        safetensors: &[u8],
+    ) -> Result<(), CoordinatorError> {
         write_atomic(&self.model_path(job, version), safetensors)
     }
 
@@ -141,22 +154,42 @@ impl Store {
     }
 
     /// Durably writes an update under a temporary name; [`Store::commit_update`] moves it in place.
-    pub fn stage_update(&self, job: &str, round: u32, did: &str, payload: &[u8]) -> Result<PathBuf, CoordinatorError> {
+    pub fn stage_update(
+        &self,
+        job: &str,
+        round: u32,
+        did: &str,
+        payload: &[u8],
+    ) -> Result<PathBuf, CoordinatorError> {
         let path = self.update_path(job, round, did);
-        let staged = path.with_extension(format!("staged-{}", hex::encode(conclave_crypto::random_bytes::<8>())));
+        let staged = path.with_extension(format!(
+            "staged-{}",
+            hex::encode(conclave_crypto::random_bytes::<8>())
+        ));
         write_synced(&staged, payload)?;
         Ok(staged)
     }
 
     /// Moves a staged update to its final name.
-    pub fn commit_update(&self, staged: &Path, job: &str, round: u32, did: &str) -> Result<(), CoordinatorError> {
+    pub fn commit_update(
+        &self,
+        staged: &Path,
+        job: &str,
+        round: u32,
+        did: &str,
+    ) -> Result<(), CoordinatorError> {
         let path = self.update_path(job, round, did);
         fs::rename(staged, &path)?;
         sync_dir(&path)
     }
 
     /// Reads an accepted update.
-    pub fn load_update(&self, job: &str, round: u32, did: &str) -> Result<Vec<u8>, CoordinatorError> {
+    pub fn load_update(
+        &self,
+        job: &str,
+        round: u32,
+        did: &str,
+    ) -> Result<Vec<u8>, CoordinatorError> {
         Ok(fs::read(self.update_path(job, round, did))?)
     }
 

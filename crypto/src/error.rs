@@ -25,7 +25,9 @@ pub enum CryptoError {
     #[error("identity file {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
     /// The identity file is readable by other users.
-    #[error("identity file {path} is accessible by other users (mode {mode:o}); run chmod 600 on it")]
+    #[error(
+        "identity file {path} is accessible by other users (mode {mode:o}); run chmod 600 on it"
+    )]
     TooOpen { path: PathBuf, mode: u32 },
     /// The identity file's content is malformed.
     #[error("identity file {path} is malformed: {reason}")]

@@ -48,7 +48,10 @@ impl Identity {
     }
 
     fn from_secret_bytes(ed25519: &[u8; 32], x25519: &[u8; 32]) -> Self {
-        Self { signing: SigningKey::from_bytes(ed25519), sealing: StaticSecret::from(*x25519) }
+        Self {
+            signing: SigningKey::from_bytes(ed25519),
+            sealing: StaticSecret::from(*x25519),
+        }
     }
 
     /// The participant id (`did:key`) of this identity.
@@ -71,7 +74,10 @@ impl Identity {
 
     /// Writes the identity to `path` with mode 0600. Refuses to overwrite an existing file.
     pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
-        let io = |source| CryptoError::Io { path: path.to_owned(), source };
+        let io = |source| CryptoError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = IdentityFile {
             version: 1,
             did: self.participant_id().to_string(),
@@ -103,12 +109,20 @@ impl Identity {
     /// Reads an identity file, refusing one that other users can read or that does not match
     /// its own `did`.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let io = |source| CryptoError::Io { path: path.to_owned(), source };
-        let malformed =
-            |reason: String| CryptoError::Malformed { path: path.to_owned(), reason };
+        let io = |source| CryptoError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let malformed = |reason: String| CryptoError::Malformed {
+            path: path.to_owned(),
+            reason,
+        };
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(CryptoError::TooOpen { path: path.to_owned(), mode });
+            return Err(CryptoError::TooOpen {
+                path: path.to_owned(),
+                mode,
+            });
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
         let file: IdentityFile =
@@ -116,8 +130,14 @@ impl Identity {
         if file.version != 1 {
             return Err(malformed(format!("unsupported version {}", file.version)));
         }
-        let ed = Zeroizing::new(decode_key(&file.ed25519_secret).map_err(|r| malformed(format!("ed25519_secret: {r}")))?);
-        let x = Zeroizing::new(decode_key(&file.x25519_secret).map_err(|r| malformed(format!("x25519_secret: {r}")))?);
+        let ed = Zeroizing::new(
+            decode_key(&file.ed25519_secret)
+                .map_err(|r| malformed(format!("ed25519_secret: {r}")))?,
+        );
+        let x = Zeroizing::new(
+            decode_key(&file.x25519_secret)
+                .map_err(|r| malformed(format!("x25519_secret: {r}")))?,
+        );
         drop(Zeroizing::new(file.ed25519_secret));
         drop(Zeroizing::new(file.x25519_secret));
         let identity = Self::from_secret_bytes(&ed, &x);
@@ -165,14 +185,24 @@ mod tests {
         let path = dir.path().join("id.json");
         Identity::generate().save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Identity::load(&path), Err(CryptoError::TooOpen { .. })));
+        assert!(matches!(
+            Identity::load(&path),
+            Err(CryptoError::TooOpen { .. })
+        ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let other = Identity::generate().participant_id().to_string();
         let did_start = text.find("did:key").unwrap();
         let end = did_start + text[did_start..].find('"').unwrap();
-        std::fs::write(&path, format!("{}{}{}", &text[..did_start], other, &text[end..])).unwrap();
-        assert!(matches!(Identity::load(&path), Err(CryptoError::Malformed { .. })));
+        std::fs::write(
+            &path,
+            format!("{}{}{}", &text[..did_start], other, &text[end..]),
+        )
+        .unwrap();
+        assert!(matches!(
+            Identity::load(&path),
+            Err(CryptoError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -30,13 +30,22 @@ impl ParticipantId {
 
     /// Parses a `did:key` string, checking that it encodes a valid Ed25519 point.
     pub fn parse(did: &str) -> Result<Self, CryptoError> {
-        let bad = |reason| CryptoError::InvalidDid { id: did.chars().take(80).collect(), reason };
-        let encoded = did.strip_prefix(DID_KEY_PREFIX).ok_or_else(|| bad("expected did:key:z…"))?;
-        let bytes = bs58::decode(encoded).into_vec().map_err(|_| bad("not base58btc"))?;
+        let bad = |reason| CryptoError::InvalidDid {
+            id: did.chars().take(80).collect(),
+            reason,
+        };
+        let encoded = did
+            .strip_prefix(DID_KEY_PREFIX)
+            .ok_or_else(|| bad("expected did:key:z…"))?;
+        let bytes = bs58::decode(encoded)
+            .into_vec()
+            .map_err(|_| bad("not base58btc"))?;
         let key = bytes
             .strip_prefix(&ED25519_PUB_MULTICODEC)
             .ok_or_else(|| bad("not an ed25519-pub multicodec key"))?;
-        let key: [u8; 32] = key.try_into().map_err(|_| bad("ed25519 key must be 32 bytes"))?;
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| bad("ed25519 key must be 32 bytes"))?;
         let key = VerifyingKey::from_bytes(&key).map_err(|_| bad("not a valid ed25519 point"))?;
         let id = Self::from_key(key);
         if id.did != did {
@@ -58,9 +67,13 @@ impl ParticipantId {
     /// Checks an Ed25519 signature by this participant (strict verification: no malleable or
     /// small-order forms).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-        let bad = || CryptoError::BadSignature { signer: self.did.clone() };
+        let bad = || CryptoError::BadSignature {
+            signer: self.did.clone(),
+        };
         let signature = Signature::from_slice(signature).map_err(|_| bad())?;
-        self.key.verify_strict(message, &signature).map_err(|_| bad())?;
+        self.key
+            .verify_strict(message, &signature)
+            .map_err(|_| bad())?;
         // verify_strict implies verify; kept explicit for readers comparing with RFC 8032.
         self.key.verify(message, &signature).map_err(|_| bad())
     }

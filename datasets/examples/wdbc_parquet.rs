@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for name in conclave_datasets::wdbc::FEATURES {
         columns.push(text.column(name)?.cast(&DataType::Float64)?);
     }
-    columns.push(text.column(conclave_datasets::wdbc::LABEL)?.cast(&DataType::Int64)?);
+    columns.push(
+        text.column(conclave_datasets::wdbc::LABEL)?
+            .cast(&DataType::Int64)?,
+    );
     let mut df = DataFrame::new_infer_height(columns)?;
     conclave_datasets::write_parquet(&mut df, &dir.join("wdbc.parquet"))?;
     println!("wrote {} rows", df.height());

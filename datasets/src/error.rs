@@ -17,17 +17,46 @@ pub enum DataError {
     #[error("{path}: cannot read: {message}")]
     Read { path: PathBuf, message: String },
     #[error("{path}: missing column {column:?} (the file has: {available})")]
-    MissingColumn { path: PathBuf, column: String, available: String },
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        available: String,
+    },
     #[error("{path}: column {column:?}, row {row}: value {value:?} is not a number")]
-    NotNumeric { path: PathBuf, column: String, row: usize, value: String },
+    NotNumeric {
+        path: PathBuf,
+        column: String,
+        row: usize,
+        value: String,
+    },
     #[error("{path}: column {column:?}, row {row}: missing value")]
-    Missing { path: PathBuf, column: String, row: usize },
+    Missing {
+        path: PathBuf,
+        column: String,
+        row: usize,
+    },
     #[error("{path}: column {column:?}, row {row}: value is NaN or infinite")]
-    NotFinite { path: PathBuf, column: String, row: usize },
+    NotFinite {
+        path: PathBuf,
+        column: String,
+        row: usize,
+    },
     #[error("{path}: column {column:?} has type {dtype}, which is not numeric")]
-    WrongType { path: PathBuf, column: String, dtype: String },
-    #[error("{path}: column {column:?}, row {row}: label {value} is not a class id in 0..{num_classes}")]
-    BadLabel { path: PathBuf, column: String, row: usize, value: f64, num_classes: u32 },
+    WrongType {
+        path: PathBuf,
+        column: String,
+        dtype: String,
+    },
+    #[error(
+        "{path}: column {column:?}, row {row}: label {value} is not a class id in 0..{num_classes}"
+    )]
+    BadLabel {
+        path: PathBuf,
+        column: String,
+        row: usize,
+        value: f64,
+        num_classes: u32,
+    },
     #[error("{path}: no data rows")]
     Empty { path: PathBuf },
     #[error("cannot partition: {0}")]

@@ -8,18 +8,27 @@ use polars::prelude::*;
 use crate::{DataError, Table, TableSchema};
 
 fn read_err(path: &Path) -> impl Fn(PolarsError) -> DataError + '_ {
-    move |e| DataError::Read { path: path.to_owned(), message: e.to_string() }
+    move |e| DataError::Read {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 /// Reads a `.csv` (header row required) or `.parquet` file into a polars `DataFrame`. CSV
 /// columns are read as text, so that [`load_table`] can name the exact cell that is not a
 /// number; Parquet columns keep their stored types.
 pub fn load_frame(path: &Path) -> Result<DataFrame, DataError> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     match ext.as_deref() {
         Some("csv") => {
             if !path.is_file() {
-                return Err(DataError::Io { path: path.to_owned(), source: std::io::ErrorKind::NotFound.into() });
+                return Err(DataError::Io {
+                    path: path.to_owned(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
             }
             CsvReadOptions::default()
                 .with_has_header(true)
@@ -30,10 +39,15 @@ pub fn load_frame(path: &Path) -> Result<DataFrame, DataError> {
                 .map_err(read_err(path))
         }
         Some("parquet") => {
-            let file = File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+            let file = File::open(path).map_err(|source| DataError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
             ParquetReader::new(file).finish().map_err(read_err(path))
         }
-        _ => Err(DataError::UnsupportedFormat { path: path.to_owned() }),
+        _ => Err(DataError::UnsupportedFormat {
+            path: path.to_owned(),
+        }),
     }
 }
 
@@ -42,7 +56,9 @@ pub fn load_frame(path: &Path) -> Result<DataFrame, DataError> {
 pub fn load_table(path: &Path, schema: &TableSchema) -> Result<Table, DataError> {
     let df = load_frame(path)?;
     if df.height() == 0 {
-        return Err(DataError::Empty { path: path.to_owned() });
+        return Err(DataError::Empty {
+            path: path.to_owned(),
+        });
     }
     let rows = df.height();
     let cols = schema.features.len();
@@ -78,7 +94,12 @@ fn numeric_column(df: &DataFrame, path: &Path, name: &str) -> Result<Vec<f64>, D
     let column = df.column(name).map_err(|_| DataError::MissingColumn {
         path: path.to_owned(),
         column: name.to_owned(),
-        available: df.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+        available: df
+            .get_column_names()
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
     })?;
     let series = column.as_materialized_series();
     let cell = |row: usize| (path.to_owned(), name.to_owned(), row + 1);
@@ -93,7 +114,12 @@ fn numeric_column(df: &DataFrame, path: &Path, name: &str) -> Result<Vec<f64>, D
                 };
                 let value: f64 = text.parse().map_err(|_| {
                     let (path, column, row) = cell(i);
-                    DataError::NotNumeric { path, column, row, value: text.chars().take(40).collect() }
+                    DataError::NotNumeric {
+                        path,
+                        column,
+                        row,
+                        value: text.chars().take(40).collect(),
+                    }
                 })?;
                 out.push(value);
             }
@@ -109,7 +135,11 @@ fn numeric_column(df: &DataFrame, path: &Path, name: &str) -> Result<Vec<f64>, D
             }
         }
         other => {
-            return Err(DataError::WrongType { path: path.to_owned(), column: name.to_owned(), dtype: other.to_string() });
+            return Err(DataError::WrongType {
+                path: path.to_owned(),
+                column: name.to_owned(),
+                dtype: other.to_string(),
+            });
         }
     }
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
@@ -120,19 +150,28 @@ fn numeric_column(df: &DataFrame, path: &Path, name: &str) -> Result<Vec<f64>, D
 }
 
 fn create(path: &Path) -> Result<File, DataError> {
-    File::create(path).map_err(|source| DataError::Io { path: PathBuf::from(path), source })
+    File::create(path).map_err(|source| DataError::Io {
+        path: PathBuf::from(path),
+        source,
+    })
 }
 
 /// Writes a frame as CSV with a header row.
 pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), DataError> {
     let mut file = create(path)?;
-    CsvWriter::new(&mut file).include_header(true).finish(df).map_err(read_err(path))
+    CsvWriter::new(&mut file)
+        .include_header(true)
+        .finish(df)
+        .map_err(read_err(path))
 }
 
 /// Writes a frame as Parquet.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), DataError> {
     let file = create(path)?;
-    ParquetWriter::new(file).finish(df).map(|_| ()).map_err(read_err(path))
+    ParquetWriter::new(file)
+        .finish(df)
+        .map(|_| ())
+        .map_err(read_err(path))
 }
 
 #[cfg(test)]
@@ -140,7 +179,11 @@ mod tests {
     use super::*;
 
     fn schema() -> TableSchema {
-        TableSchema { features: vec!["a".into(), "b".into()], label: "y".into(), num_classes: 2 }
+        TableSchema {
+            features: vec!["a".into(), "b".into()],
+            label: "y".into(),
+            num_classes: 2,
+        }
     }
 
     fn load_text(text: &str) -> Result<Table, DataError> {
@@ -160,13 +203,25 @@ mod tests {
     #[test]
     fn names_column_and_row_of_each_problem() {
         let e = load_text("a,y\n1,0\n").unwrap_err();
-        assert!(matches!(&e, DataError::MissingColumn { column, .. } if column == "b"), "{e}");
+        assert!(
+            matches!(&e, DataError::MissingColumn { column, .. } if column == "b"),
+            "{e}"
+        );
         let e = load_text("a,b,y\n1,2,0\n3,abc,1\n").unwrap_err();
-        assert!(matches!(&e, DataError::NotNumeric { column, row: 2, value, .. } if column == "b" && value == "abc"), "{e}");
+        assert!(
+            matches!(&e, DataError::NotNumeric { column, row: 2, value, .. } if column == "b" && value == "abc"),
+            "{e}"
+        );
         let e = load_text("a,b,y\n1,2,0\n3,4,1\n,4,1\n").unwrap_err();
-        assert!(matches!(&e, DataError::Missing { column, row: 3, .. } if column == "a"), "{e}");
+        assert!(
+            matches!(&e, DataError::Missing { column, row: 3, .. } if column == "a"),
+            "{e}"
+        );
         let e = load_text("a,b,y\n1,NaN,0\n").unwrap_err();
-        assert!(matches!(&e, DataError::NotFinite { column, row: 1, .. } if column == "b"), "{e}");
+        assert!(
+            matches!(&e, DataError::NotFinite { column, row: 1, .. } if column == "b"),
+            "{e}"
+        );
         let e = load_text("a,b,y\n1,2,0\n1,2,2\n").unwrap_err();
         assert!(matches!(&e, DataError::BadLabel { row: 2, .. }), "{e}");
         let e = load_text("a,b,y\n1,2,0.5\n").unwrap_err();
@@ -187,6 +242,9 @@ mod tests {
         let mut df = df!("a" => [Some(1.0), None], "b" => [1.0, 2.0], "y" => [0i64, 1]).unwrap();
         write_parquet(&mut df, &path).unwrap();
         let e = load_table(&path, &schema()).unwrap_err();
-        assert!(matches!(&e, DataError::Missing { column, row: 2, .. } if column == "a"), "{e}");
+        assert!(
+            matches!(&e, DataError::Missing { column, row: 2, .. } if column == "a"),
+            "{e}"
+        );
     }
 }

@@ -12,7 +12,9 @@ use crate::DataError;
 pub enum Scheme {
     Iid,
     /// Label skew; `alpha > 0`.
-    Dirichlet { alpha: f64 },
+    Dirichlet {
+        alpha: f64,
+    },
 }
 
 /// How many times a Dirichlet draw is repeated when it leaves a part empty.
@@ -20,9 +22,17 @@ const MAX_DRAWS: usize = 1000;
 
 /// Row indices for each of `parts` parts. Every row lands in exactly one part and no part is
 /// empty. `labels` is used by the Dirichlet scheme only.
-pub fn partition(labels: &[i64], parts: usize, scheme: Scheme, seed: u64) -> Result<Vec<Vec<usize>>, DataError> {
+pub fn partition(
+    labels: &[i64],
+    parts: usize,
+    scheme: Scheme,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, DataError> {
     if parts == 0 || parts > labels.len() {
-        return Err(DataError::Partition(format!("cannot split {} rows into {parts} non-empty parts", labels.len())));
+        return Err(DataError::Partition(format!(
+            "cannot split {} rows into {parts} non-empty parts",
+            labels.len()
+        )));
     }
     let mut rng = StdRng::seed_from_u64(seed);
     match scheme {
@@ -37,7 +47,9 @@ pub fn partition(labels: &[i64], parts: usize, scheme: Scheme, seed: u64) -> Res
         }
         Scheme::Dirichlet { alpha } => {
             if !(alpha.is_finite() && alpha > 0.0) {
-                return Err(DataError::Partition(format!("alpha must be a positive number, got {alpha}")));
+                return Err(DataError::Partition(format!(
+                    "alpha must be a positive number, got {alpha}"
+                )));
             }
             let mut classes: Vec<i64> = labels.to_vec();
             classes.sort_unstable();
@@ -47,7 +59,8 @@ pub fn partition(labels: &[i64], parts: usize, scheme: Scheme, seed: u64) -> Res
             for _ in 0..MAX_DRAWS {
                 let mut out = vec![Vec::new(); parts];
                 for &class in &classes {
-                    let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+                    let mut rows: Vec<usize> =
+                        (0..labels.len()).filter(|&i| labels[i] == class).collect();
                     rows.shuffle(&mut rng);
                     let raw: Vec<f64> = (0..parts).map(|_| gamma.sample(&mut rng)).collect();
                     let sum: f64 = raw.iter().sum::<f64>().max(f64::MIN_POSITIVE);
@@ -56,7 +69,11 @@ pub fn partition(labels: &[i64], parts: usize, scheme: Scheme, seed: u64) -> Res
                     let mut acc = 0.0;
                     for (p, share) in shares.iter().enumerate() {
                         acc += share;
-                        let end = if p + 1 == parts { rows.len() } else { ((acc * rows.len() as f64).round() as usize).min(rows.len()) };
+                        let end = if p + 1 == parts {
+                            rows.len()
+                        } else {
+                            ((acc * rows.len() as f64).round() as usize).min(rows.len())
+                        };
                         out[p].extend_from_slice(&rows[start..end.max(start)]);
                         start = end.max(start);
                     }
@@ -65,9 +82,53 @@ pub fn partition(labels: &[i64], parts: usize, scheme: Scheme, seed: u64) -> Res
                     return Ok(out);
                 }
             }
-            Err(DataError::Partition(format!("alpha {alpha} leaves some of the {parts} parts empty; use a larger alpha")))
+            Err(DataError::Partition(format!(
+                "alpha {alpha} leaves some of the {parts} parts empty; use a larger alpha"
+            )))
         }
     }
+}
+
+/// Splits a CSV or Parquet file by rows into `parts` CSV files `<out_dir>/<stem>-<i>.csv`
+/// (i from 1), keeping every column as it was. The label column drives the Dirichlet scheme.
+pub fn partition_file(
+    input: &std::path::Path,
+    label: &str,
+    parts: usize,
+    scheme: Scheme,
+    seed: u64,
+    out_dir: &std::path::Path,
+    stem: &str,
+) -> Result<Vec<std::path::PathBuf>, DataError> {
+    use polars::prelude::{IdxCa, IdxSize};
+    let df = crate::load_frame(input)?;
+    let labels_table = crate::load_table(
+        input,
+        &crate::TableSchema {
+            features: Vec::new(),
+            label: label.into(),
+            num_classes: u32::MAX,
+        },
+    )?;
+    let split = partition(labels_table.labels(), parts, scheme, seed)?;
+    std::fs::create_dir_all(out_dir).map_err(|source| DataError::Io {
+        path: out_dir.to_owned(),
+        source,
+    })?;
+    let mut paths = Vec::with_capacity(parts);
+    for (i, rows) in split.iter().enumerate() {
+        let mut rows = rows.clone();
+        rows.sort_unstable();
+        let idx = IdxCa::from_vec("idx".into(), rows.iter().map(|&r| r as IdxSize).collect());
+        let mut part = df.take(&idx).map_err(|e| DataError::Read {
+            path: input.to_owned(),
+            message: e.to_string(),
+        })?;
+        let path = out_dir.join(format!("{stem}-{}.csv", i + 1));
+        crate::write_csv(&mut part, &path)?;
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 #[cfg(test)]
@@ -112,50 +173,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("all.csv");
         std::fs::write(&input, crate::wdbc::TRAIN_CSV).unwrap();
-        let paths = partition_file(&input, "diagnosis", 3, Scheme::Dirichlet { alpha: 1.0 }, 5, dir.path(), "h").unwrap();
+        let paths = partition_file(
+            &input,
+            "diagnosis",
+            3,
+            Scheme::Dirichlet { alpha: 1.0 },
+            5,
+            dir.path(),
+            "h",
+        )
+        .unwrap();
         let schema = crate::wdbc::schema();
-        let parts: Vec<_> = paths.iter().map(|p| crate::load_table(p, &schema).unwrap()).collect();
+        let parts: Vec<_> = paths
+            .iter()
+            .map(|p| crate::load_table(p, &schema).unwrap())
+            .collect();
         assert_eq!(parts.iter().map(|t| t.rows()).sum::<usize>(), 456);
         let mut rows: Vec<Vec<u32>> = parts
             .iter()
-            .flat_map(|t| t.features().chunks(30).map(|r| r.iter().map(|v| v.to_bits()).collect()).collect::<Vec<_>>())
+            .flat_map(|t| {
+                t.features()
+                    .chunks(30)
+                    .map(|r| r.iter().map(|v| v.to_bits()).collect())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let all = crate::load_table(&input, &schema).unwrap();
-        let mut want: Vec<Vec<u32>> = all.features().chunks(30).map(|r| r.iter().map(|v| v.to_bits()).collect()).collect();
+        let mut want: Vec<Vec<u32>> = all
+            .features()
+            .chunks(30)
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect();
         rows.sort();
         want.sort();
         assert_eq!(rows, want);
     }
-}
-
-/// Splits a CSV or Parquet file by rows into `parts` CSV files `<out_dir>/<stem>-<i>.csv`
-/// (i from 1), keeping every column as it was. The label column drives the Dirichlet scheme.
-pub fn partition_file(
-    input: &std::path::Path,
-    label: &str,
-    parts: usize,
-    scheme: Scheme,
-    seed: u64,
-    out_dir: &std::path::Path,
-    stem: &str,
-) -> Result<Vec<std::path::PathBuf>, DataError> {
-    use polars::prelude::{IdxCa, IdxSize};
-    let df = crate::load_frame(input)?;
-    let labels_table = crate::load_table(
-        input,
-        &crate::TableSchema { features: Vec::new(), label: label.into(), num_classes: u32::MAX },
-    )?;
-    let split = partition(labels_table.labels(), parts, scheme, seed)?;
-    std::fs::create_dir_all(out_dir).map_err(|source| DataError::Io { path: out_dir.to_owned(), source })?;
-    let mut paths = Vec::with_capacity(parts);
-    for (i, rows) in split.iter().enumerate() {
-        let mut rows = rows.clone();
-        rows.sort_unstable();
-        let idx = IdxCa::from_vec("idx".into(), rows.iter().map(|&r| r as IdxSize).collect());
-        let mut part = df.take(&idx).map_err(|e| DataError::Read { path: input.to_owned(), message: e.to_string() })?;
-        let path = out_dir.join(format!("{stem}-{}.csv", i + 1));
-        crate::write_csv(&mut part, &path)?;
-        paths.push(path);
-    }
-    Ok(paths)
 }

@@ -21,8 +21,16 @@ pub struct Table {
 impl Table {
     /// Builds a table; `features.len()` must be `labels.len() * cols`.
     pub fn new(features: Vec<f32>, labels: Vec<i64>, cols: usize) -> Self {
-        assert_eq!(features.len(), labels.len() * cols, "features must be rows x cols");
-        Self { features, labels, cols }
+        assert_eq!(
+            features.len(),
+            labels.len() * cols,
+            "features must be rows x cols"
+        );
+        Self {
+            features,
+            labels,
+            cols,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -50,7 +58,11 @@ impl Table {
             features.extend_from_slice(&self.features[i * self.cols..(i + 1) * self.cols]);
             labels.push(self.labels[i]);
         }
-        Table { features, labels, cols: self.cols }
+        Table {
+            features,
+            labels,
+            cols: self.cols,
+        }
     }
 
     /// Splits into (train, held-out) with `fraction` of the rows held out, shuffled by `seed`.
@@ -58,7 +70,8 @@ impl Table {
     pub fn split(&self, fraction: f32, seed: u64) -> (Table, Table) {
         let mut idx: Vec<usize> = (0..self.rows()).collect();
         idx.shuffle(&mut StdRng::seed_from_u64(seed));
-        let held = ((self.rows() as f64 * fraction as f64).round() as usize).min(self.rows().saturating_sub(1));
+        let held = ((self.rows() as f64 * fraction as f64).round() as usize)
+            .min(self.rows().saturating_sub(1));
         let (eval, train) = idx.split_at(held);
         (self.select(train), self.select(eval))
     }
@@ -103,10 +116,19 @@ mod tests {
 
     #[test]
     fn split_select_and_standardize() {
-        let t = Table::new((0..20).map(|v| v as f32).collect(), (0..10).map(|v| v % 2).collect(), 2);
+        let t = Table::new(
+            (0..20).map(|v| v as f32).collect(),
+            (0..10).map(|v| v % 2).collect(),
+            2,
+        );
         let (train, eval) = t.split(0.3, 1);
         assert_eq!((train.rows(), eval.rows()), (7, 3));
-        let mut all: Vec<f32> = train.features().iter().chain(eval.features()).copied().collect();
+        let mut all: Vec<f32> = train
+            .features()
+            .iter()
+            .chain(eval.features())
+            .copied()
+            .collect();
         all.sort_by(f32::total_cmp);
         assert_eq!(all, t.features());
         let mut s = t.clone();

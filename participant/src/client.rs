@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use conclave_crypto::Identity;
-use conclave_proto::v1::{self, jobs_client::JobsClient, rounds_client::RoundsClient, upload_chunk::Part};
+use conclave_proto::v1::{
+    self, jobs_client::JobsClient, rounds_client::RoundsClient, upload_chunk::Part,
+};
 use conclave_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, NONCE_LEN, Signed};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -14,7 +16,10 @@ use crate::ParticipantError;
 
 /// Opens a gRPC channel to a coordinator URL such as `http://127.0.0.1:50051`.
 pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
-    let err = |e: &dyn std::fmt::Display| ParticipantError::Connect { url: url.into(), message: e.to_string() };
+    let err = |e: &dyn std::fmt::Display| ParticipantError::Connect {
+        url: url.into(),
+        message: e.to_string(),
+    };
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| err(&e))?;
     endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
@@ -26,12 +31,16 @@ pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
 
 /// A `Jobs` client with the project's message-size limits.
 pub fn jobs_client(channel: Channel) -> JobsClient<Channel> {
-    JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    JobsClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// A `Rounds` client with the project's message-size limits.
 pub fn rounds_client(channel: Channel) -> RoundsClient<Channel> {
-    RoundsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    RoundsClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Fills in `request.auth`: this identity, a fresh nonce, and the signature.
@@ -52,45 +61,79 @@ pub async fn download_model(
     version: u32,
     expected_hash: Option<&[u8]>,
 ) -> Result<Vec<f32>, ParticipantError> {
-    let request = v1::DownloadModelRequest { job_id: job_id.into(), model_version: version };
-    let mut stream = rounds.download_model(request).await.map_err(ParticipantError::rpc("DownloadModel"))?.into_inner();
+    let request = v1::DownloadModelRequest {
+        job_id: job_id.into(),
+        model_version: version,
+    };
+    let mut stream = rounds
+        .download_model(request)
+        .await
+        .map_err(ParticipantError::rpc("DownloadModel"))?
+        .into_inner();
     let mut bytes = Vec::new();
     let mut total = None;
     let mut hash = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(ParticipantError::rpc("DownloadModel"))?;
         if chunk.offset != bytes.len() as u64 || chunk.data.len() > MAX_CHUNK_BYTES {
-            return Err(ParticipantError::BadModel(format!("chunk at offset {} out of order or too large", chunk.offset)));
+            return Err(ParticipantError::BadModel(format!(
+                "chunk at offset {} out of order or too large",
+                chunk.offset
+            )));
         }
         if chunk.offset == 0 {
             total = Some(chunk.total_bytes);
             hash = chunk.model_hash;
-            if chunk.total_bytes % 4 != 0 || chunk.total_bytes > 4 * conclave_aggregation::job::MAX_MODEL_PARAMS {
-                return Err(ParticipantError::BadModel(format!("bad model size {}", chunk.total_bytes)));
+            if chunk.total_bytes % 4 != 0
+                || chunk.total_bytes > 4 * conclave_aggregation::job::MAX_MODEL_PARAMS
+            {
+                return Err(ParticipantError::BadModel(format!(
+                    "bad model size {}",
+                    chunk.total_bytes
+                )));
             }
             bytes.reserve(chunk.total_bytes as usize);
         }
         bytes.extend_from_slice(&chunk.data);
         if total.is_some_and(|t| bytes.len() as u64 > t) {
-            return Err(ParticipantError::BadModel("more bytes than announced".into()));
+            return Err(ParticipantError::BadModel(
+                "more bytes than announced".into(),
+            ));
         }
     }
     if total != Some(bytes.len() as u64) {
-        return Err(ParticipantError::BadModel("model stream ended early".into()));
+        return Err(ParticipantError::BadModel(
+            "model stream ended early".into(),
+        ));
     }
-    if blake3::hash(&bytes).as_bytes().as_slice() != hash.as_slice() || expected_hash.is_some_and(|h| h != hash.as_slice()) {
-        return Err(ParticipantError::BadModel(format!("model version {version} does not match its announced hash")));
+    if blake3::hash(&bytes).as_bytes().as_slice() != hash.as_slice()
+        || expected_hash.is_some_and(|h| h != hash.as_slice())
+    {
+        return Err(ParticipantError::BadModel(format!(
+            "model version {version} does not match its announced hash"
+        )));
     }
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     if values.iter().any(|v| !v.is_finite()) {
-        return Err(ParticipantError::BadModel("model has NaN or infinite values".into()));
+        return Err(ParticipantError::BadModel(
+            "model has NaN or infinite values".into(),
+        ));
     }
     Ok(values)
 }
 
 /// The update upload stream: a signed header, then the payload in chunks of at most
 /// [`MAX_CHUNK_BYTES`].
-pub fn upload_messages(identity: &Identity, job_id: &str, round: u32, num_samples: u64, delta: &[f32]) -> Vec<v1::UploadChunk> {
+pub fn upload_messages(
+    identity: &Identity,
+    job_id: &str,
+    round: u32,
+    num_samples: u64,
+    delta: &[f32],
+) -> Vec<v1::UploadChunk> {
     let payload: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut header = v1::UploadHeader {
         job_id: job_id.into(),
@@ -101,9 +144,13 @@ pub fn upload_messages(identity: &Identity, job_id: &str, round: u32, num_sample
         auth: None,
     };
     sign(identity, &mut header);
-    std::iter::once(v1::UploadChunk { part: Some(Part::Header(header)) })
-        .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk { part: Some(Part::Data(c.to_vec())) }))
-        .collect()
+    std::iter::once(v1::UploadChunk {
+        part: Some(Part::Header(header)),
+    })
+    .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk {
+        part: Some(Part::Data(c.to_vec())),
+    }))
+    .collect()
 }
 
 /// A participant's session with one coordinator.
@@ -118,13 +165,24 @@ impl Client {
     /// Connects to `url` as `identity`.
     pub async fn connect(url: &str, identity: Arc<Identity>) -> Result<Self, ParticipantError> {
         let channel = connect(url).await?;
-        Ok(Self { identity, jobs: jobs_client(channel.clone()), rounds: rounds_client(channel) })
+        Ok(Self {
+            identity,
+            jobs: jobs_client(channel.clone()),
+            rounds: rounds_client(channel),
+        })
     }
 
     /// Reads a job's description and state (no signature needed).
     pub async fn job(&mut self, job_id: &str) -> Result<v1::JobInfo, ParticipantError> {
-        let req = v1::GetJobRequest { job_id: job_id.into() };
-        Ok(self.jobs.get_job(req).await.map_err(ParticipantError::rpc("GetJob"))?.into_inner())
+        let req = v1::GetJobRequest {
+            job_id: job_id.into(),
+        };
+        Ok(self
+            .jobs
+            .get_job(req)
+            .await
+            .map_err(ParticipantError::rpc("GetJob"))?
+            .into_inner())
     }
 
     /// The identity this client signs with.
@@ -140,31 +198,69 @@ impl Client {
             auth: None,
         };
         sign(&self.identity, &mut req);
-        let resp = self.rounds.join(req).await.map_err(ParticipantError::rpc("Join"))?.into_inner();
-        resp.job.ok_or_else(|| ParticipantError::Config("coordinator sent no job description".into()))
+        let resp = self
+            .rounds
+            .join(req)
+            .await
+            .map_err(ParticipantError::rpc("Join"))?
+            .into_inner();
+        resp.job
+            .ok_or_else(|| ParticipantError::Config("coordinator sent no job description".into()))
     }
 
     /// Opens the work stream of a job.
-    pub async fn work(&mut self, job_id: &str) -> Result<tonic::Streaming<v1::WorkItem>, ParticipantError> {
-        let mut req = v1::WorkRequest { job_id: job_id.into(), auth: None };
+    pub async fn work(
+        &mut self,
+        job_id: &str,
+    ) -> Result<tonic::Streaming<v1::WorkItem>, ParticipantError> {
+        let mut req = v1::WorkRequest {
+            job_id: job_id.into(),
+            auth: None,
+        };
         sign(&self.identity, &mut req);
-        Ok(self.rounds.work(req).await.map_err(ParticipantError::rpc("Work"))?.into_inner())
+        Ok(self
+            .rounds
+            .work(req)
+            .await
+            .map_err(ParticipantError::rpc("Work"))?
+            .into_inner())
     }
 
     /// Downloads and checks a model version.
-    pub async fn download(&mut self, job_id: &str, version: u32, expected_hash: &[u8]) -> Result<Vec<f32>, ParticipantError> {
+    pub async fn download(
+        &mut self,
+        job_id: &str,
+        version: u32,
+        expected_hash: &[u8],
+    ) -> Result<Vec<f32>, ParticipantError> {
         download_model(&mut self.rounds, job_id, version, Some(expected_hash)).await
     }
 
     /// Uploads an update for a round.
-    pub async fn upload(&mut self, job_id: &str, round: u32, num_samples: u64, delta: &[f32]) -> Result<v1::UploadReceipt, ParticipantError> {
+    pub async fn upload(
+        &mut self,
+        job_id: &str,
+        round: u32,
+        num_samples: u64,
+        delta: &[f32],
+    ) -> Result<v1::UploadReceipt, ParticipantError> {
         let messages = upload_messages(&self.identity, job_id, round, num_samples, delta);
-        let resp = self.rounds.upload_update(tokio_stream::iter(messages)).await;
-        Ok(resp.map_err(ParticipantError::rpc("UploadUpdate"))?.into_inner())
+        let resp = self
+            .rounds
+            .upload_update(tokio_stream::iter(messages))
+            .await;
+        Ok(resp
+            .map_err(ParticipantError::rpc("UploadUpdate"))?
+            .into_inner())
     }
 
     /// Reports an evaluation of a model version.
-    pub async fn report(&mut self, job_id: &str, version: u32, metrics: &crate::Metrics) -> Result<(), ParticipantError> {
+    pub async fn report(
+        &mut self,
+        job_id: &str,
+        version: u32,
+        metrics: &crate::Metrics,
+    ) -> Result<(), ParticipantError> {
         let mut req = v1::MetricsReport {
             job_id: job_id.into(),
             model_version: version,
@@ -174,7 +270,10 @@ impl Client {
             auth: None,
         };
         sign(&self.identity, &mut req);
-        self.rounds.report_metrics(req).await.map_err(ParticipantError::rpc("ReportMetrics"))?;
+        self.rounds
+            .report_metrics(req)
+            .await
+            .map_err(ParticipantError::rpc("ReportMetrics"))?;
         Ok(())
     }
 }

@@ -13,9 +13,9 @@ use tch::Device;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Code;
 
+use crate::ParticipantError;
 use crate::client::Client;
 use crate::trainer::{self, Metrics};
-use crate::ParticipantError;
 
 /// How often a lost work stream is re-opened before the participant gives up.
 const MAX_RECONNECTS: u32 = 30;
@@ -39,11 +39,18 @@ pub enum Event {
     /// Joined the job with this many training and evaluation rows.
     Joined { train_rows: usize, eval_rows: usize },
     /// Trained a round; `delta` is exactly what was uploaded.
-    Trained { round: u32, num_samples: u64, delta: Vec<f32> },
+    Trained {
+        round: u32,
+        num_samples: u64,
+        delta: Vec<f32>,
+    },
     /// The coordinator refused or missed the upload (e.g. the round closed first).
     UploadRefused { round: u32, reason: String },
     /// Evaluated and reported a model version.
-    Evaluated { model_version: u32, metrics: Metrics },
+    Evaluated {
+        model_version: u32,
+        metrics: Metrics,
+    },
     /// The job finished.
     Done { final_model_version: u32 },
 }
@@ -54,9 +61,14 @@ pub fn parse_device(text: &str) -> Result<Device, ParticipantError> {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available()),
         "cuda" => cuda(0, text),
-        _ => match text.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        _ => match text
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => cuda(n, text),
-            None => Err(ParticipantError::Config(format!("unknown device {text:?}; expected cpu, cuda, cuda:N or auto"))),
+            None => Err(ParticipantError::Config(format!(
+                "unknown device {text:?}; expected cpu, cuda, cuda:N or auto"
+            ))),
         },
     }
 }
@@ -70,7 +82,11 @@ fn cuda(n: usize, text: &str) -> Result<Device, ParticipantError> {
 }
 
 /// Loads the participant's training and evaluation tables as the job describes them.
-pub fn load_local_data(spec: &JobSpec, config: &ParticipantConfig, seed: u64) -> Result<(Table, Table), ParticipantError> {
+pub fn load_local_data(
+    spec: &JobSpec,
+    config: &ParticipantConfig,
+    seed: u64,
+) -> Result<(Table, Table), ParticipantError> {
     let schema = TableSchema {
         features: spec.data.features.clone(),
         label: spec.data.label.clone(),
@@ -89,7 +105,9 @@ pub fn load_local_data(spec: &JobSpec, config: &ParticipantConfig, seed: u64) ->
         }
     };
     if eval.rows() == 0 {
-        return Err(ParticipantError::Config("the evaluation split is empty".into()));
+        return Err(ParticipantError::Config(
+            "the evaluation split is empty".into(),
+        ));
     }
     if spec.data.normalize == Normalization::LocalZScore {
         let (mean, std) = train.column_stats();
@@ -106,23 +124,43 @@ fn emit(events: &Option<UnboundedSender<Event>>, event: Event) {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs a participant until its job finishes. Returns the final model version.
-pub async fn run(config: ParticipantConfig, identity: Arc<Identity>, events: Option<UnboundedSender<Event>>) -> Result<u32, ParticipantError> {
+pub async fn run(
+    config: ParticipantConfig,
+    identity: Arc<Identity>,
+    events: Option<UnboundedSender<Event>>,
+) -> Result<u32, ParticipantError> {
     let mut client = Client::connect(&config.coordinator, identity).await?;
     // Read the job and check the local data against it before joining: a hospital whose
     // export is broken should learn it before it is counted in a round.
     let info = client.job(&config.job_id).await?;
     let spec = Arc::new(JobSpec::from_proto(&info.spec.unwrap_or_default())?);
-    let seed = spec.seed ^ u64::from_le_bytes(blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8].try_into().expect("8 bytes"));
+    let seed = spec.seed
+        ^ u64::from_le_bytes(
+            blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
     let (train, eval) = {
         let (spec, config) = (Arc::clone(&spec), config.clone());
-        tokio::task::spawn_blocking(move || load_local_data(&spec, &config, seed)).await.map_err(|e| ParticipantError::Config(e.to_string()))??
+        tokio::task::spawn_blocking(move || load_local_data(&spec, &config, seed))
+            .await
+            .map_err(|e| ParticipantError::Config(e.to_string()))??
     };
     client.join(&config.job_id).await?;
-    emit(&events, Event::Joined { train_rows: train.rows(), eval_rows: eval.rows() });
+    emit(
+        &events,
+        Event::Joined {
+            train_rows: train.rows(),
+            eval_rows: eval.rows(),
+        },
+    );
     let (train, eval) = (Arc::new(train), Arc::new(eval));
     let mut cache: Option<(u32, Arc<Vec<f32>>)> = None;
     let mut reconnects = 0;
@@ -131,10 +169,17 @@ pub async fn run(config: ParticipantConfig, identity: Arc<Identity>, events: Opt
         let item = match work.message().await {
             Ok(Some(item)) => item,
             Ok(None) => return Err(ParticipantError::StreamEnded),
-            Err(status) if status.code() == Code::Unavailable || status.code() == Code::Unknown || status.code() == Code::Internal => {
+            Err(status)
+                if status.code() == Code::Unavailable
+                    || status.code() == Code::Unknown
+                    || status.code() == Code::Internal =>
+            {
                 reconnects += 1;
                 if reconnects > MAX_RECONNECTS {
-                    return Err(ParticipantError::Rpc { call: "Work", status });
+                    return Err(ParticipantError::Rpc {
+                        call: "Work",
+                        status,
+                    });
                 }
                 tracing::warn!(%status, "work stream lost; reconnecting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -144,49 +189,116 @@ pub async fn run(config: ParticipantConfig, identity: Arc<Identity>, events: Opt
                 }
                 continue;
             }
-            Err(status) => return Err(ParticipantError::Rpc { call: "Work", status }),
+            Err(status) => {
+                return Err(ParticipantError::Rpc {
+                    call: "Work",
+                    status,
+                });
+            }
         };
         match item.item {
             Some(Item::Train(task)) => {
                 if now_ms() >= task.deadline_unix_ms {
-                    emit(&events, Event::UploadRefused { round: task.round, reason: "deadline passed before training".into() });
+                    emit(
+                        &events,
+                        Event::UploadRefused {
+                            round: task.round,
+                            reason: "deadline passed before training".into(),
+                        },
+                    );
                     continue;
                 }
-                let global = fetch(&mut client, &config.job_id, &mut cache, task.model_version, &task.model_hash).await?;
+                let global = fetch(
+                    &mut client,
+                    &config.job_id,
+                    &mut cache,
+                    task.model_version,
+                    &task.model_hash,
+                )
+                .await?;
                 let (s, t, g) = (Arc::clone(&spec), Arc::clone(&train), Arc::clone(&global));
                 let device = config.device;
                 let round_seed = seed.wrapping_add(task.round as u64);
-                let delta = tokio::task::spawn_blocking(move || trainer::train(&s, &g, &t, device, round_seed))
-                    .await
-                    .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                let delta = tokio::task::spawn_blocking(move || {
+                    trainer::train(&s, &g, &t, device, round_seed)
+                })
+                .await
+                .map_err(|e| ParticipantError::Config(e.to_string()))??;
                 let num_samples = train.rows() as u64;
-                match client.upload(&config.job_id, task.round, num_samples, &delta).await {
-                    Ok(_) => emit(&events, Event::Trained { round: task.round, num_samples, delta }),
-                    Err(e) if matches!(e.code(), Some(Code::FailedPrecondition | Code::AlreadyExists)) => {
+                match client
+                    .upload(&config.job_id, task.round, num_samples, &delta)
+                    .await
+                {
+                    Ok(_) => emit(
+                        &events,
+                        Event::Trained {
+                            round: task.round,
+                            num_samples,
+                            delta,
+                        },
+                    ),
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(Code::FailedPrecondition | Code::AlreadyExists)
+                        ) =>
+                    {
                         tracing::warn!(round = task.round, error = %e, "update not accepted");
-                        emit(&events, Event::UploadRefused { round: task.round, reason: e.to_string() });
+                        emit(
+                            &events,
+                            Event::UploadRefused {
+                                round: task.round,
+                                reason: e.to_string(),
+                            },
+                        );
                     }
                     Err(e) => return Err(e),
                 }
             }
             Some(Item::Evaluate(task)) => {
-                let params = fetch(&mut client, &config.job_id, &mut cache, task.model_version, &task.model_hash).await?;
+                let params = fetch(
+                    &mut client,
+                    &config.job_id,
+                    &mut cache,
+                    task.model_version,
+                    &task.model_hash,
+                )
+                .await?;
                 let (s, e) = (Arc::clone(&spec), Arc::clone(&eval));
                 let device = config.device;
-                let metrics = tokio::task::spawn_blocking(move || trainer::evaluate(&s, &params, &e, device))
+                let metrics =
+                    tokio::task::spawn_blocking(move || trainer::evaluate(&s, &params, &e, device))
+                        .await
+                        .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                match client
+                    .report(&config.job_id, task.model_version, &metrics)
                     .await
-                    .map_err(|e| ParticipantError::Config(e.to_string()))??;
-                match client.report(&config.job_id, task.model_version, &metrics).await {
-                    Ok(()) => emit(&events, Event::Evaluated { model_version: task.model_version, metrics }),
+                {
+                    Ok(()) => emit(
+                        &events,
+                        Event::Evaluated {
+                            model_version: task.model_version,
+                            metrics,
+                        },
+                    ),
                     Err(e) if e.code() == Some(Code::AlreadyExists) => {}
                     Err(e) => return Err(e),
                 }
             }
             Some(Item::Done(done)) => {
-                emit(&events, Event::Done { final_model_version: done.final_model_version });
+                emit(
+                    &events,
+                    Event::Done {
+                        final_model_version: done.final_model_version,
+                    },
+                );
                 return Ok(done.final_model_version);
             }
-            None => return Err(ParticipantError::Config("coordinator sent an empty work item".into())),
+            None => {
+                return Err(ParticipantError::Config(
+                    "coordinator sent an empty work item".into(),
+                ));
+            }
         }
     }
 }

@@ -33,7 +33,12 @@ impl LocalModel {
         let widths = layout.widths();
         let mut net = nn::seq();
         for (i, w) in widths.windows(2).enumerate() {
-            net = net.add(nn::linear(&root / i, w[0] as i64, w[1] as i64, Default::default()));
+            net = net.add(nn::linear(
+                &root / i,
+                w[0] as i64,
+                w[1] as i64,
+                Default::default(),
+            ));
             if i + 2 < widths.len() {
                 net = net.add_fn(|x| x.relu());
             }
@@ -47,12 +52,16 @@ impl LocalModel {
         let vars = self.vs.variables();
         tch::no_grad(|| -> Result<(), ParticipantError> {
             for (spec, values) in layout.split(params)? {
-                let var = vars
-                    .get(&spec.name)
-                    .ok_or_else(|| ParticipantError::Config(format!("model has no tensor {}", spec.name)))?;
+                let var = vars.get(&spec.name).ok_or_else(|| {
+                    ParticipantError::Config(format!("model has no tensor {}", spec.name))
+                })?;
                 let shape: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
                 let mut var = var.shallow_clone();
-                var.f_copy_(&Tensor::from_slice(values).f_reshape(&shape)?.f_to_device(var.device())?)?;
+                var.f_copy_(
+                    &Tensor::from_slice(values)
+                        .f_reshape(&shape)?
+                        .f_to_device(var.device())?,
+                )?;
             }
             Ok(())
         })
@@ -71,14 +80,22 @@ impl LocalModel {
 }
 
 fn tensors(table: &Table, device: Device) -> Result<(Tensor, Tensor), ParticipantError> {
-    let xs = Tensor::from_slice(table.features()).f_reshape([table.rows() as i64, table.cols() as i64])?.f_to_device(device)?;
+    let xs = Tensor::from_slice(table.features())
+        .f_reshape([table.rows() as i64, table.cols() as i64])?
+        .f_to_device(device)?;
     let ys = Tensor::from_slice(table.labels()).f_to_device(device)?;
     Ok((xs, ys))
 }
 
 /// Trains the job's model from `global` on `data` for the job's local epochs and returns
 /// `w_local - w_global`, clipped to `spec.clip_norm` when set. `seed` fixes the batch order.
-pub fn train(spec: &JobSpec, global: &[f32], data: &Table, device: Device, seed: u64) -> Result<Vec<f32>, ParticipantError> {
+pub fn train(
+    spec: &JobSpec,
+    global: &[f32],
+    data: &Table,
+    device: Device,
+    seed: u64,
+) -> Result<Vec<f32>, ParticipantError> {
     let layout = spec.layout();
     let model = LocalModel::new(&layout, global, device)?;
     let lr = spec.training.learning_rate as f64;
@@ -103,7 +120,9 @@ pub fn train(spec: &JobSpec, global: &[f32], data: &Table, device: Device, seed:
     let local = model.flatten(&layout)?;
     let mut delta: Vec<f32> = local.iter().zip(global).map(|(l, g)| l - g).collect();
     if delta.iter().any(|v| !v.is_finite()) {
-        return Err(ParticipantError::Config("training diverged (NaN or infinite weights); lower the learning rate".into()));
+        return Err(ParticipantError::Config(
+            "training diverged (NaN or infinite weights); lower the learning rate".into(),
+        ));
     }
     if let Some(bound) = spec.clip_norm {
         clip_l2(&mut delta, bound);
@@ -113,7 +132,11 @@ pub fn train(spec: &JobSpec, global: &[f32], data: &Table, device: Device, seed:
 
 /// Scales `v` so its L2 norm is at most `bound`.
 pub fn clip_l2(v: &mut [f32], bound: f32) {
-    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
     if norm > bound as f64 {
         let scale = (bound as f64 / norm) as f32;
         v.iter_mut().for_each(|x| *x *= scale);
@@ -121,17 +144,30 @@ pub fn clip_l2(v: &mut [f32], bound: f32) {
 }
 
 /// Evaluates model `params` on `data`.
-pub fn evaluate(spec: &JobSpec, params: &[f32], data: &Table, device: Device) -> Result<Metrics, ParticipantError> {
+pub fn evaluate(
+    spec: &JobSpec,
+    params: &[f32],
+    data: &Table,
+    device: Device,
+) -> Result<Metrics, ParticipantError> {
     let layout = spec.layout();
     let model = LocalModel::new(&layout, params, device)?;
     let (xs, ys) = tensors(data, device)?;
     let (loss, accuracy) = tch::no_grad(|| -> Result<(f64, f64), ParticipantError> {
         let logits = model.net.forward(&xs);
         let loss = f64::try_from(logits.cross_entropy_for_logits(&ys))?;
-        let correct = logits.f_argmax(-1, false)?.f_eq_tensor(&ys)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?;
+        let correct = logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&ys)?
+            .f_to_kind(Kind::Float)?
+            .f_mean(Kind::Float)?;
         Ok((loss, f64::try_from(correct)?))
     })?;
-    Ok(Metrics { loss, accuracy, num_examples: data.rows() as u64 })
+    Ok(Metrics {
+        loss,
+        accuracy,
+        num_examples: data.rows() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -165,7 +201,10 @@ learning_rate = 0.5
         for i in 0..64 {
             let y = (i % 2) as i64;
             let s = if y == 1 { 1.0 } else { -1.0 };
-            f.extend([s + (i as f32 * 0.37).sin() * 0.3, s + (i as f32 * 0.11).cos() * 0.3]);
+            f.extend([
+                s + (i as f32 * 0.37).sin() * 0.3,
+                s + (i as f32 * 0.11).cos() * 0.3,
+            ]);
             l.push(y);
         }
         Table::new(f, l, 2)

@@ -106,7 +106,10 @@ mod tests {
         other.auth_mut().nonce = vec![1; 16];
         assert_ne!(bytes, other.signing_bytes());
         // Same fields, other method: different bytes.
-        let work = WorkRequest { job_id: "j-1".into(), auth: base.auth.clone() };
+        let work = WorkRequest {
+            job_id: "j-1".into(),
+            auth: base.auth.clone(),
+        };
         assert!(!work.signing_bytes().ends_with(&bytes[33..]));
     }
 }

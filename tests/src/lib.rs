@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use conclave_aggregation::{DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig};
+use conclave_aggregation::{
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+};
 use conclave_coordinator::State;
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
@@ -26,7 +28,9 @@ impl TestCoordinator {
     /// Starts a coordinator with its data in `dir`.
     pub async fn start(dir: &Path) -> Self {
         let state = State::open(dir).expect("open coordinator state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&state);
@@ -37,7 +41,12 @@ impl TestCoordinator {
             .await
             .expect("coordinator serves");
         });
-        Self { url, state, stop: Some(stop), task: Some(task) }
+        Self {
+            url,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops serving and waits for the server task.
@@ -60,12 +69,25 @@ impl TestCoordinator {
 
     /// Launches a job; returns its id.
     pub async fn launch(&self, spec: &JobSpec) -> String {
-        let req = v1::CreateJobRequest { spec: Some(spec.to_proto()) };
-        self.jobs().await.create_job(req).await.unwrap().into_inner().job_id
+        let req = v1::CreateJobRequest {
+            spec: Some(spec.to_proto()),
+        };
+        self.jobs()
+            .await
+            .create_job(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id
     }
 
     pub async fn info(&self, job: &str) -> v1::JobInfo {
-        self.jobs().await.get_job(v1::GetJobRequest { job_id: job.into() }).await.unwrap().into_inner()
+        self.jobs()
+            .await
+            .get_job(v1::GetJobRequest { job_id: job.into() })
+            .await
+            .unwrap()
+            .into_inner()
     }
 }
 
@@ -83,7 +105,12 @@ pub fn wdbc_job(rounds: u32, min_participants: u32, deadline_secs: u32) -> JobSp
 }
 
 /// As [`wdbc_job`], with the first round opening once `start_participants` have joined.
-pub fn wdbc_job_starting_at(rounds: u32, min_participants: u32, start_participants: u32, deadline_secs: u32) -> JobSpec {
+pub fn wdbc_job_starting_at(
+    rounds: u32,
+    min_participants: u32,
+    start_participants: u32,
+    deadline_secs: u32,
+) -> JobSpec {
     JobSpec {
         name: "e2e".into(),
         model: ModelArch::LogisticRegression,
@@ -94,7 +121,12 @@ pub fn wdbc_job_starting_at(rounds: u32, min_participants: u32, start_participan
             normalize: Normalization::LocalZScore,
             eval_fraction: 0.2,
         },
-        training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
+        training: TrainingConfig {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.1,
+            optimizer: Optimizer::Sgd,
+        },
         rounds,
         min_participants,
         start_participants,
@@ -118,8 +150,13 @@ pub fn hospital_files(dir: &Path, n: usize) -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// A participant's own connection, signing as `identity`.
-pub async fn client(coordinator: &TestCoordinator, identity: impl Into<Arc<Identity>>) -> conclave_participant::client::Client {
-    conclave_participant::client::Client::connect(&coordinator.url, identity.into()).await.unwrap()
+pub async fn client(
+    coordinator: &TestCoordinator,
+    identity: impl Into<Arc<Identity>>,
+) -> conclave_participant::client::Client {
+    conclave_participant::client::Client::connect(&coordinator.url, identity.into())
+        .await
+        .unwrap()
 }
 
 /// Little-endian bytes of f32 values.

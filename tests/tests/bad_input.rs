@@ -24,13 +24,22 @@ fn header(identity: &Identity, job: &str, round: u32, values: &[f32]) -> v1::Upl
 }
 
 fn stream(header: v1::UploadHeader, chunks: Vec<Vec<u8>>) -> Vec<v1::UploadChunk> {
-    std::iter::once(v1::UploadChunk { part: Some(Part::Header(header)) })
-        .chain(chunks.into_iter().map(|c| v1::UploadChunk { part: Some(Part::Data(c)) }))
-        .collect()
+    std::iter::once(v1::UploadChunk {
+        part: Some(Part::Header(header)),
+    })
+    .chain(chunks.into_iter().map(|c| v1::UploadChunk {
+        part: Some(Part::Data(c)),
+    }))
+    .collect()
 }
 
 async fn upload_code(coordinator: &TestCoordinator, messages: Vec<v1::UploadChunk>) -> Code {
-    match coordinator.rounds().await.upload_update(tokio_stream::iter(messages)).await {
+    match coordinator
+        .rounds()
+        .await
+        .upload_update(tokio_stream::iter(messages))
+        .await
+    {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
     }
@@ -42,38 +51,95 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let coordinator = TestCoordinator::start(dir.path()).await;
     let job = coordinator.launch(&wdbc_job(3, 2, 600)).await;
     let dim = coordinator.info(&job).await.dim as usize;
-    let (alice, bob, mallory) = (Arc::new(Identity::generate()), Arc::new(Identity::generate()), Identity::generate());
+    let (alice, bob, mallory) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+        Identity::generate(),
+    );
     let good = vec![0.01f32; dim];
 
     // Unknown job.
     let mut jobs = coordinator.jobs().await;
-    let status = jobs.get_job(v1::GetJobRequest { job_id: "j-doesnotexist".into() }).await.unwrap_err();
+    let status = jobs
+        .get_job(v1::GetJobRequest {
+            job_id: "j-doesnotexist".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let mut a = client(&coordinator, Arc::clone(&alice)).await;
-    assert_eq!(a.join("j-doesnotexist").await.unwrap_err().code(), Some(Code::NotFound));
-    assert_eq!(upload_code(&coordinator, stream(header(&alice, "j-doesnotexist", 1, &good), vec![le_bytes(&good)])).await, Code::NotFound);
+    assert_eq!(
+        a.join("j-doesnotexist").await.unwrap_err().code(),
+        Some(Code::NotFound)
+    );
+    assert_eq!(
+        upload_code(
+            &coordinator,
+            stream(
+                header(&alice, "j-doesnotexist", 1, &good),
+                vec![le_bytes(&good)]
+            )
+        )
+        .await,
+        Code::NotFound
+    );
 
     // A bad job is refused and not created.
     let mut bad_spec = wdbc_job(3, 2, 600).to_proto();
     bad_spec.rounds = 0;
-    let status = jobs.create_job(v1::CreateJobRequest { spec: Some(bad_spec) }).await.unwrap_err();
+    let status = jobs
+        .create_job(v1::CreateJobRequest {
+            spec: Some(bad_spec),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("rounds"), "{}", status.message());
-    assert_eq!(jobs.list_jobs(v1::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    assert_eq!(
+        jobs.list_jobs(v1::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .len(),
+        1
+    );
 
     // Joining: bad sealing key, forged signature, replayed request.
     let mut rounds = coordinator.rounds().await;
-    let mut join = v1::JoinRequest { job_id: job.clone(), x25519_public: vec![1; 31], auth: None };
+    let mut join = v1::JoinRequest {
+        job_id: job.clone(),
+        x25519_public: vec![1; 31],
+        auth: None,
+    };
     sign(&alice, &mut join);
-    assert_eq!(rounds.join(join).await.unwrap_err().code(), Code::InvalidArgument);
-    let mut join = v1::JoinRequest { job_id: job.clone(), x25519_public: alice.public().sealing_key.to_vec(), auth: None };
+    assert_eq!(
+        rounds.join(join).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut join = v1::JoinRequest {
+        job_id: job.clone(),
+        x25519_public: alice.public().sealing_key.to_vec(),
+        auth: None,
+    };
     sign(&mallory, &mut join);
     join.auth_mut().participant = alice.participant_id().to_string();
-    assert_eq!(rounds.join(join).await.unwrap_err().code(), Code::Unauthenticated);
-    let mut join = v1::JoinRequest { job_id: job.clone(), x25519_public: alice.public().sealing_key.to_vec(), auth: None };
+    assert_eq!(
+        rounds.join(join).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut join = v1::JoinRequest {
+        job_id: job.clone(),
+        x25519_public: alice.public().sealing_key.to_vec(),
+        auth: None,
+    };
     sign(&alice, &mut join);
     rounds.join(join.clone()).await.unwrap();
-    assert_eq!(rounds.join(join).await.unwrap_err().code(), Code::Unauthenticated, "replayed join");
+    assert_eq!(
+        rounds.join(join).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "replayed join"
+    );
     assert_eq!(coordinator.info(&job).await.participants.len(), 1);
     let mut b = client(&coordinator, Arc::clone(&bob)).await;
     b.join(&job).await.unwrap();
@@ -83,78 +149,198 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let no_uploads = |info: &v1::JobInfo| info.rounds[0].uploaded.is_empty();
     // Upload: wrong length (header and payload agree), short payload, NaN, infinity.
     let short = vec![0.0f32; dim - 1];
-    assert_eq!(upload_code(&coordinator, stream(header(&alice, &job, 1, &short), vec![le_bytes(&short)])).await, Code::InvalidArgument);
+    assert_eq!(
+        upload_code(
+            &coordinator,
+            stream(header(&alice, &job, 1, &short), vec![le_bytes(&short)])
+        )
+        .await,
+        Code::InvalidArgument
+    );
     let mut h = header(&alice, &job, 1, &good);
     h.payload_hash = blake3::hash(&le_bytes(&short)).as_bytes().to_vec();
     sign(&alice, &mut h);
-    assert_eq!(upload_code(&coordinator, stream(h, vec![le_bytes(&short)])).await, Code::InvalidArgument);
+    assert_eq!(
+        upload_code(&coordinator, stream(h, vec![le_bytes(&short)])).await,
+        Code::InvalidArgument
+    );
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut v = good.clone();
         v[dim / 2] = bad;
-        assert_eq!(upload_code(&coordinator, stream(header(&alice, &job, 1, &v), vec![le_bytes(&v)])).await, Code::InvalidArgument);
+        assert_eq!(
+            upload_code(
+                &coordinator,
+                stream(header(&alice, &job, 1, &v), vec![le_bytes(&v)])
+            )
+            .await,
+            Code::InvalidArgument
+        );
     }
     // Payload that does not match the signed hash.
     let other = vec![0.02f32; dim];
-    assert_eq!(upload_code(&coordinator, stream(header(&alice, &job, 1, &good), vec![le_bytes(&other)])).await, Code::InvalidArgument);
+    assert_eq!(
+        upload_code(
+            &coordinator,
+            stream(header(&alice, &job, 1, &good), vec![le_bytes(&other)])
+        )
+        .await,
+        Code::InvalidArgument
+    );
     // Bad signatures: a field changed after signing; mallory signing as alice.
     let mut h = header(&alice, &job, 1, &good);
     h.num_samples = 1_000_000;
-    assert_eq!(upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await, Code::Unauthenticated);
+    assert_eq!(
+        upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await,
+        Code::Unauthenticated
+    );
     let mut h = header(&mallory, &job, 1, &good);
     h.auth_mut().participant = alice.participant_id().to_string();
-    assert_eq!(upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await, Code::Unauthenticated);
+    assert_eq!(
+        upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await,
+        Code::Unauthenticated
+    );
     let mut h = header(&alice, &job, 1, &good);
     h.auth = None;
-    assert_eq!(upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await, Code::Unauthenticated);
+    assert_eq!(
+        upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await,
+        Code::Unauthenticated
+    );
     // Someone who never joined.
-    assert_eq!(upload_code(&coordinator, stream(header(&mallory, &job, 1, &good), vec![le_bytes(&good)])).await, Code::PermissionDenied);
+    assert_eq!(
+        upload_code(
+            &coordinator,
+            stream(header(&mallory, &job, 1, &good), vec![le_bytes(&good)])
+        )
+        .await,
+        Code::PermissionDenied
+    );
     // A round that is not open.
-    assert_eq!(upload_code(&coordinator, stream(header(&alice, &job, 2, &good), vec![le_bytes(&good)])).await, Code::FailedPrecondition);
+    assert_eq!(
+        upload_code(
+            &coordinator,
+            stream(header(&alice, &job, 2, &good), vec![le_bytes(&good)])
+        )
+        .await,
+        Code::FailedPrecondition
+    );
     // An oversized chunk (within the transport limit, over the protocol's chunk bound).
     let mut h = header(&alice, &job, 1, &good);
     h.dim = (MAX_CHUNK_BYTES as u64) * 2;
     sign(&alice, &mut h);
-    let code = upload_code(&coordinator, stream(h, vec![vec![0u8; MAX_CHUNK_BYTES + 4]])).await;
-    assert_eq!(code, Code::InvalidArgument, "dim mismatch is caught at the header");
-    let code = upload_code(&coordinator, stream(header(&alice, &job, 1, &good), vec![vec![0u8; MAX_CHUNK_BYTES + 4]])).await;
+    let code = upload_code(
+        &coordinator,
+        stream(h, vec![vec![0u8; MAX_CHUNK_BYTES + 4]]),
+    )
+    .await;
+    assert_eq!(
+        code,
+        Code::InvalidArgument,
+        "dim mismatch is caught at the header"
+    );
+    let code = upload_code(
+        &coordinator,
+        stream(
+            header(&alice, &job, 1, &good),
+            vec![vec![0u8; MAX_CHUNK_BYTES + 4]],
+        ),
+    )
+    .await;
     assert_eq!(code, Code::ResourceExhausted);
     // Data before the header.
-    let messages = vec![v1::UploadChunk { part: Some(Part::Data(le_bytes(&good))) }];
-    assert_eq!(upload_code(&coordinator, messages).await, Code::InvalidArgument);
+    let messages = vec![v1::UploadChunk {
+        part: Some(Part::Data(le_bytes(&good))),
+    }];
+    assert_eq!(
+        upload_code(&coordinator, messages).await,
+        Code::InvalidArgument
+    );
     // A replayed header (same nonce) is refused even with a valid payload.
     let h = header(&alice, &job, 1, &good);
     let replay = stream(h.clone(), vec![le_bytes(&good)]);
     let _ = upload_code(&coordinator, stream(h, vec![le_bytes(&short)])).await;
-    assert_eq!(upload_code(&coordinator, replay).await, Code::Unauthenticated);
-    assert!(no_uploads(&coordinator.info(&job).await), "no refused upload changed the round");
+    assert_eq!(
+        upload_code(&coordinator, replay).await,
+        Code::Unauthenticated
+    );
+    assert!(
+        no_uploads(&coordinator.info(&job).await),
+        "no refused upload changed the round"
+    );
 
     // A good upload, then a duplicate.
     a.upload(&job, 1, 10, &good).await.unwrap();
-    assert_eq!(a.upload(&job, 1, 10, &good).await.unwrap_err().code(), Some(Code::AlreadyExists));
+    assert_eq!(
+        a.upload(&job, 1, 10, &good).await.unwrap_err().code(),
+        Some(Code::AlreadyExists)
+    );
     assert_eq!(coordinator.info(&job).await.rounds[0].uploaded.len(), 1);
     // Bob's upload completes round 1; a late upload for it is refused.
     b.upload(&job, 1, 30, &good).await.unwrap();
     let info = coordinator.info(&job).await;
     assert_eq!(info.model_version, 1);
-    assert_eq!(a.upload(&job, 1, 10, &good).await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    assert_eq!(
+        a.upload(&job, 1, 10, &good).await.unwrap_err().code(),
+        Some(Code::FailedPrecondition)
+    );
 
     // Metrics: bad values, a version that does not exist, duplicates.
-    let metrics = |loss, accuracy, n| conclave_participant::Metrics { loss, accuracy, num_examples: n };
-    assert_eq!(a.report(&job, 1, &metrics(f64::NAN, 0.5, 10)).await.unwrap_err().code(), Some(Code::InvalidArgument));
-    assert_eq!(a.report(&job, 1, &metrics(0.1, 1.5, 10)).await.unwrap_err().code(), Some(Code::InvalidArgument));
-    assert_eq!(a.report(&job, 1, &metrics(0.1, 0.5, 0)).await.unwrap_err().code(), Some(Code::InvalidArgument));
-    assert_eq!(a.report(&job, 9, &metrics(0.1, 0.5, 10)).await.unwrap_err().code(), Some(Code::NotFound));
+    let metrics = |loss, accuracy, n| conclave_participant::Metrics {
+        loss,
+        accuracy,
+        num_examples: n,
+    };
+    assert_eq!(
+        a.report(&job, 1, &metrics(f64::NAN, 0.5, 10))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::InvalidArgument)
+    );
+    assert_eq!(
+        a.report(&job, 1, &metrics(0.1, 1.5, 10))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::InvalidArgument)
+    );
+    assert_eq!(
+        a.report(&job, 1, &metrics(0.1, 0.5, 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::InvalidArgument)
+    );
+    assert_eq!(
+        a.report(&job, 9, &metrics(0.1, 0.5, 10))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::NotFound)
+    );
     a.report(&job, 1, &metrics(0.1, 0.5, 10)).await.unwrap();
-    assert_eq!(a.report(&job, 1, &metrics(0.1, 0.5, 10)).await.unwrap_err().code(), Some(Code::AlreadyExists));
+    assert_eq!(
+        a.report(&job, 1, &metrics(0.1, 0.5, 10))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::AlreadyExists)
+    );
     let info = coordinator.info(&job).await;
-    let eval = info.evaluations.iter().find(|e| e.model_version == 1).unwrap();
+    let eval = info
+        .evaluations
+        .iter()
+        .find(|e| e.model_version == 1)
+        .unwrap();
     assert_eq!((eval.reports, eval.num_examples), (1, 10));
 
     // A model version that does not exist.
     let status = coordinator
         .rounds()
         .await
-        .download_model(v1::DownloadModelRequest { job_id: job.clone(), model_version: 7 })
+        .download_model(v1::DownloadModelRequest {
+            job_id: job.clone(),
+            model_version: 7,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -170,7 +356,10 @@ async fn admission_list_keeps_others_out() {
     spec.admission = vec![member.participant_id()];
     let job = coordinator.launch(&spec).await;
     let mut outsider = client(&coordinator, Identity::generate()).await;
-    assert_eq!(outsider.join(&job).await.unwrap_err().code(), Some(Code::PermissionDenied));
+    assert_eq!(
+        outsider.join(&job).await.unwrap_err().code(),
+        Some(Code::PermissionDenied)
+    );
     assert!(coordinator.info(&job).await.participants.is_empty());
     client(&coordinator, member).await.join(&job).await.unwrap();
     assert_eq!(coordinator.info(&job).await.participants.len(), 1);

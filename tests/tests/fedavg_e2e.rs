@@ -35,17 +35,36 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
                 let _ = tx.send((i, e));
             }
         });
-        tasks.push(tokio::spawn(run(config, Arc::new(Identity::generate()), Some(inner_tx))));
+        tasks.push(tokio::spawn(run(
+            config,
+            Arc::new(Identity::generate()),
+            Some(inner_tx),
+        )));
     }
     drop(tx);
     for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), 3, "every hospital ends at model version 3");
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            3,
+            "every hospital ends at model version 3"
+        );
     }
     // (round -> hospital -> (samples, delta))
     let mut updates: BTreeMap<u32, BTreeMap<usize, (u64, Vec<f32>)>> = BTreeMap::new();
     while let Some((i, event)) = rx.recv().await {
-        if let Event::Trained { round, num_samples, delta } = event {
-            assert!(updates.entry(round).or_default().insert(i, (num_samples, delta)).is_none());
+        if let Event::Trained {
+            round,
+            num_samples,
+            delta,
+        } = event
+        {
+            assert!(
+                updates
+                    .entry(round)
+                    .or_default()
+                    .insert(i, (num_samples, delta))
+                    .is_none()
+            );
         }
     }
     assert_eq!(updates.len(), 3);
@@ -58,12 +77,20 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
         assert_eq!(by_hospital.len(), 3, "round {round}: all three uploaded");
         let summary = &info.rounds[*round as usize - 1];
         assert_eq!(summary.uploaded.len(), 3);
-        let before = download_model(&mut rounds, &job, round - 1, None).await.unwrap();
-        let after = download_model(&mut rounds, &job, *round, None).await.unwrap();
+        let before = download_model(&mut rounds, &job, round - 1, None)
+            .await
+            .unwrap();
+        let after = download_model(&mut rounds, &job, *round, None)
+            .await
+            .unwrap();
         let total: u64 = by_hospital.values().map(|(n, _)| n).sum();
         assert_eq!(summary.total_samples, total);
         for k in 0..before.len() {
-            let mean: f64 = by_hospital.values().map(|(n, d)| *n as f64 * d[k] as f64).sum::<f64>() / total as f64;
+            let mean: f64 = by_hospital
+                .values()
+                .map(|(n, d)| *n as f64 * d[k] as f64)
+                .sum::<f64>()
+                / total as f64;
             let want = before[k] as f64 + mean;
             assert!(
                 (after[k] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -73,12 +100,26 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
         }
     }
 
-    let eval = |v: u32| info.evaluations.iter().find(|e| e.model_version == v).cloned().unwrap();
+    let eval = |v: u32| {
+        info.evaluations
+            .iter()
+            .find(|e| e.model_version == v)
+            .cloned()
+            .unwrap()
+    };
     let (first, last) = (eval(0), eval(3));
     assert_eq!(first.reports, 3);
     assert_eq!(last.reports, 3);
-    assert_eq!(last.num_examples, 113, "the hospitals' test slices make up the whole test split");
-    assert!(last.accuracy > first.accuracy + 0.2, "accuracy {:.3} -> {:.3}", first.accuracy, last.accuracy);
+    assert_eq!(
+        last.num_examples, 113,
+        "the hospitals' test slices make up the whole test split"
+    );
+    assert!(
+        last.accuracy > first.accuracy + 0.2,
+        "accuracy {:.3} -> {:.3}",
+        first.accuracy,
+        last.accuracy
+    );
     assert!(last.loss < first.loss);
     assert!(last.accuracy >= 0.9, "{}", last.accuracy);
     coordinator.stop().await;

@@ -11,13 +11,20 @@ use conclave_tests::{TestCoordinator, client, wdbc_job};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     let dir = tempfile::tempdir().unwrap();
-    let (alice, bob) = (Arc::new(Identity::generate()), Arc::new(Identity::generate()));
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
     let first = TestCoordinator::start(dir.path()).await;
     let job = first.launch(&wdbc_job(2, 2, 600)).await;
     let dim = first.info(&job).await.dim as usize;
     let mut a = client(&first, Arc::clone(&alice)).await;
     a.join(&job).await.unwrap();
-    client(&first, Arc::clone(&bob)).await.join(&job).await.unwrap();
+    client(&first, Arc::clone(&bob))
+        .await
+        .join(&job)
+        .await
+        .unwrap();
     a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap();
     let before = first.info(&job).await;
     first.stop().await;
@@ -25,9 +32,18 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
 
     let second = TestCoordinator::start(dir.path()).await;
     let after = second.info(&job).await;
-    assert_eq!(after, before, "the restarted coordinator reports the same job state");
+    assert_eq!(
+        after, before,
+        "the restarted coordinator reports the same job state"
+    );
     let mut a = client(&second, Arc::clone(&alice)).await;
-    assert_eq!(a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap_err().code(), Some(tonic::Code::AlreadyExists));
+    assert_eq!(
+        a.upload(&job, 1, 10, &vec![1.0; dim])
+            .await
+            .unwrap_err()
+            .code(),
+        Some(tonic::Code::AlreadyExists)
+    );
     let mut b = client(&second, Arc::clone(&bob)).await;
     b.upload(&job, 1, 30, &vec![-1.0; dim]).await.unwrap();
     let info = second.info(&job).await;

@@ -11,7 +11,13 @@ use tokio_stream::StreamExt;
 
 async fn next_train(stream: &mut tonic::Streaming<v1::WorkItem>) -> v1::TrainTask {
     loop {
-        match stream.next().await.expect("stream open").expect("work item").item {
+        match stream
+            .next()
+            .await
+            .expect("stream open")
+            .expect("work item")
+            .item
+        {
             Some(Item::Train(t)) => return t,
             Some(_) => continue,
             None => panic!("empty work item"),
@@ -25,7 +31,9 @@ async fn dropouts_do_not_block_the_round_past_its_deadline() {
     let coordinator = TestCoordinator::start(dir.path()).await;
     let deadline_secs = 3;
     // Four hospitals train in the round; two updates are enough to aggregate.
-    let job = coordinator.launch(&wdbc_job_starting_at(1, 2, 4, deadline_secs)).await;
+    let job = coordinator
+        .launch(&wdbc_job_starting_at(1, 2, 4, deadline_secs))
+        .await;
     let dim = coordinator.info(&job).await.dim as usize;
 
     let mut quitter = client(&coordinator, Identity::generate()).await;
@@ -51,14 +59,21 @@ async fn dropouts_do_not_block_the_round_past_its_deadline() {
     for (i, c) in good.iter_mut().enumerate() {
         let mut work = c.work(&job).await.unwrap();
         let task = next_train(&mut work).await;
-        c.upload(&job, task.round, samples[i], &deltas[i]).await.unwrap();
+        c.upload(&job, task.round, samples[i], &deltas[i])
+            .await
+            .unwrap();
     }
     // Half an upload from the dying hospital, then the connection is cut.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut messages = upload_messages(dying.identity(), &job, 1, 5, &vec![9.0f32; dim]).into_iter();
+    let mut messages =
+        upload_messages(dying.identity(), &job, 1, 5, &vec![9.0f32; dim]).into_iter();
     tx.send(messages.next().unwrap()).await.unwrap();
     let mut rounds = coordinator.rounds().await;
-    let partial = tokio::spawn(async move { rounds.upload_update(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let partial = tokio::spawn(async move {
+        rounds
+            .upload_update(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     partial.abort();
     drop(tx);
@@ -69,10 +84,16 @@ async fn dropouts_do_not_block_the_round_past_its_deadline() {
         if info.model_version == 1 {
             break info;
         }
-        assert!(started.elapsed() < Duration::from_secs(deadline_secs as u64 + 5), "round still open long after its deadline");
+        assert!(
+            started.elapsed() < Duration::from_secs(deadline_secs as u64 + 5),
+            "round still open long after its deadline"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(started.elapsed() >= Duration::from_secs(deadline_secs as u64 - 1), "closed before the deadline without the quitter");
+    assert!(
+        started.elapsed() >= Duration::from_secs(deadline_secs as u64 - 1),
+        "closed before the deadline without the quitter"
+    );
     let round = &info.rounds[0];
     assert_eq!(round.expected.len(), 4);
     assert_eq!(round.uploaded.len(), 2);
@@ -99,7 +120,9 @@ async fn a_round_with_too_few_uploads_fails_and_reveals_nothing() {
     b.join(&job).await.unwrap();
     let mut work = a.work(&job).await.unwrap();
     let task = next_train(&mut work).await;
-    a.upload(&job, task.round, 10, &vec![1.0; dim]).await.unwrap();
+    a.upload(&job, task.round, 10, &vec![1.0; dim])
+        .await
+        .unwrap();
     // b never uploads: round 1 fails at its deadline, round 2 opens from the same model.
     let started = Instant::now();
     let info = loop {

@@ -40,12 +40,29 @@ pub enum Command {
 }
 
 pub fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
-    let Command::Partition { input, label, parts, scheme, alpha, seed, out_dir, stem } = command;
+    let Command::Partition {
+        input,
+        label,
+        parts,
+        scheme,
+        alpha,
+        seed,
+        out_dir,
+        stem,
+    } = command;
     let scheme = match scheme {
         SchemeArg::Iid => Scheme::Iid,
         SchemeArg::Dirichlet => Scheme::Dirichlet { alpha },
     };
-    for path in partition_file(&existing(input)?, &label, parts, scheme, seed, &out_dir, &stem)? {
+    for path in partition_file(
+        &existing(input)?,
+        &label,
+        parts,
+        scheme,
+        seed,
+        &out_dir,
+        &stem,
+    )? {
         printer.data(path.display().to_string());
     }
     Ok(())

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use conclave_aggregation::{DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig};
+use conclave_aggregation::{
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+};
 use conclave_coordinator::State;
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
@@ -59,7 +61,10 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
     let privacy = match args.privacy {
         PrivacyArg::Plain => Privacy::Plain,
         PrivacyArg::Secagg | PrivacyArg::Fhe => {
-            bail!("privacy mode {:?} is not available in this release yet; use --privacy plain", args.privacy)
+            bail!(
+                "privacy mode {:?} is not available in this release yet; use --privacy plain",
+                args.privacy
+            )
         }
     };
     let spec = JobSpec {
@@ -75,7 +80,12 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
             normalize: Normalization::LocalZScore,
             eval_fraction: 0.0,
         },
-        training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
+        training: TrainingConfig {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.1,
+            optimizer: Optimizer::Sgd,
+        },
         rounds: args.rounds,
         // Rounds train every hospital and survive up to two stragglers.
         min_participants: args.participants.min(3) as u32,
@@ -91,7 +101,11 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
 }
 
 /// Writes the shipped splits and deals them to the hospitals; returns (train, test) per hospital.
-fn prepare_data(dir: &Path, parts: usize, alpha: Option<f64>) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+fn prepare_data(
+    dir: &Path,
+    parts: usize,
+    alpha: Option<f64>,
+) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
     let shipped = dir.join("shipped");
     std::fs::create_dir_all(&shipped)?;
     let train = shipped.join("wdbc_train.csv");
@@ -102,7 +116,15 @@ fn prepare_data(dir: &Path, parts: usize, alpha: Option<f64>) -> anyhow::Result<
     let hospitals = dir.join("hospitals");
     let trains = partition_file(&train, wdbc::LABEL, parts, scheme, 7, &hospitals, "train")?;
     // Every hospital holds a slice of the test split, so federated evaluation covers all of it.
-    let tests = partition_file(&test, wdbc::LABEL, parts, Scheme::Iid, 11, &hospitals, "test")?;
+    let tests = partition_file(
+        &test,
+        wdbc::LABEL,
+        parts,
+        Scheme::Iid,
+        11,
+        &hospitals,
+        "test",
+    )?;
     Ok(trains.into_iter().zip(tests).collect())
 }
 
@@ -116,13 +138,22 @@ fn load_or_create_identity(path: &Path) -> anyhow::Result<Identity> {
 }
 
 pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
-    anyhow::ensure!(args.participants >= 1 && args.participants <= 50, "--participants must be between 1 and 50");
-    anyhow::ensure!(args.rounds >= 1 && args.rounds <= 1000, "--rounds must be between 1 and 1000");
+    anyhow::ensure!(
+        args.participants >= 1 && args.participants <= 50,
+        "--participants must be between 1 and 50"
+    );
+    anyhow::ensure!(
+        args.rounds >= 1 && args.rounds <= 1000,
+        "--rounds must be between 1 and 1000"
+    );
     let device = conclave_participant::parse_device(&args.device)?;
     let spec = demo_job(&args)?;
     let dir = match &args.data_dir {
         Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("conclave-demo-{}", hex::encode(conclave_crypto::random_bytes::<4>()))),
+        None => std::env::temp_dir().join(format!(
+            "conclave-demo-{}",
+            hex::encode(conclave_crypto::random_bytes::<4>())
+        )),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     printer.status(format!("demo state in {}", dir.display()));
@@ -137,7 +168,13 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let mut jobs = jobs_client(connect(&url).await?);
-    let job_id = jobs.create_job(v1::CreateJobRequest { spec: Some(spec.to_proto()) }).await?.into_inner().job_id;
+    let job_id = jobs
+        .create_job(v1::CreateJobRequest {
+            spec: Some(spec.to_proto()),
+        })
+        .await?
+        .into_inner()
+        .job_id;
     printer.status(format!(
         "coordinator at {url}; job {job_id}: {} hospitals training on {device:?}, {} rounds, {:?} model, privacy {:?}",
         args.participants, args.rounds, args.model, spec.privacy
@@ -148,42 +185,92 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for (i, (train, test)) in files.into_iter().enumerate() {
-        let identity = Arc::new(load_or_create_identity(&dir.join("hospitals").join(format!("hospital-{}.identity", i + 1)))?);
-        let config = ParticipantConfig { coordinator: url.clone(), job_id: job_id.clone(), data: train, eval_data: Some(test), device };
-        tasks.push(tokio::spawn(run_participant(config, identity, Some(tx.clone()))));
+        let identity = Arc::new(load_or_create_identity(
+            &dir.join("hospitals")
+                .join(format!("hospital-{}.identity", i + 1)),
+        )?);
+        let config = ParticipantConfig {
+            coordinator: url.clone(),
+            job_id: job_id.clone(),
+            data: train,
+            eval_data: Some(test),
+            device,
+        };
+        tasks.push(tokio::spawn(run_participant(
+            config,
+            identity,
+            Some(tx.clone()),
+        )));
     }
     drop(tx);
 
     let bar = printer.progress(args.rounds as u64, "rounds");
     let mut reports: BTreeMap<u32, usize> = BTreeMap::new();
     while let Some(event) = rx.recv().await {
-        let Event::Evaluated { model_version, .. } = event else { continue };
+        let Event::Evaluated { model_version, .. } = event else {
+            continue;
+        };
         let count = reports.entry(model_version).or_default();
         *count += 1;
         if *count < args.participants {
             continue;
         }
-        let info = jobs.get_job(v1::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
-        let Some(eval) = info.evaluations.iter().find(|e| e.model_version == model_version) else { continue };
-        let label = match info.rounds.iter().find(|r| r.state == v1::RoundState::Closed as i32 && r.result_version == model_version) {
-            Some(r) => format!("round {:>3}", r.round),
-            None => "initial  ".to_string(),
+        let info = jobs
+            .get_job(v1::GetJobRequest {
+                job_id: job_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let Some(eval) = info
+            .evaluations
+            .iter()
+            .find(|e| e.model_version == model_version)
+        else {
+            continue;
         };
-        let line = format!("{label}  test accuracy {:>6.2}%  loss {:.4}  ({} rows)", eval.accuracy * 100.0, eval.loss, eval.num_examples);
+        let label =
+            match info.rounds.iter().find(|r| {
+                r.state == v1::RoundState::Closed as i32 && r.result_version == model_version
+            }) {
+                Some(r) => format!("round {:>3}", r.round),
+                None => "initial  ".to_string(),
+            };
+        let line = format!(
+            "{label}  test accuracy {:>6.2}%  loss {:.4}  ({} rows)",
+            eval.accuracy * 100.0,
+            eval.loss,
+            eval.num_examples
+        );
         bar.suspend(|| printer.data(line));
-        bar.set_position(info.rounds.iter().filter(|r| r.state != v1::RoundState::Open as i32).count() as u64);
+        bar.set_position(
+            info.rounds
+                .iter()
+                .filter(|r| r.state != v1::RoundState::Open as i32)
+                .count() as u64,
+        );
     }
     bar.finish_and_clear();
     for task in tasks {
-        task.await.context("hospital task")?.context("hospital failed")?;
+        task.await
+            .context("hospital task")?
+            .context("hospital failed")?;
     }
 
-    let info = jobs.get_job(v1::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
+    let info = jobs
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await?
+        .into_inner();
     let out = dir.join("model-final.safetensors");
     let (path, version) = export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
     let _ = stop.send(());
     server.await.context("coordinator task")??;
-    let failed = info.rounds.iter().filter(|r| r.state == v1::RoundState::Failed as i32).count();
+    let failed = info
+        .rounds
+        .iter()
+        .filter(|r| r.state == v1::RoundState::Failed as i32)
+        .count();
     let Some(last) = info.evaluations.iter().find(|e| e.model_version == version) else {
         bail!("no evaluation of the final model was reported");
     };

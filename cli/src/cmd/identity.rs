@@ -27,11 +27,15 @@ pub fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         Command::New { out } => {
             let identity = Identity::generate();
             identity.save(&out)?;
-            printer.status(format!("wrote {} (keep it secret; mode 0600)", out.display()));
+            printer.status(format!(
+                "wrote {} (keep it secret; mode 0600)",
+                out.display()
+            ));
             printer.data(identity.participant_id().to_string());
         }
         Command::Show { identity } => {
-            let id = Identity::load(&identity).with_context(|| format!("loading {}", identity.display()))?;
+            let id = Identity::load(&identity)
+                .with_context(|| format!("loading {}", identity.display()))?;
             let public = id.public();
             printer.data(format!("did:          {}", public.id));
             printer.data(format!("sealing key:  {}", hex::encode(public.sealing_key)));

@@ -40,7 +40,8 @@ pub enum Command {
 
 /// Reads and checks a job file.
 pub fn read_job(file: &std::path::Path) -> anyhow::Result<JobSpec> {
-    let text = std::fs::read_to_string(existing(file.to_owned())?).with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read_to_string(existing(file.to_owned())?)
+        .with_context(|| format!("reading {}", file.display()))?;
     JobSpec::from_toml(&text).with_context(|| format!("{} is not a valid job", file.display()))
 }
 
@@ -48,34 +49,68 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     match command {
         Command::Check { file } => {
             let spec = read_job(&file)?;
-            printer.data(format!("{}: ok ({} parameters, {} rounds)", file.display(), spec.layout().dim(), spec.rounds));
+            printer.data(format!(
+                "{}: ok ({} parameters, {} rounds)",
+                file.display(),
+                spec.layout().dim(),
+                spec.rounds
+            ));
             warn_open_admission(&spec, printer);
         }
         Command::Launch { file, coordinator } => {
             let spec = read_job(&file)?;
             warn_open_admission(&spec, printer);
             let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let resp = jobs.create_job(v1::CreateJobRequest { spec: Some(spec.to_proto()) }).await.context("launching job")?;
+            let resp = jobs
+                .create_job(v1::CreateJobRequest {
+                    spec: Some(spec.to_proto()),
+                })
+                .await
+                .context("launching job")?;
             printer.data(resp.into_inner().job_id);
         }
-        Command::Status { job, coordinator, format } => {
+        Command::Status {
+            job,
+            coordinator,
+            format,
+        } => {
             let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let info = jobs.get_job(v1::GetJobRequest { job_id: job }).await.context("fetching job")?.into_inner();
+            let info = jobs
+                .get_job(v1::GetJobRequest { job_id: job })
+                .await
+                .context("fetching job")?
+                .into_inner();
             match format {
                 Format::Json => printer.data(job_json(&info).to_string()),
                 Format::Table => print_status(&info, printer),
             }
         }
-        Command::List { coordinator, format } => {
+        Command::List {
+            coordinator,
+            format,
+        } => {
             let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let list = jobs.list_jobs(v1::ListJobsRequest {}).await.context("listing jobs")?.into_inner().jobs;
+            let list = jobs
+                .list_jobs(v1::ListJobsRequest {})
+                .await
+                .context("listing jobs")?
+                .into_inner()
+                .jobs;
             match format {
-                Format::Json => printer.data(json!(list.iter().map(job_json).collect::<Vec<_>>()).to_string()),
+                Format::Json => {
+                    printer.data(json!(list.iter().map(job_json).collect::<Vec<_>>()).to_string())
+                }
                 Format::Table => {
-                    printer.data(format!("{:<20} {:<24} {:<9} {:>6} {:>13} {:>9}", "JOB", "NAME", "STATE", "ROUND", "PARTICIPANTS", "ACCURACY"));
+                    printer.data(format!(
+                        "{:<20} {:<24} {:<9} {:>6} {:>13} {:>9}",
+                        "JOB", "NAME", "STATE", "ROUND", "PARTICIPANTS", "ACCURACY"
+                    ));
                     for info in &list {
                         let spec = info.spec.clone().unwrap_or_default();
-                        let acc = info.evaluations.last().map_or("-".into(), |e| format!("{:.2}%", e.accuracy * 100.0));
+                        let acc = info
+                            .evaluations
+                            .last()
+                            .map_or("-".into(), |e| format!("{:.2}%", e.accuracy * 100.0));
                         printer.data(format!(
                             "{:<20} {:<24} {:<9} {:>6} {:>13} {:>9}",
                             info.job_id,
@@ -120,20 +155,44 @@ fn round_state_name(state: i32) -> &'static str {
 
 fn print_status(info: &v1::JobInfo, printer: &Printer) {
     let spec = info.spec.clone().unwrap_or_default();
-    printer.data(format!("job {} ({}): {}, model version {}, {} parameters", info.job_id, spec.name, state_name(info.state), info.model_version, info.dim));
-    let start = if spec.start_participants == 0 { spec.min_participants } else { spec.start_participants };
+    printer.data(format!(
+        "job {} ({}): {}, model version {}, {} parameters",
+        info.job_id,
+        spec.name,
+        state_name(info.state),
+        info.model_version,
+        info.dim
+    ));
+    let start = if spec.start_participants == 0 {
+        spec.min_participants
+    } else {
+        spec.start_participants
+    };
     printer.data(format!(
         "participants: {} (first round opens at {start}; a round needs {} updates)",
         info.participants.len(),
         spec.min_participants
     ));
-    printer.data(format!("{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}", "ROUND", "STATE", "UPLOADS", "SAMPLES", "ACCURACY", "LOSS"));
+    printer.data(format!(
+        "{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}",
+        "ROUND", "STATE", "UPLOADS", "SAMPLES", "ACCURACY", "LOSS"
+    ));
     let eval0 = info.evaluations.iter().find(|e| e.model_version == 0);
     if let Some(e) = eval0 {
-        printer.data(format!("{:>5}  {:<7} {:>9} {:>8} {:>8.2}% {:>9.4}", 0, "initial", "-", "-", e.accuracy * 100.0, e.loss));
+        printer.data(format!(
+            "{:>5}  {:<7} {:>9} {:>8} {:>8.2}% {:>9.4}",
+            0,
+            "initial",
+            "-",
+            "-",
+            e.accuracy * 100.0,
+            e.loss
+        ));
     }
     for r in &info.rounds {
-        let eval = info.evaluations.iter().find(|e| r.state == v1::RoundState::Closed as i32 && e.model_version == r.result_version);
+        let eval = info.evaluations.iter().find(|e| {
+            r.state == v1::RoundState::Closed as i32 && e.model_version == r.result_version
+        });
         printer.data(format!(
             "{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}",
             r.round,

@@ -33,7 +33,10 @@ pub struct Args {
 
 pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let identity = Arc::new(Identity::load(&args.identity).with_context(|| format!("loading identity {}", args.identity.display()))?);
+    let identity = Arc::new(
+        Identity::load(&args.identity)
+            .with_context(|| format!("loading identity {}", args.identity.display()))?,
+    );
     let config = ParticipantConfig {
         coordinator: args.coordinator.coordinator,
         job_id: args.job,
@@ -41,21 +44,44 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         eval_data: args.eval_data.map(existing).transpose()?,
         device,
     };
-    printer.status(format!("joining job {} as {} (training on {:?})", config.job_id, identity.participant_id(), device));
+    printer.status(format!(
+        "joining job {} as {} (training on {:?})",
+        config.job_id,
+        identity.participant_id(),
+        device
+    ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(run_participant(config, identity, Some(tx)));
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Joined { train_rows, eval_rows } => printer.status(format!("joined: {train_rows} training rows, {eval_rows} held-out rows")),
-            Event::Trained { round, num_samples, .. } => printer.status(format!("round {round}: trained on {num_samples} rows, update uploaded")),
-            Event::UploadRefused { round, reason } => printer.status(format!("round {round}: update not accepted: {reason}")),
-            Event::Evaluated { model_version, metrics } => printer.status(format!(
+            Event::Joined {
+                train_rows,
+                eval_rows,
+            } => printer.status(format!(
+                "joined: {train_rows} training rows, {eval_rows} held-out rows"
+            )),
+            Event::Trained {
+                round, num_samples, ..
+            } => printer.status(format!(
+                "round {round}: trained on {num_samples} rows, update uploaded"
+            )),
+            Event::UploadRefused { round, reason } => {
+                printer.status(format!("round {round}: update not accepted: {reason}"))
+            }
+            Event::Evaluated {
+                model_version,
+                metrics,
+            } => printer.status(format!(
                 "model v{model_version}: local accuracy {:.2}%, loss {:.4} on {} rows",
                 metrics.accuracy * 100.0,
                 metrics.loss,
                 metrics.num_examples
             )),
-            Event::Done { final_model_version } => printer.status(format!("job finished at model version {final_model_version}")),
+            Event::Done {
+                final_model_version,
+            } => printer.status(format!(
+                "job finished at model version {final_model_version}"
+            )),
         }
     }
     let final_version = task.await.context("participant task")??;

@@ -38,8 +38,21 @@ pub enum Command {
 }
 
 pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
-    let Command::Export { job, round, format, out, coordinator } = command;
-    let (path, version) = export(&coordinator.coordinator, &job, round, format, out.as_deref()).await?;
+    let Command::Export {
+        job,
+        round,
+        format,
+        out,
+        coordinator,
+    } = command;
+    let (path, version) = export(
+        &coordinator.coordinator,
+        &job,
+        round,
+        format,
+        out.as_deref(),
+    )
+    .await?;
     printer.status(format!("exported model version {version} of job {job}"));
     printer.data(path.display().to_string());
     Ok(())
@@ -47,24 +60,42 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
 
 /// Picks the model version a round produced.
 fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u32> {
-    let Some(round) = round else { return Ok(info.model_version) };
+    let Some(round) = round else {
+        return Ok(info.model_version);
+    };
     if round == 0 {
         return Ok(0);
     }
     let Some(r) = info.rounds.iter().find(|r| r.round == round) else {
-        bail!("job {} has no round {round} (it has {})", info.job_id, info.rounds.len());
+        bail!(
+            "job {} has no round {round} (it has {})",
+            info.job_id,
+            info.rounds.len()
+        );
     };
     match v1::RoundState::try_from(r.state) {
         Ok(v1::RoundState::Closed) => Ok(r.result_version),
-        Ok(v1::RoundState::Failed) => bail!("round {round} failed (too few updates): it produced no model"),
+        Ok(v1::RoundState::Failed) => {
+            bail!("round {round} failed (too few updates): it produced no model")
+        }
         _ => bail!("round {round} is still open"),
     }
 }
 
 /// Downloads a model version and writes it; returns the path and the version.
-pub async fn export(url: &str, job: &str, round: Option<u32>, format: ModelFormat, out: Option<&Path>) -> anyhow::Result<(PathBuf, u32)> {
+pub async fn export(
+    url: &str,
+    job: &str,
+    round: Option<u32>,
+    format: ModelFormat,
+    out: Option<&Path>,
+) -> anyhow::Result<(PathBuf, u32)> {
     let channel = connect(url).await?;
-    let info = jobs_client(channel.clone()).get_job(v1::GetJobRequest { job_id: job.into() }).await.context("fetching job")?.into_inner();
+    let info = jobs_client(channel.clone())
+        .get_job(v1::GetJobRequest { job_id: job.into() })
+        .await
+        .context("fetching job")?
+        .into_inner();
     let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
     let layout = spec.layout();
     let version = version_of_round(&info, round)?;
@@ -73,10 +104,13 @@ pub async fn export(url: &str, job: &str, round: Option<u32>, format: ModelForma
         ModelFormat::Safetensors => "safetensors",
         ModelFormat::Pt => "pt",
     };
-    let path = out.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(format!("{job}-v{version}.{ext}")));
+    let path = out
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(format!("{job}-v{version}.{ext}")));
     match format {
         ModelFormat::Safetensors => {
-            std::fs::write(&path, layout.to_safetensors(&params)?).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, layout.to_safetensors(&params)?)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         ModelFormat::Pt => {
             let named: Vec<(String, tch::Tensor)> = layout
@@ -84,10 +118,14 @@ pub async fn export(url: &str, job: &str, round: Option<u32>, format: ModelForma
                 .into_iter()
                 .map(|(spec, values)| {
                     let shape: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
-                    (spec.name.clone(), tch::Tensor::from_slice(values).reshape(&shape))
+                    (
+                        spec.name.clone(),
+                        tch::Tensor::from_slice(values).reshape(&shape),
+                    )
                 })
                 .collect();
-            tch::Tensor::save_multi(&named, &path).with_context(|| format!("writing {}", path.display()))?;
+            tch::Tensor::save_multi(&named, &path)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok((path, version))

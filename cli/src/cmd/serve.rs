@@ -35,8 +35,11 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
-    let state = State::open(&args.data_dir).with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let state = State::open(&args.data_dir)
+        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     printer.status(format!(
         "coordinator listening on {} (data in {}); Ctrl-C to stop",
         listener.local_addr()?,

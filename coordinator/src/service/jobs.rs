@@ -14,18 +14,31 @@ pub struct JobsService {
 
 #[tonic::async_trait]
 impl Jobs for JobsService {
-    async fn create_job(&self, request: Request<v1::CreateJobRequest>) -> Result<Response<v1::CreateJobResponse>, Status> {
+    async fn create_job(
+        &self,
+        request: Request<v1::CreateJobRequest>,
+    ) -> Result<Response<v1::CreateJobResponse>, Status> {
         let spec = request.into_inner().spec.unwrap_or_default();
         let job_id = self.state.create_job(&spec)?;
         tracing::info!(job = %job_id, name = %spec.name, "job created");
         Ok(Response::new(v1::CreateJobResponse { job_id }))
     }
 
-    async fn get_job(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::JobInfo>, Status> {
-        Ok(Response::new(self.state.job_info(&request.into_inner().job_id)?))
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JobInfo>, Status> {
+        Ok(Response::new(
+            self.state.job_info(&request.into_inner().job_id)?,
+        ))
     }
 
-    async fn list_jobs(&self, _: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
-        Ok(Response::new(v1::ListJobsResponse { jobs: self.state.list_jobs() }))
+    async fn list_jobs(
+        &self,
+        _: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: self.state.list_jobs(),
+        }))
     }
 }

@@ -4,8 +4,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use conclave_proto::v1::{self, rounds_server::Rounds, upload_chunk::Part};
 use conclave_proto::MAX_CHUNK_BYTES;
+use conclave_proto::v1::{self, rounds_server::Rounds, upload_chunk::Part};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -23,7 +23,10 @@ pub struct RoundsService {
 
 #[tonic::async_trait]
 impl Rounds for RoundsService {
-    async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
         let req = request.into_inner();
         let job = self.state.join(&req)?;
         tracing::info!(job = %req.job_id, participant = %req.auth.unwrap_or_default().participant, "participant joined");
@@ -32,7 +35,10 @@ impl Rounds for RoundsService {
 
     type WorkStream = BoxStream<v1::WorkItem>;
 
-    async fn work(&self, request: Request<v1::WorkRequest>) -> Result<Response<Self::WorkStream>, Status> {
+    async fn work(
+        &self,
+        request: Request<v1::WorkRequest>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
         let req = request.into_inner();
         let (did, mut changes) = self.state.subscribe(&req)?;
         let (tx, rx) = mpsc::channel(8);
@@ -68,27 +74,46 @@ impl Rounds for RoundsService {
 
     type DownloadModelStream = BoxStream<v1::ModelChunk>;
 
-    async fn download_model(&self, request: Request<v1::DownloadModelRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
+    async fn download_model(
+        &self,
+        request: Request<v1::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let req = request.into_inner();
         let (bytes, hash) = self.state.model(&req.job_id, req.model_version)?;
         let total = bytes.len() as u64;
-        let chunks = (0..bytes.len().max(1)).step_by(MAX_CHUNK_BYTES).map(move |offset| {
-            let end = (offset + MAX_CHUNK_BYTES).min(bytes.len());
-            Ok(v1::ModelChunk {
-                offset: offset as u64,
-                data: bytes[offset..end].to_vec(),
-                total_bytes: if offset == 0 { total } else { 0 },
-                model_hash: if offset == 0 { hash.clone() } else { Vec::new() },
-            })
-        });
+        let chunks = (0..bytes.len().max(1))
+            .step_by(MAX_CHUNK_BYTES)
+            .map(move |offset| {
+                let end = (offset + MAX_CHUNK_BYTES).min(bytes.len());
+                Ok(v1::ModelChunk {
+                    offset: offset as u64,
+                    data: bytes[offset..end].to_vec(),
+                    total_bytes: if offset == 0 { total } else { 0 },
+                    model_hash: if offset == 0 {
+                        hash.clone()
+                    } else {
+                        Vec::new()
+                    },
+                })
+            });
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
-    async fn upload_update(&self, request: Request<Streaming<v1::UploadChunk>>) -> Result<Response<v1::UploadReceipt>, Status> {
+    async fn upload_update(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::UploadReceipt>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.next().await {
-            Some(Ok(v1::UploadChunk { part: Some(Part::Header(h)) })) => h,
-            Some(Ok(_)) => return Err(CoordinatorError::InvalidRequest("an upload must start with its header".into()).into()),
+            Some(Ok(v1::UploadChunk {
+                part: Some(Part::Header(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(CoordinatorError::InvalidRequest(
+                    "an upload must start with its header".into(),
+                )
+                .into());
+            }
             Some(Err(status)) => return Err(status),
             None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
         };
@@ -99,19 +124,35 @@ impl Rounds for RoundsService {
             match chunk?.part {
                 Some(Part::Data(data)) => {
                     if data.len() > MAX_CHUNK_BYTES {
-                        return Err(CoordinatorError::ChunkTooLarge { size: data.len(), max: MAX_CHUNK_BYTES }.into());
+                        return Err(CoordinatorError::ChunkTooLarge {
+                            size: data.len(),
+                            max: MAX_CHUNK_BYTES,
+                        }
+                        .into());
                     }
                     if payload.len() + data.len() > expected_bytes {
                         let got = (payload.len() + data.len()) as u64 / 4;
-                        return Err(CoordinatorError::WrongLength { expected: ticket.dim, got }.into());
+                        return Err(CoordinatorError::WrongLength {
+                            expected: ticket.dim,
+                            got,
+                        }
+                        .into());
                     }
                     payload.extend_from_slice(&data);
                 }
-                _ => return Err(CoordinatorError::InvalidRequest("only data chunks may follow the header".into()).into()),
+                _ => {
+                    return Err(CoordinatorError::InvalidRequest(
+                        "only data chunks may follow the header".into(),
+                    )
+                    .into());
+                }
             }
         }
         let state = Arc::clone(&self.state);
-        let receipt = v1::UploadReceipt { round: ticket.round, payload_hash: ticket.payload_hash.to_vec() };
+        let receipt = v1::UploadReceipt {
+            round: ticket.round,
+            payload_hash: ticket.payload_hash.to_vec(),
+        };
         tokio::task::spawn_blocking(move || state.accept_upload(&ticket, &payload))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
@@ -119,7 +160,10 @@ impl Rounds for RoundsService {
         Ok(Response::new(receipt))
     }
 
-    async fn report_metrics(&self, request: Request<v1::MetricsReport>) -> Result<Response<v1::MetricsReceipt>, Status> {
+    async fn report_metrics(
+        &self,
+        request: Request<v1::MetricsReport>,
+    ) -> Result<Response<v1::MetricsReceipt>, Status> {
         self.state.report_metrics(&request.into_inner())?;
         Ok(Response::new(v1::MetricsReceipt {}))
     }
