@@ -1,5 +1,7 @@
 //! `Printer`: data to stdout, progress to stderr (hidden with `-q`).
 
+use std::io::Write;
+
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Where the CLI's output goes.
@@ -12,9 +14,17 @@ impl Printer {
         Self { quiet }
     }
 
-    /// A line of data (stdout).
+    /// A line of data (stdout). When stdout is closed early (`conclave job list | head`),
+    /// exits quietly instead of failing.
     pub fn data(&self, line: impl AsRef<str>) {
-        println!("{}", line.as_ref());
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{}", line.as_ref()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
     }
 
     /// A status line (stderr), suppressed by `-q`.

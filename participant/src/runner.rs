@@ -123,6 +123,15 @@ fn emit(events: &Option<UnboundedSender<Event>>, event: Event) {
     }
 }
 
+/// Runs CPU-bound work (data loading, libtorch) off the async runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ParticipantError> + Send + 'static,
+) -> Result<T, ParticipantError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ParticipantError::Config(format!("worker task failed: {e}")))?
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -149,9 +158,7 @@ pub async fn run(
         );
     let (train, eval) = {
         let (spec, config) = (Arc::clone(&spec), config.clone());
-        tokio::task::spawn_blocking(move || load_local_data(&spec, &config, seed))
-            .await
-            .map_err(|e| ParticipantError::Config(e.to_string()))??
+        blocking(move || load_local_data(&spec, &config, seed)).await?
     };
     client.join(&config.job_id).await?;
     emit(
@@ -219,11 +226,8 @@ pub async fn run(
                 let (s, t, g) = (Arc::clone(&spec), Arc::clone(&train), Arc::clone(&global));
                 let device = config.device;
                 let round_seed = seed.wrapping_add(task.round as u64);
-                let delta = tokio::task::spawn_blocking(move || {
-                    trainer::train(&s, &g, &t, device, round_seed)
-                })
-                .await
-                .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                let delta =
+                    blocking(move || trainer::train(&s, &g, &t, device, round_seed)).await?;
                 let num_samples = train.rows() as u64;
                 match client
                     .upload(&config.job_id, task.round, num_samples, &delta)
@@ -266,10 +270,7 @@ pub async fn run(
                 .await?;
                 let (s, e) = (Arc::clone(&spec), Arc::clone(&eval));
                 let device = config.device;
-                let metrics =
-                    tokio::task::spawn_blocking(move || trainer::evaluate(&s, &params, &e, device))
-                        .await
-                        .map_err(|e| ParticipantError::Config(e.to_string()))??;
+                let metrics = blocking(move || trainer::evaluate(&s, &params, &e, device)).await?;
                 match client
                     .report(&config.job_id, task.model_version, &metrics)
                     .await

@@ -14,7 +14,8 @@ use crate::printer::Printer;
 pub enum ModelFormat {
     /// safetensors (f32 tensors named layers.N.weight / layers.N.bias).
     Safetensors,
-    /// PyTorch file of named tensors, readable with torch.load.
+    /// TorchScript archive of the named tensors (libtorch's own format): in Python,
+    /// `{k.replace("|", "."): v for k, v in torch.jit.load(path).named_parameters()}`.
     Pt,
 }
 
