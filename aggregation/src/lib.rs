@@ -21,6 +21,8 @@ pub mod fedavg;
 pub mod job;
 mod job_toml;
 pub mod model;
+pub mod quantize;
+pub mod secagg;
 
 pub use error::AggregationError;
 pub use job::{

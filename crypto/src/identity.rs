@@ -67,6 +67,12 @@ impl Identity {
         }
     }
 
+    /// The HPKE private key of the sealing key (for opening sealed boxes).
+    pub(crate) fn hpke_private_key(&self) -> <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PrivateKey {
+        let secret = Zeroizing::new(self.sealing.to_bytes());
+        crate::seal::private_key(&secret)
+    }
+
     /// Signs `message` with the Ed25519 key (deterministic, RFC 8032).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()

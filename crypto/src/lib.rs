@@ -1,6 +1,8 @@
 //! Conclave's cryptographic building blocks: participant identities (an Ed25519 signing key,
-//! named by its `did:key`, plus an X25519 key for sealed messages), request signatures, and
-//! fresh nonces.
+//! named by its `did:key`, plus an X25519 key for sealed messages), request signatures, fresh
+//! nonces, and the pieces of secure aggregation: sealed boxes (HPKE, [`seal`]), seeds and the
+//! masks expanded from them ([`prg`]), Shamir sharing of seeds ([`shamir`]) and the committee
+//! draw ([`committee`]).
 //!
 //! Types that hold secrets ([`Identity`]) zeroize on drop and print no key bytes; public
 //! values ([`ParticipantId`], [`PublicIdentity`]) are plain data. Primitives come from the
@@ -17,13 +19,19 @@
 //! assert!(id.verify(b"hellp", &sig).is_err());
 //! ```
 
+pub mod committee;
 mod error;
 mod identity;
 mod participant_id;
+pub mod prg;
+pub mod seal;
+mod seed;
+pub mod shamir;
 
 pub use error::CryptoError;
 pub use identity::{Identity, PublicIdentity};
 pub use participant_id::ParticipantId;
+pub use seed::Seed;
 
 /// Returns `N` bytes from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {

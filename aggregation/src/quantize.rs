@@ -1,0 +1,208 @@
+//! Fixed-point quantization of weighted updates into the ring Z_{2^32}, with stochastic
+//! rounding, for secure aggregation.
+//!
+//! Participant `i` with `n_i` samples and clipped update `Δ_i` (`‖Δ_i‖₂ ≤ C`) encodes
+//! `w_i·Δ_i` with `w_i = n_i / M` (M = the job's `max_samples` per participant, so `w_i ≤ 1`)
+//! as `round(S · w_i · Δ_i[k])`, two's complement, and appends `n_i` itself as the last
+//! element. With at most `P` participants in a round, every coordinate of the sum has
+//! magnitude at most `S·P·C + P` (the `+P` is rounding), and [`QuantParams::new`] picks the
+//! largest scale `S` that keeps this below 2^31, so the ring sum never wraps; it refuses
+//! settings that would leave too little precision. The sample counts sum to at most `P·M`,
+//! which must fit in 32 bits. Stochastic rounding makes each coordinate unbiased:
+//! `E[q] = S·w·Δ`.
+
+use rand::Rng;
+
+/// Smallest scale accepted: coarser than 2^-12 per unit of update would lose the update.
+pub const MIN_SCALE: f64 = 4096.0;
+
+/// Why quantization parameters or inputs are refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QuantError {
+    #[error("clip_norm must be a finite number > 0 for secure aggregation, got {0}")]
+    BadClip(f32),
+    #[error("max_samples and max_participants must be at least 1")]
+    BadBounds,
+    #[error(
+        "{participants} participants × clip_norm {clip} leave a scale of {scale:.1} (< {MIN_SCALE}): the 32-bit ring sum could wrap or lose precision; lower clip_norm or max_participants"
+    )]
+    TooCoarse { participants: u32, clip: f32, scale: f64 },
+    #[error("{participants} participants × max_samples {max_samples} overflow the 32-bit sample count")]
+    SampleOverflow { participants: u32, max_samples: u64 },
+    #[error("update has L2 norm {norm}, above clip_norm {clip}")]
+    NotClipped { norm: f64, clip: f32 },
+    #[error("sample count {got} is outside 1..={max}")]
+    BadSamples { got: u64, max: u64 },
+    #[error("update value at {index} is not finite")]
+    NonFinite { index: usize },
+    #[error("ring vector has {got} elements, expected {expected}")]
+    Length { got: usize, expected: usize },
+    #[error("sum of sample counts is 0: nothing to decode")]
+    NoSamples,
+}
+
+/// The encoding all parties of a round agree on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantParams {
+    clip: f32,
+    max_samples: u64,
+    max_participants: u32,
+    scale: f64,
+}
+
+impl QuantParams {
+    /// Parameters for rounds of at most `max_participants` participants with at most
+    /// `max_samples` samples each and updates clipped to `clip`.
+    pub fn new(clip: f32, max_samples: u64, max_participants: u32) -> Result<Self, QuantError> {
+        if !(clip.is_finite() && clip > 0.0) {
+            return Err(QuantError::BadClip(clip));
+        }
+        if max_samples == 0 || max_participants == 0 {
+            return Err(QuantError::BadBounds);
+        }
+        if (max_participants as u128) * (max_samples as u128) > u32::MAX as u128 {
+            return Err(QuantError::SampleOverflow { participants: max_participants, max_samples });
+        }
+        let p = max_participants as f64;
+        // S·P·C + P ≤ 2^31 - 1, with a margin of one unit per participant for f64 rounding.
+        let scale = ((i32::MAX as f64 - 2.0 * p) / (p * clip as f64)).floor();
+        if scale < MIN_SCALE {
+            return Err(QuantError::TooCoarse { participants: max_participants, clip, scale });
+        }
+        Ok(Self { clip, max_samples, max_participants, scale })
+    }
+
+    /// The fixed-point scale `S`.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    pub fn clip(&self) -> f32 {
+        self.clip
+    }
+
+    pub fn max_samples(&self) -> u64 {
+        self.max_samples
+    }
+
+    pub fn max_participants(&self) -> u32 {
+        self.max_participants
+    }
+
+    /// Encodes `n·Δ` (as `S·(n/M)·Δ`, stochastically rounded) and `n`: `delta.len() + 1`
+    /// ring elements. `delta` must already be clipped.
+    pub fn encode(&self, delta: &[f32], num_samples: u64, rng: &mut impl Rng) -> Result<Vec<u32>, QuantError> {
+        if num_samples == 0 || num_samples > self.max_samples {
+            return Err(QuantError::BadSamples { got: num_samples, max: self.max_samples });
+        }
+        if let Some(index) = delta.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFinite { index });
+        }
+        let norm = delta.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        // Clipping in f32 can overshoot by an ulp or so; allow that, nothing more.
+        if norm > self.clip as f64 * (1.0 + 1e-5) {
+            return Err(QuantError::NotClipped { norm, clip: self.clip });
+        }
+        let factor = self.scale * num_samples as f64 / self.max_samples as f64;
+        let mut out = Vec::with_capacity(delta.len() + 1);
+        for &x in delta {
+            let v = x as f64 * factor;
+            let floor = v.floor();
+            let up = rng.random::<f64>() < v - floor;
+            let q = floor as i64 + up as i64;
+            out.push(q as i32 as u32);
+        }
+        out.push(num_samples as u32);
+        Ok(out)
+    }
+
+    /// Decodes a ring sum of encodings into `(Σ n_i Δ_i / Σ n_i, Σ n_i)`: the sample-weighted
+    /// mean update and the total sample count.
+    pub fn decode_mean(&self, sum: &[u32], dim: usize) -> Result<(Vec<f32>, u64), QuantError> {
+        if sum.len() != dim + 1 {
+            return Err(QuantError::Length { got: sum.len(), expected: dim + 1 });
+        }
+        let total = sum[dim] as u64;
+        if total == 0 {
+            return Err(QuantError::NoSamples);
+        }
+        // Σ S·(n_i/M)·Δ_i / (S·Σn_i/M) = Σ n_i Δ_i / Σ n_i
+        let denom = self.scale * total as f64 / self.max_samples as f64;
+        Ok((sum[..dim].iter().map(|&q| (q as i32 as f64 / denom) as f32).collect(), total))
+    }
+}
+
+/// Adds ring vectors: `acc += v` in Z_{2^32}.
+pub fn ring_add(acc: &mut [u32], v: &[u32]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_add(*x);
+    }
+}
+
+/// Subtracts ring vectors: `acc -= v` in Z_{2^32}.
+pub fn ring_sub(acc: &mut [u32], v: &[u32]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_sub(*x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn refuses_settings_that_could_wrap() {
+        assert!(QuantParams::new(0.0, 10, 10).is_err());
+        assert!(QuantParams::new(f32::NAN, 10, 10).is_err());
+        assert!(matches!(QuantParams::new(1e6, 100, 1000), Err(QuantError::TooCoarse { .. })));
+        assert!(matches!(QuantParams::new(1.0, 1 << 30, 8), Err(QuantError::SampleOverflow { .. })));
+        let q = QuantParams::new(10.0, 10_000, 100).unwrap();
+        assert!(q.scale() * 100.0 * 10.0 + 100.0 < i32::MAX as f64);
+    }
+
+    #[test]
+    fn encode_checks_its_input() {
+        let q = QuantParams::new(1.0, 100, 10).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(matches!(q.encode(&[2.0], 10, &mut rng), Err(QuantError::NotClipped { .. })));
+        assert!(matches!(q.encode(&[0.1], 0, &mut rng), Err(QuantError::BadSamples { .. })));
+        assert!(matches!(q.encode(&[0.1], 101, &mut rng), Err(QuantError::BadSamples { .. })));
+        assert!(matches!(q.encode(&[f32::NAN], 1, &mut rng), Err(QuantError::NonFinite { index: 0 })));
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased() {
+        let q = QuantParams::new(1.0, 1, 1).unwrap();
+        let x = 0.3 / q.scale() as f32; // 0.3 of one quantum
+        let mut rng = StdRng::seed_from_u64(9);
+        let ones: u64 = (0..20_000).map(|_| q.encode(&[x], 1, &mut rng).unwrap()[0] as u64).sum();
+        let mean = ones as f64 / 20_000.0;
+        assert!((mean - 0.3).abs() < 0.02, "{mean}");
+    }
+
+    proptest! {
+        /// For any participants at the bounds (every update at full clip norm, every
+        /// coordinate on one axis, maximal sample counts), the ring sum decodes to the
+        /// weighted mean within quantization error, and never wraps.
+        #[test]
+        fn worst_case_sums_do_not_wrap(p in 1u32..64, clip in 0.01f32..100.0, max_samples in 1u64..10_000, sign in any::<bool>(), seed in any::<u64>()) {
+            let Ok(q) = QuantParams::new(clip, max_samples, p) else { return Ok(()); };
+            let mut rng = StdRng::seed_from_u64(seed);
+            let x = if sign { clip } else { -clip };
+            let dim = 3;
+            let mut sum = vec![0u32; dim + 1];
+            for _ in 0..p {
+                // All mass on coordinate 0: |Δ[0]| = clip, the largest a coordinate can be.
+                let delta = [x, 0.0, 0.0];
+                ring_add(&mut sum, &q.encode(&delta, max_samples, &mut rng).unwrap());
+            }
+            let (mean, total) = q.decode_mean(&sum, dim).unwrap();
+            prop_assert_eq!(total, p as u64 * max_samples);
+            let tolerance = 2.0 * max_samples as f64 / (q.scale() * total as f64) * p as f64;
+            prop_assert!((mean[0] as f64 - x as f64).abs() <= tolerance.max(1e-6) + (x.abs() as f64) * 1e-6, "{} vs {x}", mean[0]);
+        }
+    }
+}

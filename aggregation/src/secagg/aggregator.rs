@@ -1,0 +1,167 @@
+//! The coordinator's side: collect masked uploads, propose one statement, gather approvals and
+//! reveals, and unmask the sum. It never holds a seed of a member who answers.
+
+use std::collections::BTreeMap;
+
+use conclave_crypto::shamir::{self, Share};
+use conclave_crypto::{ParticipantId, prg};
+
+use super::messages::vector_hash;
+use super::{Approval, Manifest, ProtocolError, Reveal, RoundConfig, Statement};
+use crate::quantize::{ring_add, ring_sub};
+
+/// The coordinator's protocol state for one round.
+pub struct Aggregator {
+    config: RoundConfig,
+    uploads: BTreeMap<ParticipantId, (Vec<u32>, Manifest)>,
+    statement: Option<(Statement, [u8; 32])>,
+    approvals: BTreeMap<ParticipantId, Approval>,
+    reveals: BTreeMap<ParticipantId, Reveal>,
+}
+
+impl Aggregator {
+    pub fn new(config: RoundConfig) -> Result<Self, ProtocolError> {
+        config.validate()?;
+        Ok(Self { config, uploads: BTreeMap::new(), statement: None, approvals: BTreeMap::new(), reveals: BTreeMap::new() })
+    }
+
+    /// Accepts one participant's masked vector and manifest (before the statement).
+    pub fn accept(&mut self, masked: Vec<u32>, manifest: Manifest) -> Result<(), ProtocolError> {
+        if self.statement.is_some() {
+            return Err(ProtocolError::OutOfOrder("uploads are closed once a statement is proposed"));
+        }
+        manifest.verify(&self.config)?;
+        if masked.len() != self.config.len {
+            return Err(ProtocolError::Length { got: masked.len(), expected: self.config.len });
+        }
+        if vector_hash(&masked) != manifest.vector_hash {
+            return Err(ProtocolError::HashMismatch);
+        }
+        if self.uploads.contains_key(&manifest.participant) {
+            return Err(ProtocolError::DuplicateUpload(manifest.participant.clone()));
+        }
+        self.uploads.insert(manifest.participant.clone(), (masked, manifest));
+        Ok(())
+    }
+
+    /// Number of accepted uploads.
+    pub fn uploads(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Proposes the round's one statement: every accepted upload, and `answering` (the members
+    /// still connected). Refused when it could not succeed; then nothing is revealed.
+    pub fn propose(&mut self, answering: &[ParticipantId]) -> Result<Statement, ProtocolError> {
+        if self.statement.is_some() {
+            return Err(ProtocolError::AlreadyProposed);
+        }
+        let mut positions = Vec::with_capacity(answering.len());
+        for id in answering {
+            positions.push(self.config.member_position(id).ok_or_else(|| ProtocolError::NotMember(id.clone()))?);
+        }
+        positions.sort_unstable();
+        positions.dedup();
+        if positions.len() < self.config.threshold {
+            return Err(ProtocolError::TooFewMembers { got: positions.len(), t: self.config.threshold });
+        }
+        if self.uploads.len() < self.config.min_participants {
+            return Err(ProtocolError::TooFewUploads { got: self.uploads.len(), min: self.config.min_participants });
+        }
+        let statement = Statement {
+            job_id: self.config.job_id.clone(),
+            round: self.config.round,
+            uploads: self.uploads.iter().map(|(id, (_, m))| (id.clone(), m.hash())).collect(),
+            answering: positions.iter().map(|&p| self.config.committee[p].id.clone()).collect(),
+        };
+        let hash = statement.hash();
+        self.statement = Some((statement.clone(), hash));
+        Ok(statement)
+    }
+
+    /// The manifests of the statement's uploads, in statement order (what members check).
+    pub fn manifests(&self) -> Vec<Manifest> {
+        self.uploads.values().map(|(_, m)| m.clone()).collect()
+    }
+
+    /// Records a member's approval; returns whether the statement now has `t` of them.
+    pub fn add_approval(&mut self, approval: Approval) -> Result<bool, ProtocolError> {
+        let Some((_, hash)) = &self.statement else {
+            return Err(ProtocolError::OutOfOrder("no statement proposed"));
+        };
+        if self.config.member_position(&approval.member).is_none() {
+            return Err(ProtocolError::NotMember(approval.member));
+        }
+        if approval.statement_hash != *hash || !approval.verify() {
+            return Err(ProtocolError::BadSignature(approval.member));
+        }
+        self.approvals.insert(approval.member.clone(), approval);
+        Ok(self.approvals.len() >= self.config.threshold)
+    }
+
+    /// The approvals gathered so far (sent to members so they can check the threshold).
+    pub fn approvals(&self) -> Vec<Approval> {
+        self.approvals.values().cloned().collect()
+    }
+
+    /// Records an answering member's reveal.
+    pub fn add_reveal(&mut self, reveal: Reveal) -> Result<(), ProtocolError> {
+        let Some((statement, hash)) = &self.statement else {
+            return Err(ProtocolError::OutOfOrder("no statement proposed"));
+        };
+        let Some(pos) = self.config.member_position(&reveal.member) else {
+            return Err(ProtocolError::NotMember(reveal.member));
+        };
+        if !statement.answering.contains(&reveal.member) {
+            return Err(ProtocolError::NotInStatement);
+        }
+        if reveal.statement_hash != *hash {
+            return Err(ProtocolError::WrongRound { job: statement.job_id.clone(), round: statement.round });
+        }
+        if reveal.partial.len() != self.config.len {
+            return Err(ProtocolError::Length { got: reveal.partial.len(), expected: self.config.len });
+        }
+        let absent = self.config.committee.len() - statement.answering.len();
+        let well_formed = reveal.shares.len() == statement.uploads.len() * absent
+            && reveal.shares.iter().all(|s| {
+                s.absent < self.config.committee.len()
+                    && !statement.answering.contains(&self.config.committee[s.absent].id)
+                    && s.share.index() as usize == pos + 1
+                    && self.uploads.contains_key(&s.participant)
+            });
+        if !well_formed {
+            return Err(ProtocolError::BadManifest(format!("reveal from {} has the wrong shares", reveal.member)));
+        }
+        self.reveals.insert(reveal.member.clone(), reveal);
+        Ok(())
+    }
+
+    /// Unmasks `Σ_{i∈U} q_i` once every answering member has revealed.
+    pub fn finish(&self) -> Result<Vec<u32>, ProtocolError> {
+        let Some((statement, _)) = &self.statement else {
+            return Err(ProtocolError::OutOfOrder("no statement proposed"));
+        };
+        if self.reveals.len() < statement.answering.len() {
+            return Err(ProtocolError::OutOfOrder("waiting for reveals from answering members"));
+        }
+        let mut sum = vec![0u32; self.config.len];
+        for (masked, _) in self.uploads.values() {
+            ring_add(&mut sum, masked);
+        }
+        for reveal in self.reveals.values() {
+            ring_sub(&mut sum, &reveal.partial);
+        }
+        // Absent members' masks: rebuild each s_ik from the answering members' shares.
+        let mut shares: BTreeMap<(&ParticipantId, usize), Vec<Share>> = BTreeMap::new();
+        for reveal in self.reveals.values() {
+            for s in &reveal.shares {
+                shares.entry((&s.participant, s.absent)).or_default().push(s.share.clone());
+            }
+        }
+        for ((participant, k), pieces) in &shares {
+            let seed = shamir::combine(pieces, self.config.threshold)
+                .map_err(|e| ProtocolError::Rebuild(format!("seed of {participant} for member {k}: {e}")))?;
+            prg::sub_mask(&mut sum, &seed);
+        }
+        Ok(sum)
+    }
+}

@@ -1,0 +1,150 @@
+//! The committee member's side: check and sign at most one statement per round, then reveal
+//! only what that statement allows, and only once `t` members have signed it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use conclave_crypto::shamir::Share;
+use conclave_crypto::{Identity, ParticipantId, Seed, prg, seal};
+
+use super::{Approval, Manifest, ProtocolError, Reveal, RevealedShare, RoundConfig, Statement};
+
+/// What a member holds after signing a statement.
+struct Signed {
+    statement: Statement,
+    hash: [u8; 32],
+    /// `seeds[u]`: `s_{i,me}` of the u-th upload of the statement.
+    seeds: Vec<Seed>,
+    /// `shares[u][k]`: this member's share of `s_{i,k}` of the u-th upload.
+    shares: Vec<Vec<Share>>,
+    approval: Approval,
+}
+
+/// A committee member's protocol state for one round.
+pub struct Member {
+    config: RoundConfig,
+    identity: Arc<Identity>,
+    position: usize,
+    signed: Option<Signed>,
+    revealed: Option<Reveal>,
+}
+
+impl Member {
+    /// The member state of `identity`, which must be on the round's committee.
+    pub fn new(config: RoundConfig, identity: Arc<Identity>) -> Result<Self, ProtocolError> {
+        config.validate()?;
+        let me = identity.participant_id();
+        let position = config.member_position(&me).ok_or(ProtocolError::NotMember(me))?;
+        Ok(Self { config, identity, position, signed: None, revealed: None })
+    }
+
+    /// Checks a statement and the manifests of its uploads, opens this member's sealed seeds and
+    /// shares, and signs `H(U, A)`. Signing the same statement again returns the same approval;
+    /// any other statement for the round is refused once one is signed.
+    pub fn sign_statement(&mut self, statement: &Statement, manifests: &[Manifest]) -> Result<Approval, ProtocolError> {
+        let hash = statement.hash();
+        if let Some(signed) = &self.signed {
+            return if signed.hash == hash { Ok(signed.approval.clone()) } else { Err(ProtocolError::AlreadySigned) };
+        }
+        let config = &self.config;
+        config.check_round(&statement.job_id, statement.round)?;
+        // A: committee members, each once, in committee order, including this member.
+        let mut last = None;
+        for id in &statement.answering {
+            let pos = config.member_position(id).ok_or_else(|| ProtocolError::NotMember(id.clone()))?;
+            if last.is_some_and(|l| pos <= l) {
+                return Err(ProtocolError::BadConfig("answering members must be distinct, in committee order".into()));
+            }
+            last = Some(pos);
+        }
+        if !statement.answering.contains(&self.identity.participant_id()) {
+            return Err(ProtocolError::NotInStatement);
+        }
+        if statement.answering.len() < config.threshold {
+            return Err(ProtocolError::TooFewMembers { got: statement.answering.len(), t: config.threshold });
+        }
+        // U: admitted participants, each once, at least min_participants, each with its signed manifest.
+        if statement.uploads.len() < config.min_participants {
+            return Err(ProtocolError::TooFewUploads { got: statement.uploads.len(), min: config.min_participants });
+        }
+        let mut seen = HashSet::new();
+        if manifests.len() != statement.uploads.len() {
+            return Err(ProtocolError::BadManifest(format!("{} manifests for {} uploads", manifests.len(), statement.uploads.len())));
+        }
+        for ((id, manifest_hash), manifest) in statement.uploads.iter().zip(manifests) {
+            if !seen.insert(id) {
+                return Err(ProtocolError::DuplicateUpload(id.clone()));
+            }
+            if &manifest.participant != id || &manifest.hash() != manifest_hash {
+                return Err(ProtocolError::BadManifest(format!("manifest does not match the statement's entry for {id}")));
+            }
+            manifest.verify(config)?;
+        }
+        // Open everything this member will need before committing to the statement, so a
+        // participant's unopenable box stops the statement here rather than after signing.
+        let me = self.position;
+        let mut seeds = Vec::with_capacity(manifests.len());
+        let mut shares = Vec::with_capacity(manifests.len());
+        for m in manifests {
+            let i = &m.participant;
+            let open_err = |what: String| ProtocolError::Open(format!("{what} from {i}"));
+            let seed = seal::open(&self.identity, &config.seed_info(i, me), b"", &m.sealed_seeds[me]).map_err(|_| open_err("seed".into()))?;
+            let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| open_err("seed length".into()))?;
+            seeds.push(Seed::from_bytes(seed));
+            let mut row = Vec::with_capacity(config.committee.len());
+            for k in 0..config.committee.len() {
+                let plain = seal::open(&self.identity, &config.share_info(i, k, me), b"", &m.sealed_shares[k][me])
+                    .map_err(|_| open_err(format!("share of member {k}'s seed")))?;
+                if plain.len() != 33 || plain[0] as usize != me + 1 {
+                    return Err(open_err(format!("share of member {k}'s seed is malformed")));
+                }
+                let y: [u8; 32] = plain[1..].try_into().expect("33 bytes");
+                row.push(Share::from_parts(plain[0], y).map_err(|e| ProtocolError::Open(e.to_string()))?);
+            }
+            shares.push(row);
+        }
+        let approval = Approval {
+            member: self.identity.participant_id(),
+            statement_hash: hash,
+            signature: self.identity.sign(&hash).to_vec(),
+        };
+        self.signed = Some(Signed { statement: statement.clone(), hash, seeds, shares, approval: approval.clone() });
+        Ok(approval)
+    }
+
+    /// Reveals this member's partial sum and its shares of the absent members' seeds, once
+    /// `approvals` hold `t` valid signatures by distinct committee members on the statement
+    /// this member signed. Asking again returns the same reveal.
+    pub fn reveal(&mut self, approvals: &[Approval]) -> Result<Reveal, ProtocolError> {
+        let Some(signed) = &self.signed else {
+            return Err(ProtocolError::OutOfOrder("no statement signed yet"));
+        };
+        if let Some(r) = &self.revealed {
+            return Ok(r.clone());
+        }
+        let mut signers: HashSet<&ParticipantId> = HashSet::new();
+        for a in approvals {
+            if a.statement_hash == signed.hash && self.config.member_position(&a.member).is_some() && a.verify() {
+                signers.insert(&a.member);
+            }
+        }
+        if signers.len() < self.config.threshold {
+            return Err(ProtocolError::NotApproved { got: signers.len(), t: self.config.threshold });
+        }
+        let mut partial = vec![0u32; self.config.len];
+        for seed in &signed.seeds {
+            prg::add_mask(&mut partial, seed);
+        }
+        let answering: Vec<usize> =
+            signed.statement.answering.iter().filter_map(|id| self.config.member_position(id)).collect();
+        let mut shares = Vec::new();
+        for (u, (participant, _)) in signed.statement.uploads.iter().enumerate() {
+            for k in (0..self.config.committee.len()).filter(|k| !answering.contains(k)) {
+                shares.push(RevealedShare { participant: participant.clone(), absent: k, share: signed.shares[u][k].clone() });
+            }
+        }
+        let reveal = Reveal { member: self.identity.participant_id(), statement_hash: signed.hash, partial, shares };
+        self.revealed = Some(reveal.clone());
+        Ok(reveal)
+    }
+}

@@ -1,0 +1,265 @@
+//! The protocol under dropouts, a curious coordinator and a malicious one.
+
+use std::sync::Arc;
+
+use conclave_crypto::{Identity, ParticipantId};
+use proptest::prelude::*;
+
+use super::*;
+use crate::quantize::ring_add;
+
+struct World {
+    config: RoundConfig,
+    people: Vec<Arc<Identity>>,
+}
+
+/// `n` participants; the first `c` of them also form the committee.
+fn world(n: usize, c: usize, t: usize, min: usize, len: usize) -> World {
+    let people: Vec<Arc<Identity>> = (0..n).map(|_| Arc::new(Identity::generate())).collect();
+    let config = RoundConfig {
+        job_id: "j-test".into(),
+        round: 4,
+        participants: people.iter().map(|p| p.public()).collect(),
+        committee: people[..c].iter().map(|p| p.public()).collect(),
+        threshold: t,
+        min_participants: min,
+        len,
+    };
+    World { config, people }
+}
+
+fn vector(i: usize, len: usize) -> Vec<u32> {
+    (0..len).map(|k| (i as u32 + 1).wrapping_mul(2_654_435_761).wrapping_add(k as u32 * 97)).collect()
+}
+
+/// Runs a round: participants not in `silent` upload, members not in `absent` answer.
+/// Returns the unmasked sum, or the step that refused.
+fn run_round(w: &World, silent: &[usize], absent: &[usize]) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
+    let mut agg = Aggregator::new(w.config.clone())?;
+    let mut expected = vec![0u32; w.config.len];
+    for (i, p) in w.people.iter().enumerate().filter(|(i, _)| !silent.contains(i)) {
+        let q = vector(i, w.config.len);
+        ring_add(&mut expected, &q);
+        let (masked, manifest) = contribute(&w.config, p, &q)?;
+        agg.accept(masked, manifest)?;
+    }
+    let c = w.config.committee.len();
+    let answering: Vec<ParticipantId> = (0..c).filter(|j| !absent.contains(j)).map(|j| w.people[j].participant_id()).collect();
+    let statement = agg.propose(&answering)?;
+    let manifests = agg.manifests();
+    let mut members: Vec<Member> = (0..c)
+        .filter(|j| !absent.contains(j))
+        .map(|j| Member::new(w.config.clone(), Arc::clone(&w.people[j])).unwrap())
+        .collect();
+    for m in &mut members {
+        agg.add_approval(m.sign_statement(&statement, &manifests)?)?;
+    }
+    let approvals = agg.approvals();
+    for m in &mut members {
+        let reveal = m.reveal(&approvals)?;
+        let answering_positions: Vec<usize> = (0..c).filter(|j| !absent.contains(j)).collect();
+        assert!(reveal.shares.iter().all(|s| !answering_positions.contains(&s.absent)), "never a share of an answering member");
+        agg.add_reveal(reveal)?;
+    }
+    Ok((agg.finish()?, expected))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// For any n, length, c, t and dropout sets: within tolerance the unmasked sum equals the
+    /// plain ring sum of the survivors' vectors exactly; beyond it the coordinator cannot even
+    /// propose, so no member reveals anything.
+    #[test]
+    fn unmasked_sum_is_exact_under_any_dropouts(
+        n in 2usize..7, len in 1usize..40, c_raw in 1usize..5, t_frac in 0.0f64..1.0, min_raw in 1usize..7,
+        silent_bits in any::<u8>(), absent_bits in any::<u8>(),
+    ) {
+        let c = c_raw.min(n);
+        let t = c / 2 + 1 + ((c - c / 2 - 1) as f64 * t_frac) as usize;
+        let min = min_raw.min(n);
+        let w = world(n, c, t, min, len);
+        let silent: Vec<usize> = (0..n).filter(|i| silent_bits >> i & 1 == 1).collect();
+        let absent: Vec<usize> = (0..c).filter(|j| absent_bits >> j & 1 == 1).collect();
+        let result = run_round(&w, &silent, &absent);
+        let uploads = n - silent.len();
+        if uploads >= min && c - absent.len() >= t {
+            let (sum, expected) = result.unwrap();
+            prop_assert_eq!(sum, expected);
+        } else {
+            let refused = matches!(result, Err(ProtocolError::TooFewUploads { .. } | ProtocolError::TooFewMembers { .. }));
+            prop_assert!(refused, "{:?}", result.map(|_| ()));
+        }
+    }
+}
+
+#[test]
+fn a_member_dropping_after_signing_fails_the_round() {
+    let w = world(4, 3, 2, 2, 8);
+    let mut agg = Aggregator::new(w.config.clone()).unwrap();
+    for p in &w.people {
+        let (masked, manifest) = contribute(&w.config, p, &vector(0, 8)).unwrap();
+        agg.accept(masked, manifest).unwrap();
+    }
+    let all: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
+    let statement = agg.propose(&all).unwrap();
+    let manifests = agg.manifests();
+    let mut members: Vec<Member> = w.people[..3].iter().map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap()).collect();
+    for m in &mut members {
+        agg.add_approval(m.sign_statement(&statement, &manifests).unwrap()).unwrap();
+    }
+    let approvals = agg.approvals();
+    for m in &mut members[..2] {
+        agg.add_reveal(m.reveal(&approvals).unwrap()).unwrap();
+    }
+    // Member 3 signed and went away: the sum cannot be unmasked, and no second statement can
+    // be proposed to collect its seeds instead.
+    assert!(agg.finish().is_err());
+    assert_eq!(agg.propose(&all[..2]).unwrap_err(), ProtocolError::AlreadyProposed);
+}
+
+#[test]
+fn malicious_coordinator_gets_nothing_for_a_single_upload() {
+    let w = world(5, 3, 2, 3, 16);
+    let (masked, manifest) = contribute(&w.config, &w.people[4], &vector(4, 16)).unwrap();
+    let statement = Statement {
+        job_id: w.config.job_id.clone(),
+        round: w.config.round,
+        uploads: vec![(manifest.participant.clone(), manifest.hash())],
+        answering: w.people[..3].iter().map(|p| p.participant_id()).collect(),
+    };
+    for p in &w.people[..3] {
+        let mut m = Member::new(w.config.clone(), Arc::clone(p)).unwrap();
+        assert_eq!(m.sign_statement(&statement, std::slice::from_ref(&manifest)).unwrap_err(), ProtocolError::TooFewUploads { got: 1, min: 3 });
+        assert_eq!(m.reveal(&[]).unwrap_err(), ProtocolError::OutOfOrder("no statement signed yet"));
+    }
+    // The aggregator refuses to propose it too.
+    let mut agg = Aggregator::new(w.config.clone()).unwrap();
+    agg.accept(masked, manifest).unwrap();
+    assert!(matches!(agg.propose(&statement.answering), Err(ProtocolError::TooFewUploads { .. })));
+}
+
+#[test]
+fn malicious_coordinator_showing_different_statements_gets_nothing() {
+    // c = 5, t = 3: two different statements cannot both collect 3 signatures.
+    let w = world(6, 5, 3, 2, 16);
+    let contributions: Vec<_> = w.people.iter().enumerate().map(|(i, p)| contribute(&w.config, p, &vector(i, 16)).unwrap()).collect();
+    let all_members: Vec<ParticipantId> = w.people[..5].iter().map(|p| p.participant_id()).collect();
+    let statement = |skip: usize| {
+        let mut uploads: Vec<(ParticipantId, [u8; 32])> = contributions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, (_, m))| (m.participant.clone(), m.hash()))
+            .collect();
+        uploads.sort();
+        let manifests: Vec<Manifest> = uploads
+            .iter()
+            .map(|(id, _)| contributions.iter().find(|(_, m)| &m.participant == id).unwrap().1.clone())
+            .collect();
+        (Statement { job_id: w.config.job_id.clone(), round: w.config.round, uploads, answering: all_members.clone() }, manifests)
+    };
+    let (s1, m1) = statement(5); // leaves out participant 5
+    let (s2, m2) = statement(4); // leaves out participant 4: the difference isolates q_5 - q_4
+    let mut members: Vec<Member> = w.people[..5].iter().map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap()).collect();
+    let mut a1 = Vec::new();
+    let mut a2 = Vec::new();
+    for (j, m) in members.iter_mut().enumerate() {
+        if j < 2 {
+            a1.push(m.sign_statement(&s1, &m1).unwrap());
+        } else {
+            a2.push(m.sign_statement(&s2, &m2).unwrap());
+        }
+    }
+    // Nobody signs a second statement.
+    for m in &mut members {
+        let other = m.sign_statement(&s1, &m1).and(m.sign_statement(&s2, &m2));
+        assert_eq!(other.unwrap_err(), ProtocolError::AlreadySigned);
+    }
+    // S1 has 2 < t signatures: its signers reveal nothing, even when shown S2's signatures or
+    // signatures forged by the coordinator's own key.
+    let coordinator = Identity::generate();
+    let forged = Approval { member: coordinator.participant_id(), statement_hash: s1.hash(), signature: coordinator.sign(&s1.hash()).to_vec() };
+    let mut shown = a1.clone();
+    shown.extend(a2.iter().cloned());
+    shown.push(forged);
+    let mut duplicate = a1[0].clone();
+    duplicate.signature = a1[0].signature.clone();
+    shown.push(duplicate);
+    for m in &mut members[..2] {
+        assert_eq!(m.reveal(&shown).unwrap_err(), ProtocolError::NotApproved { got: 2, t: 3 });
+    }
+    // S2 is a legitimate statement with 3 signatures; its members may reveal for it.
+    assert!(members[2].reveal(&a2).is_ok());
+}
+
+#[test]
+fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
+    let w = world(4, 3, 2, 2, 8);
+    let contributions: Vec<_> = w.people.iter().enumerate().map(|(i, p)| contribute(&w.config, p, &vector(i, 8)).unwrap()).collect();
+    let mut uploads: Vec<_> = contributions.iter().map(|(_, m)| (m.participant.clone(), m.hash())).collect();
+    uploads.sort();
+    let manifests: Vec<Manifest> =
+        uploads.iter().map(|(id, _)| contributions.iter().find(|(_, m)| &m.participant == id).unwrap().1.clone()).collect();
+    let members: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
+    let base = Statement { job_id: w.config.job_id.clone(), round: w.config.round, uploads, answering: members.clone() };
+    let fresh = |j: usize| Member::new(w.config.clone(), Arc::clone(&w.people[j])).unwrap();
+
+    // Listing member 0 as absent while asking it to sign.
+    let mut s = base.clone();
+    s.answering = members[1..].to_vec();
+    assert_eq!(fresh(0).sign_statement(&s, &manifests).unwrap_err(), ProtocolError::NotInStatement);
+    // Another round.
+    let mut s = base.clone();
+    s.round = 5;
+    assert!(matches!(fresh(0).sign_statement(&s, &manifests), Err(ProtocolError::WrongRound { .. })));
+    // A tampered manifest (a sealed seed swapped): its hash no longer matches.
+    let mut bad = manifests.clone();
+    bad[0].sealed_seeds.swap(0, 1);
+    assert!(matches!(fresh(0).sign_statement(&base, &bad), Err(ProtocolError::BadManifest(_))));
+    // A re-signed tampered manifest by someone who is not that participant.
+    let mut s = base.clone();
+    let mallory = Identity::generate();
+    bad[0].signature = mallory.sign(&bad[0].hash()).to_vec();
+    s.uploads[0].1 = bad[0].hash();
+    assert!(matches!(fresh(0).sign_statement(&s, &bad), Err(ProtocolError::BadSignature(_))));
+    // A non-member in A.
+    let mut s = base.clone();
+    s.answering.push(mallory.participant_id());
+    assert!(matches!(fresh(0).sign_statement(&s, &manifests), Err(ProtocolError::NotMember(_))));
+    // Only committee members can hold member state.
+    assert!(Member::new(w.config.clone(), Arc::clone(&w.people[3])).is_err());
+}
+
+/// What the coordinator holds of a participant — the masked vector — looks uniform even when
+/// the update is all zeros, and no seed appears in anything it holds.
+#[test]
+fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
+    let w = world(3, 3, 2, 2, 64 * 1024);
+    let zeros = vec![0u32; w.config.len];
+    let (masked, manifest) = contribute(&w.config, &w.people[0], &zeros).unwrap();
+    let bytes: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut counts = [0f64; 256];
+    for b in &bytes {
+        counts[*b as usize] += 1.0;
+    }
+    let expected = bytes.len() as f64 / 256.0;
+    let chi2: f64 = counts.iter().map(|c| (c - expected).powi(2) / expected).sum();
+    // 255 degrees of freedom: the 99.99% quantile is about 347.
+    assert!(chi2 < 347.0, "chi-squared {chi2}");
+
+    // Members open their seeds; none of them occurs in the coordinator's bytes.
+    let mut held = bytes.clone();
+    for s in &manifest.sealed_seeds {
+        held.extend_from_slice(s);
+    }
+    for row in &manifest.sealed_shares {
+        for s in row {
+            held.extend_from_slice(s);
+        }
+    }
+    for j in 0..3 {
+        let seed = conclave_crypto::seal::open(&w.people[j], &w.config.seed_info(&manifest.participant, j), b"", &manifest.sealed_seeds[j]).unwrap();
+        assert!(!held.windows(32).any(|win| win == seed.as_slice()), "seed {j} in the clear");
+    }
+}
