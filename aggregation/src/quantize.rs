@@ -26,8 +26,14 @@ pub enum QuantError {
     #[error(
         "{participants} participants × clip_norm {clip} leave a scale of {scale:.1} (< {MIN_SCALE}): the 32-bit ring sum could wrap or lose precision; lower clip_norm or max_participants"
     )]
-    TooCoarse { participants: u32, clip: f32, scale: f64 },
-    #[error("{participants} participants × max_samples {max_samples} overflow the 32-bit sample count")]
+    TooCoarse {
+        participants: u32,
+        clip: f32,
+        scale: f64,
+    },
+    #[error(
+        "{participants} participants × max_samples {max_samples} overflow the 32-bit sample count"
+    )]
     SampleOverflow { participants: u32, max_samples: u64 },
     #[error("update has L2 norm {norm}, above clip_norm {clip}")]
     NotClipped { norm: f64, clip: f32 },
@@ -61,15 +67,27 @@ impl QuantParams {
             return Err(QuantError::BadBounds);
         }
         if (max_participants as u128) * (max_samples as u128) > u32::MAX as u128 {
-            return Err(QuantError::SampleOverflow { participants: max_participants, max_samples });
+            return Err(QuantError::SampleOverflow {
+                participants: max_participants,
+                max_samples,
+            });
         }
         let p = max_participants as f64;
         // S·P·C + P ≤ 2^31 - 1, with a margin of one unit per participant for f64 rounding.
         let scale = ((i32::MAX as f64 - 2.0 * p) / (p * clip as f64)).floor();
         if scale < MIN_SCALE {
-            return Err(QuantError::TooCoarse { participants: max_participants, clip, scale });
+            return Err(QuantError::TooCoarse {
+                participants: max_participants,
+                clip,
+                scale,
+            });
         }
-        Ok(Self { clip, max_samples, max_participants, scale })
+        Ok(Self {
+            clip,
+            max_samples,
+            max_participants,
+            scale,
+        })
     }
 
     /// The fixed-point scale `S`.
@@ -91,17 +109,32 @@ impl QuantParams {
 
     /// Encodes `n·Δ` (as `S·(n/M)·Δ`, stochastically rounded) and `n`: `delta.len() + 1`
     /// ring elements. `delta` must already be clipped.
-    pub fn encode(&self, delta: &[f32], num_samples: u64, rng: &mut impl Rng) -> Result<Vec<u32>, QuantError> {
+    pub fn encode(
+        &self,
+        delta: &[f32],
+        num_samples: u64,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<u32>, QuantError> {
         if num_samples == 0 || num_samples > self.max_samples {
-            return Err(QuantError::BadSamples { got: num_samples, max: self.max_samples });
+            return Err(QuantError::BadSamples {
+                got: num_samples,
+                max: self.max_samples,
+            });
         }
         if let Some(index) = delta.iter().position(|v| !v.is_finite()) {
             return Err(QuantError::NonFinite { index });
         }
-        let norm = delta.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        let norm = delta
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
         // Clipping in f32 can overshoot by an ulp or so; allow that, nothing more.
         if norm > self.clip as f64 * (1.0 + 1e-5) {
-            return Err(QuantError::NotClipped { norm, clip: self.clip });
+            return Err(QuantError::NotClipped {
+                norm,
+                clip: self.clip,
+            });
         }
         let factor = self.scale * num_samples as f64 / self.max_samples as f64;
         let mut out = Vec::with_capacity(delta.len() + 1);
@@ -120,7 +153,10 @@ impl QuantParams {
     /// mean update and the total sample count.
     pub fn decode_mean(&self, sum: &[u32], dim: usize) -> Result<(Vec<f32>, u64), QuantError> {
         if sum.len() != dim + 1 {
-            return Err(QuantError::Length { got: sum.len(), expected: dim + 1 });
+            return Err(QuantError::Length {
+                got: sum.len(),
+                expected: dim + 1,
+            });
         }
         let total = sum[dim] as u64;
         if total == 0 {
@@ -128,7 +164,13 @@ impl QuantParams {
         }
         // Σ S·(n_i/M)·Δ_i / (S·Σn_i/M) = Σ n_i Δ_i / Σ n_i
         let denom = self.scale * total as f64 / self.max_samples as f64;
-        Ok((sum[..dim].iter().map(|&q| (q as i32 as f64 / denom) as f32).collect(), total))
+        Ok((
+            sum[..dim]
+                .iter()
+                .map(|&q| (q as i32 as f64 / denom) as f32)
+                .collect(),
+            total,
+        ))
     }
 }
 
@@ -157,8 +199,14 @@ mod tests {
     fn refuses_settings_that_could_wrap() {
         assert!(QuantParams::new(0.0, 10, 10).is_err());
         assert!(QuantParams::new(f32::NAN, 10, 10).is_err());
-        assert!(matches!(QuantParams::new(1e6, 100, 1000), Err(QuantError::TooCoarse { .. })));
-        assert!(matches!(QuantParams::new(1.0, 1 << 30, 8), Err(QuantError::SampleOverflow { .. })));
+        assert!(matches!(
+            QuantParams::new(1e6, 100, 1000),
+            Err(QuantError::TooCoarse { .. })
+        ));
+        assert!(matches!(
+            QuantParams::new(1.0, 1 << 30, 8),
+            Err(QuantError::SampleOverflow { .. })
+        ));
         let q = QuantParams::new(10.0, 10_000, 100).unwrap();
         assert!(q.scale() * 100.0 * 10.0 + 100.0 < i32::MAX as f64);
     }
@@ -167,10 +215,22 @@ mod tests {
     fn encode_checks_its_input() {
         let q = QuantParams::new(1.0, 100, 10).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
-        assert!(matches!(q.encode(&[2.0], 10, &mut rng), Err(QuantError::NotClipped { .. })));
-        assert!(matches!(q.encode(&[0.1], 0, &mut rng), Err(QuantError::BadSamples { .. })));
-        assert!(matches!(q.encode(&[0.1], 101, &mut rng), Err(QuantError::BadSamples { .. })));
-        assert!(matches!(q.encode(&[f32::NAN], 1, &mut rng), Err(QuantError::NonFinite { index: 0 })));
+        assert!(matches!(
+            q.encode(&[2.0], 10, &mut rng),
+            Err(QuantError::NotClipped { .. })
+        ));
+        assert!(matches!(
+            q.encode(&[0.1], 0, &mut rng),
+            Err(QuantError::BadSamples { .. })
+        ));
+        assert!(matches!(
+            q.encode(&[0.1], 101, &mut rng),
+            Err(QuantError::BadSamples { .. })
+        ));
+        assert!(matches!(
+            q.encode(&[f32::NAN], 1, &mut rng),
+            Err(QuantError::NonFinite { index: 0 })
+        ));
     }
 
     #[test]
@@ -178,7 +238,9 @@ mod tests {
         let q = QuantParams::new(1.0, 1, 1).unwrap();
         let x = 0.3 / q.scale() as f32; // 0.3 of one quantum
         let mut rng = StdRng::seed_from_u64(9);
-        let ones: u64 = (0..20_000).map(|_| q.encode(&[x], 1, &mut rng).unwrap()[0] as u64).sum();
+        let ones: u64 = (0..20_000)
+            .map(|_| q.encode(&[x], 1, &mut rng).unwrap()[0] as u64)
+            .sum();
         let mean = ones as f64 / 20_000.0;
         assert!((mean - 0.3).abs() < 0.02, "{mean}");
     }

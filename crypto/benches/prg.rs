@@ -14,13 +14,20 @@ fn bench(c: &mut Criterion) {
     let seed = Seed::from_bytes([7; 32]);
     let mut group = c.benchmark_group("mask_1M");
     group.throughput(Throughput::Bytes((len * 4) as u64));
-    for cipher in [MaskCipher::ChaCha8, MaskCipher::ChaCha12, MaskCipher::ChaCha20, MaskCipher::Aes128Ctr] {
+    for cipher in [
+        MaskCipher::ChaCha8,
+        MaskCipher::ChaCha12,
+        MaskCipher::ChaCha20,
+        MaskCipher::Aes128Ctr,
+    ] {
         group.bench_function(BenchmarkId::new("expand", format!("{cipher:?}")), |b| {
             b.iter(|| expand_mask_with(cipher, black_box(&seed), len))
         });
     }
     let mut v = vec![0u32; len];
-    group.bench_function("add_mask_in_place", |b| b.iter(|| add_mask(black_box(&mut v), &seed)));
+    group.bench_function("add_mask_in_place", |b| {
+        b.iter(|| add_mask(black_box(&mut v), &seed))
+    });
     group.finish();
 }
 

@@ -59,7 +59,10 @@ pub fn draw_committee(
         return Err(DrawError::Duplicate(w[0].to_string()));
     }
     if size > pool.len() {
-        return Err(DrawError::TooFew { size, available: pool.len() });
+        return Err(DrawError::TooFew {
+            size,
+            available: pool.len(),
+        });
     }
     let mut picker = Picker(blake3::Hasher::new_keyed(seed).finalize_xof());
     for i in (1..pool.len()).rev() {
@@ -97,7 +100,10 @@ mod tests {
         let other = draw_committee(&draw_seed(&[7; 32], "j-1", 4), &people, &[], 5).unwrap();
         assert_ne!(a, other, "another round draws another committee");
         assert_ne!(draw_seed(&[7; 32], "j-1", 3), draw_seed(&[8; 32], "j-1", 3));
-        assert_ne!(draw_seed(&[7; 32], "j-1", 3), draw_seed(&[7; 32], "j-13", 0));
+        assert_ne!(
+            draw_seed(&[7; 32], "j-1", 3),
+            draw_seed(&[7; 32], "j-13", 0)
+        );
     }
 
     #[test]
@@ -106,13 +112,29 @@ mod tests {
         let seed = draw_seed(&[1; 32], "j", 1);
         let first = draw_committee(&seed, &people, &[], 5).unwrap();
         let second = draw_committee(&draw_seed(&[1; 32], "j", 2), &people, &first, 5).unwrap();
-        assert!(second.iter().all(|m| !first.contains(m)), "5 others exist: no repeats");
+        assert!(
+            second.iter().all(|m| !first.contains(m)),
+            "5 others exist: no repeats"
+        );
         let third = draw_committee(&draw_seed(&[1; 32], "j", 3), &people, &first, 7).unwrap();
-        assert_eq!(third.iter().filter(|m| first.contains(m)).count(), 2, "only as many repeats as needed");
-        assert_eq!(draw_committee(&seed, &people, &[], 11).unwrap_err(), DrawError::TooFew { size: 11, available: 10 });
+        assert_eq!(
+            third.iter().filter(|m| first.contains(m)).count(),
+            2,
+            "only as many repeats as needed"
+        );
+        assert_eq!(
+            draw_committee(&seed, &people, &[], 11).unwrap_err(),
+            DrawError::TooFew {
+                size: 11,
+                available: 10
+            }
+        );
         let mut dup = people.clone();
         dup.push(people[3].clone());
-        assert!(matches!(draw_committee(&seed, &dup, &[], 3), Err(DrawError::Duplicate(_))));
+        assert!(matches!(
+            draw_committee(&seed, &dup, &[], 3),
+            Err(DrawError::Duplicate(_))
+        ));
         let _ = Identity::generate();
     }
 
@@ -126,7 +148,10 @@ mod tests {
             }
         }
         // Expected 1000 each; a biased shuffle would drift far outside ±15%.
-        assert!(counts.iter().all(|&c| (850..=1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (850..=1150).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     /// Known answer: pins the draw (seed derivation, XOF, shuffle, tie-breaking) so that a
@@ -136,7 +161,10 @@ mod tests {
         let seed = draw_seed(&[0xab; 32], "j-0123456789abcdef", 7);
         let people = ids(8);
         let drawn = draw_committee(&seed, &people, &people[..2], 4).unwrap();
-        let positions: Vec<usize> = drawn.iter().map(|m| people.iter().position(|p| p == m).unwrap()).collect();
+        let positions: Vec<usize> = drawn
+            .iter()
+            .map(|m| people.iter().position(|p| p == m).unwrap())
+            .collect();
         assert_eq!(hex::encode(seed), KAT_SEED);
         assert_eq!(positions, KAT_POSITIONS);
     }

@@ -68,7 +68,9 @@ impl Identity {
     }
 
     /// The HPKE private key of the sealing key (for opening sealed boxes).
-    pub(crate) fn hpke_private_key(&self) -> <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PrivateKey {
+    pub(crate) fn hpke_private_key(
+        &self,
+    ) -> <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PrivateKey {
         let secret = Zeroizing::new(self.sealing.to_bytes());
         crate::seal::private_key(&secret)
     }

@@ -89,7 +89,9 @@ pub fn expand_mask(seed: &Seed, len: usize) -> Vec<u32> {
 /// As [`expand_mask`], with a chosen cipher (for benchmarks and known-answer tests).
 pub fn expand_mask_with(cipher: MaskCipher, seed: &Seed, len: usize) -> Vec<u32> {
     let mut out = vec![0u32; len];
-    for_each_step(cipher, seed, len, |offset, words| out[offset..offset + words.len()].copy_from_slice(words));
+    for_each_step(cipher, seed, len, |offset, words| {
+        out[offset..offset + words.len()].copy_from_slice(words)
+    });
     out
 }
 
@@ -126,7 +128,10 @@ mod tests {
     #[test]
     fn chacha20_keystream_matches_rfc8439() {
         let key = hex32("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
-        let nonce: [u8; 12] = hex::decode("000000000000004a00000000").unwrap().try_into().unwrap();
+        let nonce: [u8; 12] = hex::decode("000000000000004a00000000")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut c = ChaCha20::new(&key.into(), &nonce.into());
         let mut ks = [0u8; 128];
         c.write_keystream(&mut ks);
@@ -150,7 +155,11 @@ mod tests {
         sub_mask(&mut y, &b);
         sub_mask(&mut y, &a);
         assert_eq!(y, q);
-        for cipher in [MaskCipher::ChaCha8, MaskCipher::ChaCha12, MaskCipher::ChaCha20] {
+        for cipher in [
+            MaskCipher::ChaCha8,
+            MaskCipher::ChaCha12,
+            MaskCipher::ChaCha20,
+        ] {
             assert_ne!(expand_mask_with(cipher, &a, 16), m[..16], "{cipher:?}");
         }
     }
@@ -165,5 +174,7 @@ mod tests {
         assert_eq!(m, KAT_MASK_0X42);
     }
 
-    const KAT_MASK_0X42: [u32; 8] = [3114958776, 472414841, 726168974, 517521668, 756688818, 634734698, 264905217, 3985714521];
+    const KAT_MASK_0X42: [u32; 8] = [
+        3114958776, 472414841, 726168974, 517521668, 756688818, 634734698, 264905217, 3985714521,
+    ];
 }

@@ -53,7 +53,9 @@ impl Share {
 
 impl fmt::Debug for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Share").field("x", &self.x).finish_non_exhaustive()
+        f.debug_struct("Share")
+            .field("x", &self.x)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +100,10 @@ pub fn split(secret: &Seed, t: usize, n: usize) -> Result<Vec<Share>, ShamirErro
             let mut y = [0u8; 32];
             for (byte, out) in y.iter_mut().enumerate() {
                 // Horner: ((c_{t-1} x + c_{t-2}) x + ...) x + c_0
-                *out = coefficients.iter().rev().fold(0u8, |acc, c| mul(acc, x) ^ c[byte]);
+                *out = coefficients
+                    .iter()
+                    .rev()
+                    .fold(0u8, |acc, c| mul(acc, x) ^ c[byte]);
             }
             Share { x, y }
         })
@@ -123,7 +128,10 @@ pub fn combine(shares: &[Share], t: usize) -> Result<Seed, ShamirError> {
         }
     }
     if chosen.len() < t {
-        return Err(ShamirError::NotEnoughShares { got: chosen.len(), t });
+        return Err(ShamirError::NotEnoughShares {
+            got: chosen.len(),
+            t,
+        });
     }
     let mut secret = [0u8; 32];
     for (i, si) in chosen.iter().enumerate() {
@@ -170,7 +178,10 @@ mod tests {
         assert!(split(&s, 4, 3).is_err());
         assert!(split(&s, 2, 256).is_err());
         let shares = split(&s, 3, 5).unwrap();
-        assert_eq!(combine(&shares[..2], 3).unwrap_err(), ShamirError::NotEnoughShares { got: 2, t: 3 });
+        assert_eq!(
+            combine(&shares[..2], 3).unwrap_err(),
+            ShamirError::NotEnoughShares { got: 2, t: 3 }
+        );
         // Duplicates do not count twice.
         let dup = vec![shares[0].clone(), shares[0].clone(), shares[1].clone()];
         assert!(combine(&dup, 3).is_err());

@@ -7,7 +7,7 @@ use conclave_crypto::shamir::{self, Share};
 use conclave_crypto::{ParticipantId, prg};
 
 use super::messages::vector_hash;
-use super::{Approval, Manifest, ProtocolError, Reveal, RoundConfig, Statement};
+use super::{Approval, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement};
 use crate::quantize::{ring_add, ring_sub};
 
 /// The coordinator's protocol state for one round.
@@ -22,17 +22,28 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(config: RoundConfig) -> Result<Self, ProtocolError> {
         config.validate()?;
-        Ok(Self { config, uploads: BTreeMap::new(), statement: None, approvals: BTreeMap::new(), reveals: BTreeMap::new() })
+        Ok(Self {
+            config,
+            uploads: BTreeMap::new(),
+            statement: None,
+            approvals: BTreeMap::new(),
+            reveals: BTreeMap::new(),
+        })
     }
 
     /// Accepts one participant's masked vector and manifest (before the statement).
     pub fn accept(&mut self, masked: Vec<u32>, manifest: Manifest) -> Result<(), ProtocolError> {
         if self.statement.is_some() {
-            return Err(ProtocolError::OutOfOrder("uploads are closed once a statement is proposed"));
+            return Err(ProtocolError::OutOfOrder(
+                "uploads are closed once a statement is proposed",
+            ));
         }
         manifest.verify(&self.config)?;
         if masked.len() != self.config.len {
-            return Err(ProtocolError::Length { got: masked.len(), expected: self.config.len });
+            return Err(ProtocolError::Length {
+                got: masked.len(),
+                expected: self.config.len,
+            });
         }
         if vector_hash(&masked) != manifest.vector_hash {
             return Err(ProtocolError::HashMismatch);
@@ -40,7 +51,8 @@ impl Aggregator {
         if self.uploads.contains_key(&manifest.participant) {
             return Err(ProtocolError::DuplicateUpload(manifest.participant.clone()));
         }
-        self.uploads.insert(manifest.participant.clone(), (masked, manifest));
+        self.uploads
+            .insert(manifest.participant.clone(), (masked, manifest));
         Ok(())
     }
 
@@ -57,30 +69,68 @@ impl Aggregator {
         }
         let mut positions = Vec::with_capacity(answering.len());
         for id in answering {
-            positions.push(self.config.member_position(id).ok_or_else(|| ProtocolError::NotMember(id.clone()))?);
+            positions.push(
+                self.config
+                    .member_position(id)
+                    .ok_or_else(|| ProtocolError::NotMember(id.clone()))?,
+            );
         }
         positions.sort_unstable();
         positions.dedup();
         if positions.len() < self.config.threshold {
-            return Err(ProtocolError::TooFewMembers { got: positions.len(), t: self.config.threshold });
+            return Err(ProtocolError::TooFewMembers {
+                got: positions.len(),
+                t: self.config.threshold,
+            });
         }
         if self.uploads.len() < self.config.min_participants {
-            return Err(ProtocolError::TooFewUploads { got: self.uploads.len(), min: self.config.min_participants });
+            return Err(ProtocolError::TooFewUploads {
+                got: self.uploads.len(),
+                min: self.config.min_participants,
+            });
         }
         let statement = Statement {
             job_id: self.config.job_id.clone(),
             round: self.config.round,
-            uploads: self.uploads.iter().map(|(id, (_, m))| (id.clone(), m.hash())).collect(),
-            answering: positions.iter().map(|&p| self.config.committee[p].id.clone()).collect(),
+            uploads: self
+                .uploads
+                .iter()
+                .map(|(id, (_, m))| (id.clone(), m.hash()))
+                .collect(),
+            answering: positions
+                .iter()
+                .map(|&p| self.config.committee[p].id.clone())
+                .collect(),
         };
         let hash = statement.hash();
         self.statement = Some((statement.clone(), hash));
         Ok(statement)
     }
 
-    /// The manifests of the statement's uploads, in statement order (what members check).
-    pub fn manifests(&self) -> Vec<Manifest> {
-        self.uploads.values().map(|(_, m)| m.clone()).collect()
+    /// Member `member`'s views of the uploads' manifests, in statement order (what it checks).
+    pub fn views_for(&self, member: &ParticipantId) -> Result<Vec<MemberView>, ProtocolError> {
+        let k = self
+            .config
+            .member_position(member)
+            .ok_or_else(|| ProtocolError::NotMember(member.clone()))?;
+        Ok(self.uploads.values().map(|(_, m)| m.view_for(k)).collect())
+    }
+
+    /// The proposed statement, if any.
+    pub fn statement(&self) -> Option<&Statement> {
+        self.statement.as_ref().map(|(s, _)| s)
+    }
+
+    /// Whether every answering member has revealed.
+    pub fn complete(&self) -> bool {
+        self.statement
+            .as_ref()
+            .is_some_and(|(s, _)| self.reveals.len() >= s.answering.len())
+    }
+
+    /// The round's configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
     }
 
     /// Records a member's approval; returns whether the statement now has `t` of them.
@@ -115,21 +165,32 @@ impl Aggregator {
             return Err(ProtocolError::NotInStatement);
         }
         if reveal.statement_hash != *hash {
-            return Err(ProtocolError::WrongRound { job: statement.job_id.clone(), round: statement.round });
+            return Err(ProtocolError::WrongRound {
+                job: statement.job_id.clone(),
+                round: statement.round,
+            });
         }
         if reveal.partial.len() != self.config.len {
-            return Err(ProtocolError::Length { got: reveal.partial.len(), expected: self.config.len });
+            return Err(ProtocolError::Length {
+                got: reveal.partial.len(),
+                expected: self.config.len,
+            });
         }
         let absent = self.config.committee.len() - statement.answering.len();
         let well_formed = reveal.shares.len() == statement.uploads.len() * absent
             && reveal.shares.iter().all(|s| {
                 s.absent < self.config.committee.len()
-                    && !statement.answering.contains(&self.config.committee[s.absent].id)
+                    && !statement
+                        .answering
+                        .contains(&self.config.committee[s.absent].id)
                     && s.share.index() as usize == pos + 1
                     && self.uploads.contains_key(&s.participant)
             });
         if !well_formed {
-            return Err(ProtocolError::BadManifest(format!("reveal from {} has the wrong shares", reveal.member)));
+            return Err(ProtocolError::BadManifest(format!(
+                "reveal from {} has the wrong shares",
+                reveal.member
+            )));
         }
         self.reveals.insert(reveal.member.clone(), reveal);
         Ok(())
@@ -141,7 +202,9 @@ impl Aggregator {
             return Err(ProtocolError::OutOfOrder("no statement proposed"));
         };
         if self.reveals.len() < statement.answering.len() {
-            return Err(ProtocolError::OutOfOrder("waiting for reveals from answering members"));
+            return Err(ProtocolError::OutOfOrder(
+                "waiting for reveals from answering members",
+            ));
         }
         let mut sum = vec![0u32; self.config.len];
         for (masked, _) in self.uploads.values() {
@@ -154,12 +217,16 @@ impl Aggregator {
         let mut shares: BTreeMap<(&ParticipantId, usize), Vec<Share>> = BTreeMap::new();
         for reveal in self.reveals.values() {
             for s in &reveal.shares {
-                shares.entry((&s.participant, s.absent)).or_default().push(s.share.clone());
+                shares
+                    .entry((&s.participant, s.absent))
+                    .or_default()
+                    .push(s.share.clone());
             }
         }
         for ((participant, k), pieces) in &shares {
-            let seed = shamir::combine(pieces, self.config.threshold)
-                .map_err(|e| ProtocolError::Rebuild(format!("seed of {participant} for member {k}: {e}")))?;
+            let seed = shamir::combine(pieces, self.config.threshold).map_err(|e| {
+                ProtocolError::Rebuild(format!("seed of {participant} for member {k}: {e}"))
+            })?;
             prg::sub_mask(&mut sum, &seed);
         }
         Ok(sum)

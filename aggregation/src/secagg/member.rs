@@ -7,7 +7,7 @@ use std::sync::Arc;
 use conclave_crypto::shamir::Share;
 use conclave_crypto::{Identity, ParticipantId, Seed, prg, seal};
 
-use super::{Approval, Manifest, ProtocolError, Reveal, RevealedShare, RoundConfig, Statement};
+use super::{Approval, MemberView, ProtocolError, Reveal, RevealedShare, RoundConfig, Statement};
 
 /// What a member holds after signing a statement.
 struct Signed {
@@ -34,51 +34,86 @@ impl Member {
     pub fn new(config: RoundConfig, identity: Arc<Identity>) -> Result<Self, ProtocolError> {
         config.validate()?;
         let me = identity.participant_id();
-        let position = config.member_position(&me).ok_or(ProtocolError::NotMember(me))?;
-        Ok(Self { config, identity, position, signed: None, revealed: None })
+        let position = config
+            .member_position(&me)
+            .ok_or(ProtocolError::NotMember(me))?;
+        Ok(Self {
+            config,
+            identity,
+            position,
+            signed: None,
+            revealed: None,
+        })
     }
 
-    /// Checks a statement and the manifests of its uploads, opens this member's sealed seeds and
+    /// Checks a statement and this member's views of its uploads' manifests, opens its sealed seeds and
     /// shares, and signs `H(U, A)`. Signing the same statement again returns the same approval;
     /// any other statement for the round is refused once one is signed.
-    pub fn sign_statement(&mut self, statement: &Statement, manifests: &[Manifest]) -> Result<Approval, ProtocolError> {
+    pub fn sign_statement(
+        &mut self,
+        statement: &Statement,
+        manifests: &[MemberView],
+    ) -> Result<Approval, ProtocolError> {
         let hash = statement.hash();
         if let Some(signed) = &self.signed {
-            return if signed.hash == hash { Ok(signed.approval.clone()) } else { Err(ProtocolError::AlreadySigned) };
+            return if signed.hash == hash {
+                Ok(signed.approval.clone())
+            } else {
+                Err(ProtocolError::AlreadySigned)
+            };
         }
         let config = &self.config;
         config.check_round(&statement.job_id, statement.round)?;
         // A: committee members, each once, in committee order, including this member.
         let mut last = None;
         for id in &statement.answering {
-            let pos = config.member_position(id).ok_or_else(|| ProtocolError::NotMember(id.clone()))?;
+            let pos = config
+                .member_position(id)
+                .ok_or_else(|| ProtocolError::NotMember(id.clone()))?;
             if last.is_some_and(|l| pos <= l) {
-                return Err(ProtocolError::BadConfig("answering members must be distinct, in committee order".into()));
+                return Err(ProtocolError::BadConfig(
+                    "answering members must be distinct, in committee order".into(),
+                ));
             }
             last = Some(pos);
         }
-        if !statement.answering.contains(&self.identity.participant_id()) {
+        if !statement
+            .answering
+            .contains(&self.identity.participant_id())
+        {
             return Err(ProtocolError::NotInStatement);
         }
         if statement.answering.len() < config.threshold {
-            return Err(ProtocolError::TooFewMembers { got: statement.answering.len(), t: config.threshold });
+            return Err(ProtocolError::TooFewMembers {
+                got: statement.answering.len(),
+                t: config.threshold,
+            });
         }
         // U: admitted participants, each once, at least min_participants, each with its signed manifest.
         if statement.uploads.len() < config.min_participants {
-            return Err(ProtocolError::TooFewUploads { got: statement.uploads.len(), min: config.min_participants });
+            return Err(ProtocolError::TooFewUploads {
+                got: statement.uploads.len(),
+                min: config.min_participants,
+            });
         }
         let mut seen = HashSet::new();
         if manifests.len() != statement.uploads.len() {
-            return Err(ProtocolError::BadManifest(format!("{} manifests for {} uploads", manifests.len(), statement.uploads.len())));
+            return Err(ProtocolError::BadManifest(format!(
+                "{} manifests for {} uploads",
+                manifests.len(),
+                statement.uploads.len()
+            )));
         }
         for ((id, manifest_hash), manifest) in statement.uploads.iter().zip(manifests) {
             if !seen.insert(id) {
                 return Err(ProtocolError::DuplicateUpload(id.clone()));
             }
-            if &manifest.participant != id || &manifest.hash() != manifest_hash {
-                return Err(ProtocolError::BadManifest(format!("manifest does not match the statement's entry for {id}")));
+            if &manifest.participant != id || &manifest.manifest_hash() != manifest_hash {
+                return Err(ProtocolError::BadManifest(format!(
+                    "manifest does not match the statement's entry for {id}"
+                )));
             }
-            manifest.verify(config)?;
+            manifest.verify(config, self.position)?;
         }
         // Open everything this member will need before committing to the statement, so a
         // participant's unopenable box stops the statement here rather than after signing.
@@ -88,18 +123,30 @@ impl Member {
         for m in manifests {
             let i = &m.participant;
             let open_err = |what: String| ProtocolError::Open(format!("{what} from {i}"));
-            let seed = seal::open(&self.identity, &config.seed_info(i, me), b"", &m.sealed_seeds[me]).map_err(|_| open_err("seed".into()))?;
-            let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| open_err("seed length".into()))?;
+            let seed = seal::open(&self.identity, &config.seed_info(i, me), b"", &m.seed_box)
+                .map_err(|_| open_err("seed".into()))?;
+            let seed: [u8; 32] = seed
+                .as_slice()
+                .try_into()
+                .map_err(|_| open_err("seed length".into()))?;
             seeds.push(Seed::from_bytes(seed));
             let mut row = Vec::with_capacity(config.committee.len());
             for k in 0..config.committee.len() {
-                let plain = seal::open(&self.identity, &config.share_info(i, k, me), b"", &m.sealed_shares[k][me])
-                    .map_err(|_| open_err(format!("share of member {k}'s seed")))?;
+                let plain = seal::open(
+                    &self.identity,
+                    &config.share_info(i, k, me),
+                    b"",
+                    &m.share_boxes[k],
+                )
+                .map_err(|_| open_err(format!("share of member {k}'s seed")))?;
                 if plain.len() != 33 || plain[0] as usize != me + 1 {
                     return Err(open_err(format!("share of member {k}'s seed is malformed")));
                 }
                 let y: [u8; 32] = plain[1..].try_into().expect("33 bytes");
-                row.push(Share::from_parts(plain[0], y).map_err(|e| ProtocolError::Open(e.to_string()))?);
+                row.push(
+                    Share::from_parts(plain[0], y)
+                        .map_err(|e| ProtocolError::Open(e.to_string()))?,
+                );
             }
             shares.push(row);
         }
@@ -108,7 +155,13 @@ impl Member {
             statement_hash: hash,
             signature: self.identity.sign(&hash).to_vec(),
         };
-        self.signed = Some(Signed { statement: statement.clone(), hash, seeds, shares, approval: approval.clone() });
+        self.signed = Some(Signed {
+            statement: statement.clone(),
+            hash,
+            seeds,
+            shares,
+            approval: approval.clone(),
+        });
         Ok(approval)
     }
 
@@ -124,26 +177,45 @@ impl Member {
         }
         let mut signers: HashSet<&ParticipantId> = HashSet::new();
         for a in approvals {
-            if a.statement_hash == signed.hash && self.config.member_position(&a.member).is_some() && a.verify() {
+            if a.statement_hash == signed.hash
+                && self.config.member_position(&a.member).is_some()
+                && a.verify()
+            {
                 signers.insert(&a.member);
             }
         }
         if signers.len() < self.config.threshold {
-            return Err(ProtocolError::NotApproved { got: signers.len(), t: self.config.threshold });
+            return Err(ProtocolError::NotApproved {
+                got: signers.len(),
+                t: self.config.threshold,
+            });
         }
         let mut partial = vec![0u32; self.config.len];
         for seed in &signed.seeds {
             prg::add_mask(&mut partial, seed);
         }
-        let answering: Vec<usize> =
-            signed.statement.answering.iter().filter_map(|id| self.config.member_position(id)).collect();
+        let answering: Vec<usize> = signed
+            .statement
+            .answering
+            .iter()
+            .filter_map(|id| self.config.member_position(id))
+            .collect();
         let mut shares = Vec::new();
         for (u, (participant, _)) in signed.statement.uploads.iter().enumerate() {
             for k in (0..self.config.committee.len()).filter(|k| !answering.contains(k)) {
-                shares.push(RevealedShare { participant: participant.clone(), absent: k, share: signed.shares[u][k].clone() });
+                shares.push(RevealedShare {
+                    participant: participant.clone(),
+                    absent: k,
+                    share: signed.shares[u][k].clone(),
+                });
             }
         }
-        let reveal = Reveal { member: self.identity.participant_id(), statement_hash: signed.hash, partial, shares };
+        let reveal = Reveal {
+            member: self.identity.participant_id(),
+            statement_hash: signed.hash,
+            partial,
+            shares,
+        };
         self.revealed = Some(reveal.clone());
         Ok(reveal)
     }

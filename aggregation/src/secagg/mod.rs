@@ -19,7 +19,9 @@ mod participant;
 
 pub use aggregator::Aggregator;
 pub use member::Member;
-pub use messages::{Approval, Manifest, Reveal, RevealedShare, RoundConfig, Statement};
+pub use messages::{
+    Approval, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement, vector_hash,
+};
 pub use participant::contribute;
 
 use conclave_crypto::ParticipantId;

@@ -29,36 +29,65 @@ fn world(n: usize, c: usize, t: usize, min: usize, len: usize) -> World {
 }
 
 fn vector(i: usize, len: usize) -> Vec<u32> {
-    (0..len).map(|k| (i as u32 + 1).wrapping_mul(2_654_435_761).wrapping_add(k as u32 * 97)).collect()
+    (0..len)
+        .map(|k| {
+            (i as u32 + 1)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(k as u32 * 97)
+        })
+        .collect()
 }
 
 /// Runs a round: participants not in `silent` upload, members not in `absent` answer.
 /// Returns the unmasked sum, or the step that refused.
-fn run_round(w: &World, silent: &[usize], absent: &[usize]) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
+fn run_round(
+    w: &World,
+    silent: &[usize],
+    absent: &[usize],
+) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
     let mut agg = Aggregator::new(w.config.clone())?;
     let mut expected = vec![0u32; w.config.len];
-    for (i, p) in w.people.iter().enumerate().filter(|(i, _)| !silent.contains(i)) {
+    for (i, p) in w
+        .people
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !silent.contains(i))
+    {
         let q = vector(i, w.config.len);
         ring_add(&mut expected, &q);
         let (masked, manifest) = contribute(&w.config, p, &q)?;
         agg.accept(masked, manifest)?;
     }
     let c = w.config.committee.len();
-    let answering: Vec<ParticipantId> = (0..c).filter(|j| !absent.contains(j)).map(|j| w.people[j].participant_id()).collect();
-    let statement = agg.propose(&answering)?;
-    let manifests = agg.manifests();
-    let mut members: Vec<Member> = (0..c)
+    let answering: Vec<ParticipantId> = (0..c)
         .filter(|j| !absent.contains(j))
-        .map(|j| Member::new(w.config.clone(), Arc::clone(&w.people[j])).unwrap())
+        .map(|j| w.people[j].participant_id())
         .collect();
-    for m in &mut members {
-        agg.add_approval(m.sign_statement(&statement, &manifests)?)?;
+    let statement = agg.propose(&answering)?;
+    let mut members: Vec<(Member, Vec<MemberView>)> = (0..c)
+        .filter(|j| !absent.contains(j))
+        .map(|j| {
+            let views = agg.views_for(&w.people[j].participant_id()).unwrap();
+            (
+                Member::new(w.config.clone(), Arc::clone(&w.people[j])).unwrap(),
+                views,
+            )
+        })
+        .collect();
+    for (m, views) in &mut members {
+        agg.add_approval(m.sign_statement(&statement, views)?)?;
     }
     let approvals = agg.approvals();
-    for m in &mut members {
+    for (m, _) in &mut members {
         let reveal = m.reveal(&approvals)?;
         let answering_positions: Vec<usize> = (0..c).filter(|j| !absent.contains(j)).collect();
-        assert!(reveal.shares.iter().all(|s| !answering_positions.contains(&s.absent)), "never a share of an answering member");
+        assert!(
+            reveal
+                .shares
+                .iter()
+                .all(|s| !answering_positions.contains(&s.absent)),
+            "never a share of an answering member"
+        );
         agg.add_reveal(reveal)?;
     }
     Ok((agg.finish()?, expected))
@@ -103,10 +132,14 @@ fn a_member_dropping_after_signing_fails_the_round() {
     }
     let all: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
     let statement = agg.propose(&all).unwrap();
-    let manifests = agg.manifests();
-    let mut members: Vec<Member> = w.people[..3].iter().map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap()).collect();
-    for m in &mut members {
-        agg.add_approval(m.sign_statement(&statement, &manifests).unwrap()).unwrap();
+    let mut members: Vec<Member> = w.people[..3]
+        .iter()
+        .map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap())
+        .collect();
+    for (j, m) in members.iter_mut().enumerate() {
+        let views = agg.views_for(&w.people[j].participant_id()).unwrap();
+        agg.add_approval(m.sign_statement(&statement, &views).unwrap())
+            .unwrap();
     }
     let approvals = agg.approvals();
     for m in &mut members[..2] {
@@ -115,7 +148,10 @@ fn a_member_dropping_after_signing_fails_the_round() {
     // Member 3 signed and went away: the sum cannot be unmasked, and no second statement can
     // be proposed to collect its seeds instead.
     assert!(agg.finish().is_err());
-    assert_eq!(agg.propose(&all[..2]).unwrap_err(), ProtocolError::AlreadyProposed);
+    assert_eq!(
+        agg.propose(&all[..2]).unwrap_err(),
+        ProtocolError::AlreadyProposed
+    );
 }
 
 #[test]
@@ -130,21 +166,38 @@ fn malicious_coordinator_gets_nothing_for_a_single_upload() {
     };
     for p in &w.people[..3] {
         let mut m = Member::new(w.config.clone(), Arc::clone(p)).unwrap();
-        assert_eq!(m.sign_statement(&statement, std::slice::from_ref(&manifest)).unwrap_err(), ProtocolError::TooFewUploads { got: 1, min: 3 });
-        assert_eq!(m.reveal(&[]).unwrap_err(), ProtocolError::OutOfOrder("no statement signed yet"));
+        let k = w.config.member_position(&p.participant_id()).unwrap();
+        assert_eq!(
+            m.sign_statement(&statement, &[manifest.view_for(k)])
+                .unwrap_err(),
+            ProtocolError::TooFewUploads { got: 1, min: 3 }
+        );
+        assert_eq!(
+            m.reveal(&[]).unwrap_err(),
+            ProtocolError::OutOfOrder("no statement signed yet")
+        );
     }
     // The aggregator refuses to propose it too.
     let mut agg = Aggregator::new(w.config.clone()).unwrap();
     agg.accept(masked, manifest).unwrap();
-    assert!(matches!(agg.propose(&statement.answering), Err(ProtocolError::TooFewUploads { .. })));
+    assert!(matches!(
+        agg.propose(&statement.answering),
+        Err(ProtocolError::TooFewUploads { .. })
+    ));
 }
 
 #[test]
 fn malicious_coordinator_showing_different_statements_gets_nothing() {
     // c = 5, t = 3: two different statements cannot both collect 3 signatures.
     let w = world(6, 5, 3, 2, 16);
-    let contributions: Vec<_> = w.people.iter().enumerate().map(|(i, p)| contribute(&w.config, p, &vector(i, 16)).unwrap()).collect();
-    let all_members: Vec<ParticipantId> = w.people[..5].iter().map(|p| p.participant_id()).collect();
+    let contributions: Vec<_> = w
+        .people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| contribute(&w.config, p, &vector(i, 16)).unwrap())
+        .collect();
+    let all_members: Vec<ParticipantId> =
+        w.people[..5].iter().map(|p| p.participant_id()).collect();
     let statement = |skip: usize| {
         let mut uploads: Vec<(ParticipantId, [u8; 32])> = contributions
             .iter()
@@ -155,31 +208,58 @@ fn malicious_coordinator_showing_different_statements_gets_nothing() {
         uploads.sort();
         let manifests: Vec<Manifest> = uploads
             .iter()
-            .map(|(id, _)| contributions.iter().find(|(_, m)| &m.participant == id).unwrap().1.clone())
+            .map(|(id, _)| {
+                contributions
+                    .iter()
+                    .find(|(_, m)| &m.participant == id)
+                    .unwrap()
+                    .1
+                    .clone()
+            })
             .collect();
-        (Statement { job_id: w.config.job_id.clone(), round: w.config.round, uploads, answering: all_members.clone() }, manifests)
+        (
+            Statement {
+                job_id: w.config.job_id.clone(),
+                round: w.config.round,
+                uploads,
+                answering: all_members.clone(),
+            },
+            manifests,
+        )
     };
     let (s1, m1) = statement(5); // leaves out participant 5
     let (s2, m2) = statement(4); // leaves out participant 4: the difference isolates q_5 - q_4
-    let mut members: Vec<Member> = w.people[..5].iter().map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap()).collect();
+    let mut members: Vec<Member> = w.people[..5]
+        .iter()
+        .map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap())
+        .collect();
     let mut a1 = Vec::new();
     let mut a2 = Vec::new();
+    let views = |ms: &[Manifest], j: usize| -> Vec<MemberView> {
+        ms.iter().map(|m| m.view_for(j)).collect()
+    };
     for (j, m) in members.iter_mut().enumerate() {
         if j < 2 {
-            a1.push(m.sign_statement(&s1, &m1).unwrap());
+            a1.push(m.sign_statement(&s1, &views(&m1, j)).unwrap());
         } else {
-            a2.push(m.sign_statement(&s2, &m2).unwrap());
+            a2.push(m.sign_statement(&s2, &views(&m2, j)).unwrap());
         }
     }
     // Nobody signs a second statement.
-    for m in &mut members {
-        let other = m.sign_statement(&s1, &m1).and(m.sign_statement(&s2, &m2));
+    for (j, m) in members.iter_mut().enumerate() {
+        let other = m
+            .sign_statement(&s1, &views(&m1, j))
+            .and(m.sign_statement(&s2, &views(&m2, j)));
         assert_eq!(other.unwrap_err(), ProtocolError::AlreadySigned);
     }
     // S1 has 2 < t signatures: its signers reveal nothing, even when shown S2's signatures or
     // signatures forged by the coordinator's own key.
     let coordinator = Identity::generate();
-    let forged = Approval { member: coordinator.participant_id(), statement_hash: s1.hash(), signature: coordinator.sign(&s1.hash()).to_vec() };
+    let forged = Approval {
+        member: coordinator.participant_id(),
+        statement_hash: s1.hash(),
+        signature: coordinator.sign(&s1.hash()).to_vec(),
+    };
     let mut shown = a1.clone();
     shown.extend(a2.iter().cloned());
     shown.push(forged);
@@ -187,7 +267,10 @@ fn malicious_coordinator_showing_different_statements_gets_nothing() {
     duplicate.signature = a1[0].signature.clone();
     shown.push(duplicate);
     for m in &mut members[..2] {
-        assert_eq!(m.reveal(&shown).unwrap_err(), ProtocolError::NotApproved { got: 2, t: 3 });
+        assert_eq!(
+            m.reveal(&shown).unwrap_err(),
+            ProtocolError::NotApproved { got: 2, t: 3 }
+        );
     }
     // S2 is a legitimate statement with 3 signatures; its members may reveal for it.
     assert!(members[2].reveal(&a2).is_ok());
@@ -196,37 +279,85 @@ fn malicious_coordinator_showing_different_statements_gets_nothing() {
 #[test]
 fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
     let w = world(4, 3, 2, 2, 8);
-    let contributions: Vec<_> = w.people.iter().enumerate().map(|(i, p)| contribute(&w.config, p, &vector(i, 8)).unwrap()).collect();
-    let mut uploads: Vec<_> = contributions.iter().map(|(_, m)| (m.participant.clone(), m.hash())).collect();
+    let contributions: Vec<_> = w
+        .people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| contribute(&w.config, p, &vector(i, 8)).unwrap())
+        .collect();
+    let mut uploads: Vec<_> = contributions
+        .iter()
+        .map(|(_, m)| (m.participant.clone(), m.hash()))
+        .collect();
     uploads.sort();
-    let manifests: Vec<Manifest> =
-        uploads.iter().map(|(id, _)| contributions.iter().find(|(_, m)| &m.participant == id).unwrap().1.clone()).collect();
+    let manifests: Vec<Manifest> = uploads
+        .iter()
+        .map(|(id, _)| {
+            contributions
+                .iter()
+                .find(|(_, m)| &m.participant == id)
+                .unwrap()
+                .1
+                .clone()
+        })
+        .collect();
     let members: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
-    let base = Statement { job_id: w.config.job_id.clone(), round: w.config.round, uploads, answering: members.clone() };
+    let base = Statement {
+        job_id: w.config.job_id.clone(),
+        round: w.config.round,
+        uploads,
+        answering: members.clone(),
+    };
     let fresh = |j: usize| Member::new(w.config.clone(), Arc::clone(&w.people[j])).unwrap();
+    let v0 = |ms: &[Manifest]| -> Vec<MemberView> { ms.iter().map(|m| m.view_for(0)).collect() };
 
     // Listing member 0 as absent while asking it to sign.
     let mut s = base.clone();
     s.answering = members[1..].to_vec();
-    assert_eq!(fresh(0).sign_statement(&s, &manifests).unwrap_err(), ProtocolError::NotInStatement);
+    assert_eq!(
+        fresh(0).sign_statement(&s, &v0(&manifests)).unwrap_err(),
+        ProtocolError::NotInStatement
+    );
     // Another round.
     let mut s = base.clone();
     s.round = 5;
-    assert!(matches!(fresh(0).sign_statement(&s, &manifests), Err(ProtocolError::WrongRound { .. })));
-    // A tampered manifest (a sealed seed swapped): its hash no longer matches.
-    let mut bad = manifests.clone();
-    bad[0].sealed_seeds.swap(0, 1);
-    assert!(matches!(fresh(0).sign_statement(&base, &bad), Err(ProtocolError::BadManifest(_))));
-    // A re-signed tampered manifest by someone who is not that participant.
-    let mut s = base.clone();
+    assert!(matches!(
+        fresh(0).sign_statement(&s, &v0(&manifests)),
+        Err(ProtocolError::WrongRound { .. })
+    ));
+    // A tampered manifest (member 0's seed box swapped for member 1's): the boxes no longer
+    // match the signed digest.
+    let mut bad = v0(&manifests);
+    bad[0].seed_box = manifests[0].sealed_seeds[1].clone();
+    assert!(matches!(
+        fresh(0).sign_statement(&base, &bad),
+        Err(ProtocolError::BadManifest(_))
+    ));
+    // Consistent digests, but re-signed by someone who is not that participant.
+    let mut forged = manifests[0].clone();
+    forged.sealed_seeds.swap(0, 1);
     let mallory = Identity::generate();
-    bad[0].signature = mallory.sign(&bad[0].hash()).to_vec();
-    s.uploads[0].1 = bad[0].hash();
-    assert!(matches!(fresh(0).sign_statement(&s, &bad), Err(ProtocolError::BadSignature(_))));
+    forged.signature = mallory.sign(&forged.hash()).to_vec();
+    let mut s = base.clone();
+    let pos = s
+        .uploads
+        .iter()
+        .position(|(id, _)| *id == forged.participant)
+        .unwrap();
+    s.uploads[pos].1 = forged.hash();
+    let mut views = v0(&manifests);
+    views[pos] = forged.view_for(0);
+    assert!(matches!(
+        fresh(0).sign_statement(&s, &views),
+        Err(ProtocolError::BadSignature(_))
+    ));
     // A non-member in A.
     let mut s = base.clone();
     s.answering.push(mallory.participant_id());
-    assert!(matches!(fresh(0).sign_statement(&s, &manifests), Err(ProtocolError::NotMember(_))));
+    assert!(matches!(
+        fresh(0).sign_statement(&s, &v0(&manifests)),
+        Err(ProtocolError::NotMember(_))
+    ));
     // Only committee members can hold member state.
     assert!(Member::new(w.config.clone(), Arc::clone(&w.people[3])).is_err());
 }
@@ -244,7 +375,10 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
         counts[*b as usize] += 1.0;
     }
     let expected = bytes.len() as f64 / 256.0;
-    let chi2: f64 = counts.iter().map(|c| (c - expected).powi(2) / expected).sum();
+    let chi2: f64 = counts
+        .iter()
+        .map(|c| (c - expected).powi(2) / expected)
+        .sum();
     // 255 degrees of freedom: the 99.99% quantile is about 347.
     assert!(chi2 < 347.0, "chi-squared {chi2}");
 
@@ -259,7 +393,16 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
         }
     }
     for j in 0..3 {
-        let seed = conclave_crypto::seal::open(&w.people[j], &w.config.seed_info(&manifest.participant, j), b"", &manifest.sealed_seeds[j]).unwrap();
-        assert!(!held.windows(32).any(|win| win == seed.as_slice()), "seed {j} in the clear");
+        let seed = conclave_crypto::seal::open(
+            &w.people[j],
+            &w.config.seed_info(&manifest.participant, j),
+            b"",
+            &manifest.sealed_seeds[j],
+        )
+        .unwrap();
+        assert!(
+            !held.windows(32).any(|win| win == seed.as_slice()),
+            "seed {j} in the clear"
+        );
     }
 }
