@@ -9,16 +9,34 @@ use conclave_crypto::ParticipantId;
 use conclave_proto::v1;
 
 use crate::model::{ModelArch, ModelLayout};
+use crate::quantize::QuantParams;
 
 /// Largest model a job may declare, in parameters.
 pub const MAX_MODEL_PARAMS: u64 = 500_000_000;
 
 /// How a round protects updates (DESIGN.md, "A round", step 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Privacy {
     /// Updates in the clear: for baselines and debugging.
     Plain,
+    /// Masked, secret-shared updates unmasked only as a sum by a committee.
+    Secagg(SecaggSettings),
 }
+
+/// The settings of a secure-aggregation job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecaggSettings {
+    /// Committee size `c`.
+    pub committee_size: u32,
+    /// Threshold `t > c/2`: shares to rebuild a seed, signatures to act.
+    pub threshold: u32,
+    /// The fixed-point encoding, from clip_norm, max_samples and max_participants.
+    pub quant: QuantParams,
+}
+
+/// Defaults of the secure-aggregation settings a job file may leave out.
+const DEFAULT_COMMITTEE: u32 = 10;
+const DEFAULT_MAX_PARTICIPANTS: u32 = 100;
 
 /// Local optimizer used by participants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,11 +202,7 @@ impl JobSpec {
         let privacy = match v1::Privacy::try_from(wire.privacy) {
             Ok(v1::Privacy::Plain) => Some(Privacy::Plain),
             Ok(v1::Privacy::Secagg) => {
-                p.add(
-                    "privacy",
-                    "\"secagg\" is not available in this release yet; use \"plain\"",
-                );
-                None
+                Self::check_secagg(wire, start_participants, &mut p).map(Privacy::Secagg)
             }
             Ok(v1::Privacy::Fhe) => {
                 p.add(
@@ -251,6 +265,82 @@ impl JobSpec {
                 })
             }
             _ => Err(JobError { problems: p.0 }),
+        }
+    }
+
+    fn check_secagg(wire: &v1::JobSpec, start: u32, p: &mut Problems) -> Option<SecaggSettings> {
+        let before = p.0.len();
+        let c = if wire.committee_size == 0 {
+            DEFAULT_COMMITTEE.min(start)
+        } else {
+            wire.committee_size
+        };
+        if c == 0 || c > 255 || c > start {
+            p.add(
+                "committee_size",
+                format!(
+                    "must be between 1 and start_participants ({start}) and at most 255, got {c}"
+                ),
+            );
+        }
+        let t = if wire.threshold == 0 {
+            c / 2 + 1
+        } else {
+            wire.threshold
+        };
+        if t * 2 <= c || t > c {
+            p.add(
+                "threshold",
+                format!("must be more than half of committee_size ({c}) and at most it, got {t}"),
+            );
+        }
+        if wire.min_participants < 2 {
+            p.add("min_participants", "must be at least 2 with secagg: a sum over one participant is that participant's update");
+        }
+        let max_participants = if wire.max_participants == 0 {
+            DEFAULT_MAX_PARTICIPANTS.max(start)
+        } else {
+            wire.max_participants
+        };
+        if max_participants < start {
+            p.add(
+                "max_participants",
+                format!("must be at least start_participants ({start}), got {max_participants}"),
+            );
+        }
+        if wire.clip_norm <= 0.0 {
+            p.add(
+                "clip_norm",
+                "is required with secagg: updates are clipped to it so the ring sum cannot wrap",
+            );
+        }
+        if wire.max_samples == 0 {
+            p.add(
+                "max_samples",
+                "is required with secagg: the most samples one participant's update may count for",
+            );
+        }
+        if p.0.len() != before {
+            return None;
+        }
+        match QuantParams::new(wire.clip_norm, wire.max_samples, max_participants) {
+            Ok(quant) => Some(SecaggSettings {
+                committee_size: c,
+                threshold: t,
+                quant,
+            }),
+            Err(e) => {
+                p.add("clip_norm", e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The secure-aggregation settings, when the job uses secagg.
+    pub fn secagg(&self) -> Option<&SecaggSettings> {
+        match &self.privacy {
+            Privacy::Secagg(s) => Some(s),
+            Privacy::Plain => None,
         }
     }
 
@@ -422,11 +512,16 @@ impl JobSpec {
             round_deadline_secs: self.round_deadline_secs,
             privacy: match self.privacy {
                 Privacy::Plain => v1::Privacy::Plain,
+                Privacy::Secagg(_) => v1::Privacy::Secagg,
             }
             .into(),
             clip_norm: self.clip_norm.unwrap_or(0.0),
             seed: self.seed,
             admission: self.admission.iter().map(|id| id.to_string()).collect(),
+            committee_size: self.secagg().map_or(0, |s| s.committee_size),
+            threshold: self.secagg().map_or(0, |s| s.threshold),
+            max_samples: self.secagg().map_or(0, |s| s.quant.max_samples()),
+            max_participants: self.secagg().map_or(0, |s| s.quant.max_participants()),
         }
     }
 
@@ -524,7 +619,35 @@ optimizer = "adam"
             JobSpec::from_toml(&GOOD.replace("privacy = \"plain\"", "privacy = \"secagg\""))
                 .unwrap_err(),
         );
-        assert_eq!(got, ["privacy"]);
+        assert_eq!(
+            got,
+            ["clip_norm", "max_samples"],
+            "secagg needs a clip bound and a sample cap"
+        );
+        let secagg = GOOD.replace(
+            "privacy = \"plain\"",
+            "privacy = \"secagg\"\nclip_norm = 1.0\nmax_samples = 1000",
+        );
+        let spec = JobSpec::from_toml(&secagg).unwrap();
+        let s = spec.secagg().unwrap();
+        assert_eq!(
+            (s.committee_size, s.threshold, s.quant.max_participants()),
+            (3, 2, 100)
+        );
+        assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+        let bad = secagg.replace(
+            "min_participants = 3",
+            "min_participants = 1\nstart_participants = 4\ncommittee_size = 4\nthreshold = 2",
+        );
+        assert_eq!(
+            paths(JobSpec::from_toml(&bad).unwrap_err()),
+            ["threshold", "min_participants"]
+        );
+        let wraps = secagg.replace("clip_norm = 1.0", "clip_norm = 1e9");
+        assert_eq!(
+            paths(JobSpec::from_toml(&wraps).unwrap_err()),
+            ["clip_norm"]
+        );
         let err = JobSpec::from_toml("rounds = [").unwrap_err();
         assert_eq!(err.problems[0].path, "(file)");
         let got = paths(

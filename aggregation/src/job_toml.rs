@@ -154,6 +154,10 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
         "min_participants",
         "start_participants",
         "round_deadline_secs",
+        "committee_size",
+        "threshold",
+        "max_samples",
+        "max_participants",
         "privacy",
         "clip_norm",
         "seed",
@@ -169,6 +173,10 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
             .u32("min_participants")
             .unwrap_or(DEFAULT_MIN_PARTICIPANTS),
         start_participants: top.u32("start_participants").unwrap_or(0),
+        committee_size: top.u32("committee_size").unwrap_or(0),
+        threshold: top.u32("threshold").unwrap_or(0),
+        max_samples: top.uint("max_samples", u32::MAX as u64).unwrap_or(0),
+        max_participants: top.u32("max_participants").unwrap_or(0),
         round_deadline_secs: top
             .u32("round_deadline_secs")
             .unwrap_or(DEFAULT_DEADLINE_SECS),

@@ -22,7 +22,9 @@ pub mod v1 {
 }
 
 use prost::Message;
-use v1::{Auth, JoinRequest, MetricsReport, UploadHeader, WorkRequest};
+use v1::{
+    ApprovalRequest, Auth, JoinRequest, MetricsReport, RevealHeader, UploadHeader, WorkRequest,
+};
 
 /// Largest payload of one model or update chunk, in bytes (256 Ki f32 elements).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
@@ -78,6 +80,8 @@ signed!(JoinRequest, "/conclave.v1.Rounds/Join");
 signed!(WorkRequest, "/conclave.v1.Rounds/Work");
 signed!(UploadHeader, "/conclave.v1.Rounds/UploadUpdate");
 signed!(MetricsReport, "/conclave.v1.Rounds/ReportMetrics");
+signed!(ApprovalRequest, "/conclave.v1.Rounds/SubmitApproval");
+signed!(RevealHeader, "/conclave.v1.Rounds/SubmitReveal");
 
 #[cfg(test)]
 mod tests {

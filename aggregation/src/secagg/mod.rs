@@ -16,6 +16,7 @@ mod aggregator;
 mod member;
 mod messages;
 mod participant;
+mod wire;
 
 pub use aggregator::Aggregator;
 pub use member::Member;
