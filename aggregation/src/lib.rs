@@ -26,6 +26,7 @@ pub mod secagg;
 
 pub use error::AggregationError;
 pub use job::{
-    DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, TrainingConfig,
+    DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, SecaggSettings,
+    TrainingConfig,
 };
 pub use model::{ModelArch, ModelLayout, TensorSpec};

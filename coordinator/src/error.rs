@@ -1,5 +1,6 @@
 //! The coordinator's error type and its one mapping to gRPC status codes.
 
+use conclave_aggregation::secagg::ProtocolError;
 use conclave_aggregation::{AggregationError, JobError};
 use tonic::{Code, Status};
 
@@ -55,6 +56,10 @@ pub enum CoordinatorError {
     Storage(String),
     #[error("aggregation: {0}")]
     Aggregation(#[from] AggregationError),
+    #[error("secure aggregation: {0}")]
+    Protocol(ProtocolError),
+    #[error("job {job} is full ({max} participants)")]
+    JobFull { job: String, max: u32 },
 }
 
 impl CoordinatorError {
@@ -75,7 +80,27 @@ impl CoordinatorError {
             }
             ChunkTooLarge { .. } => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
+            JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) => Code::Internal,
+            Protocol(p) => match p {
+                ProtocolError::NotMember(_) | ProtocolError::UnknownParticipant(_) | ProtocolError::NotInStatement => {
+                    Code::PermissionDenied
+                }
+                ProtocolError::BadSignature(_) => Code::Unauthenticated,
+                ProtocolError::DuplicateUpload(_) => Code::AlreadyExists,
+                ProtocolError::OutOfOrder(_)
+                | ProtocolError::AlreadyProposed
+                | ProtocolError::AlreadySigned
+                | ProtocolError::NotApproved { .. }
+                | ProtocolError::TooFewUploads { .. }
+                | ProtocolError::TooFewMembers { .. } => Code::FailedPrecondition,
+                ProtocolError::BadConfig(_) | ProtocolError::Rebuild(_) => Code::Internal,
+                ProtocolError::WrongRound { .. }
+                | ProtocolError::HashMismatch
+                | ProtocolError::Length { .. }
+                | ProtocolError::BadManifest(_)
+                | ProtocolError::Open(_) => Code::InvalidArgument,
+            },
         }
     }
 }

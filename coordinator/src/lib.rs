@@ -17,6 +17,7 @@
 //! ```
 
 mod error;
+mod secagg;
 pub mod server;
 mod service;
 pub mod state;

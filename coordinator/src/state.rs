@@ -3,12 +3,13 @@
 //! changes nothing when it fails; every change is written to the [`Store`] before the method
 //! returns (and so before the client is answered).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::fedavg::{self, WeightedUpdate};
+use conclave_aggregation::secagg::{Approval, Manifest, ProtocolError, Reveal, RevealedShare};
 use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
 use conclave_proto::v1::{self, work_item::Item};
@@ -17,6 +18,7 @@ use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::CoordinatorError;
+use crate::secagg::{self, Phase, SecaggRound};
 use crate::store::{
     EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadRecord,
 };
@@ -44,6 +46,10 @@ struct Job {
     nonces: HashSet<Vec<u8>>,
     changes: watch::Sender<u64>,
     wake: Arc<Notify>,
+    /// The secure-aggregation round in progress (in memory only).
+    secagg: Option<SecaggRound>,
+    /// Open work streams per participant: committee members with none are not asked to answer.
+    connected: HashMap<String, usize>,
 }
 
 /// What a participant's work stream has already been sent.
@@ -51,6 +57,8 @@ struct Job {
 pub struct WorkCursor {
     evaluated: Option<u32>,
     trained: Option<u32>,
+    signed: Option<u32>,
+    revealed: Option<u32>,
     done: bool,
 }
 
@@ -70,6 +78,8 @@ pub struct UploadTicket {
     pub num_samples: u64,
     pub dim: u64,
     pub payload_hash: [u8; 32],
+    /// Secure aggregation: the manifest of the masked vector.
+    pub manifest: Option<v1::SealedManifest>,
 }
 
 /// The coordinator's state.
@@ -169,23 +179,61 @@ impl Job {
         self.wake.notify_one();
     }
 
-    /// Opens the next round for every participant who has joined.
+    /// Opens the next round for every participant who has joined; in a secure-aggregation
+    /// job, draws its committee and sets up the aggregator.
     fn open_next_round(&mut self, now: u64) {
         let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
-        self.record.rounds.push(RoundRecord {
+        let mut record = RoundRecord {
             round,
             status: RoundStatus::Open,
             base_version: self.record.model_version,
             result_version: None,
-            expected: self
-                .record
-                .participants
-                .iter()
-                .map(|p| p.did.clone())
-                .collect(),
+            expected: self.record.participants.iter().map(|p| p.did.clone()).collect(),
             uploads: Vec::new(),
             deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
-        });
+            committee: Vec::new(),
+            draw_seed: String::new(),
+            total_samples: None,
+        };
+        self.secagg = None;
+        if let Some(settings) = self.spec.secagg() {
+            let previous: Vec<ParticipantId> = self
+                .record
+                .rounds
+                .last()
+                .map(|r| r.committee.iter().filter_map(|d| ParticipantId::parse(d).ok()).collect())
+                .unwrap_or_default();
+            let head: [u8; 32] = self.model_hash(self.record.model_version).try_into().unwrap_or([0; 32]);
+            match secagg::open_round(
+                &self.spec,
+                settings,
+                &self.record.id,
+                round,
+                &head,
+                &self.record.participants,
+                &previous,
+                self.layout.dim() + 1,
+            ) {
+                Ok(sa) => {
+                    record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
+                    record.draw_seed = hex::encode(&sa.plan.draw_seed);
+                    self.secagg = Some(sa);
+                }
+                // The round then fails at its first step and the next one is drawn afresh.
+                Err(e) => tracing::error!(job = %self.record.id, round, error = %e, "cannot open secure-aggregation round"),
+            }
+        }
+        self.record.rounds.push(record);
+    }
+
+    /// The secure-aggregation state of the open round `round`.
+    fn secagg_round(&mut self, round: u32) -> Result<&mut SecaggRound, CoordinatorError> {
+        let job = self.record.id.clone();
+        let current = self.open_round().map_or("none".to_string(), |r| r.round.to_string());
+        self.secagg
+            .as_mut()
+            .filter(|sa| sa.round == round)
+            .ok_or(CoordinatorError::RoundNotOpen { job, round, current })
     }
 
     fn info(&self) -> v1::JobInfo {
@@ -219,7 +267,9 @@ impl Job {
                     result_version: round.result_version.unwrap_or(0),
                     expected: round.expected.clone(),
                     uploaded: round.uploads.iter().map(|u| u.did.clone()).collect(),
-                    total_samples: round.uploads.iter().map(|u| u.num_samples).sum(),
+                    total_samples: round
+                        .total_samples
+                        .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum()),
                     deadline_unix_ms: round.deadline_unix_ms,
                 })
                 .collect(),
@@ -246,6 +296,135 @@ impl Job {
                 .collect(),
             created_unix_ms: r.created_unix_ms,
         }
+    }
+}
+
+/// What a secure-aggregation round does next.
+enum Step {
+    /// Stay open until this time (or until woken by a message).
+    Wait(u64),
+    /// Close the round: with the new parameters and Σ n_i, or failed.
+    Close(Option<(Vec<f32>, Option<u64>)>),
+}
+
+impl Job {
+    /// One step of the open secure-aggregation round.
+    fn secagg_step(&mut self, round: &RoundRecord, complete: bool, now: u64) -> Result<Step, CoordinatorError> {
+        let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
+        let dim = self.layout.dim();
+        let connected = &self.connected;
+        let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round.round) else {
+            tracing::warn!(job = %self.record.id, round = round.round, "no secure-aggregation state (restart?): failing the round");
+            return Ok(Step::Close(None));
+        };
+        let mut changed = false;
+        let step = match sa.phase {
+            Phase::Collecting => {
+                if !complete && now < round.deadline_unix_ms {
+                    Step::Wait(round.deadline_unix_ms)
+                } else {
+                    let answering: Vec<ParticipantId> =
+                        sa.committee.iter().filter(|m| connected.contains_key(m.as_str())).cloned().collect();
+                    match sa.aggregator.propose(&answering) {
+                        Ok(_) => {
+                            sa.phase = Phase::Signing { deadline: now + phase_ms };
+                            changed = true;
+                            Step::Wait(now + phase_ms)
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %self.record.id, round = round.round, error = %e, "round fails before unmasking");
+                            Step::Close(None)
+                        }
+                    }
+                }
+            }
+            Phase::Signing { deadline } => {
+                if sa.aggregator.approved() {
+                    sa.phase = Phase::Revealing { deadline: now + phase_ms };
+                    changed = true;
+                    Step::Wait(now + phase_ms)
+                } else if now >= deadline {
+                    tracing::warn!(job = %self.record.id, round = round.round, "too few committee approvals before the deadline");
+                    Step::Close(None)
+                } else {
+                    Step::Wait(deadline)
+                }
+            }
+            Phase::Revealing { deadline } => {
+                if sa.aggregator.complete() {
+                    match sa.aggregator.finish().map_err(CoordinatorError::from).and_then(|sum| {
+                        sa.quant.decode_mean(&sum, dim).map_err(|e| CoordinatorError::InvalidRequest(e.to_string()))
+                    }) {
+                        Ok((mean, total)) => {
+                            let mut params = decode_f32(&self.latest_model)?;
+                            fedavg::add_weighted_mean(&mut params, &[WeightedUpdate { delta: &mean, num_samples: 1 }])?;
+                            Step::Close(Some((params, Some(total))))
+                        }
+                        Err(e) => {
+                            tracing::error!(job = %self.record.id, round = round.round, error = %e, "unmasking failed");
+                            Step::Close(None)
+                        }
+                    }
+                } else if now >= deadline {
+                    tracing::warn!(job = %self.record.id, round = round.round, "an answering member did not reveal: round fails");
+                    Step::Close(None)
+                } else {
+                    Step::Wait(deadline)
+                }
+            }
+        };
+        if changed {
+            self.bump();
+        }
+        Ok(step)
+    }
+
+    /// Closes the open round with its outcome (new parameters, or failure), opens the next
+    /// round or finishes the job, and makes it all durable.
+    fn close_round(
+        &mut self,
+        store: &Store,
+        round: &RoundRecord,
+        now: u64,
+        outcome: Option<(Vec<f32>, Option<u64>)>,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        let mut record = self.record.clone();
+        let mut new_model = None;
+        let closed = record.rounds.last_mut().expect("open round exists");
+        if let Some((params, total)) = outcome {
+            let version = record.model_version + 1;
+            store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
+            let bytes = f32_bytes(&params);
+            record.model_hashes.push(hash_hex(&bytes));
+            record.model_version = version;
+            closed.status = RoundStatus::Closed;
+            closed.result_version = Some(version);
+            closed.total_samples = total;
+            new_model = Some(bytes);
+        } else {
+            closed.status = RoundStatus::Failed;
+        }
+        let before = std::mem::replace(&mut self.record, record);
+        if round.round >= self.spec.rounds {
+            self.record.finished = true;
+            self.secagg = None;
+        } else {
+            if let Some(bytes) = &new_model {
+                // The next round's committee draw hashes the new model.
+                self.latest_model = Arc::new(bytes.clone());
+            }
+            self.open_next_round(now);
+        }
+        if let Err(e) = store.save_job(&self.record) {
+            self.record = before;
+            return Err(e);
+        }
+        if let Some(bytes) = new_model {
+            self.latest_model = Arc::new(bytes);
+        }
+        store.drop_round_updates(&self.record.id, round.round)?;
+        self.bump();
+        Ok(self.open_round().map(|r| r.deadline_unix_ms))
     }
 }
 
@@ -287,6 +466,8 @@ impl State {
                 nonces: HashSet::new(),
                 changes: watch::channel(0).0,
                 wake: Arc::new(Notify::new()),
+                secagg: None,
+                connected: HashMap::new(),
                 record,
             };
             jobs.insert(job.record.id.clone(), job);
@@ -359,6 +540,8 @@ impl State {
             nonces: HashSet::new(),
             changes: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
+            secagg: None,
+            connected: HashMap::new(),
         };
         self.lock().insert(id.clone(), job);
         self.spawn_driver(id.clone());
@@ -414,6 +597,11 @@ impl State {
                 job.consume_nonce(&did, &nonce)?;
                 return Ok(job.info());
             }
+            if let Some(s) = job.spec.secagg()
+                && job.record.participants.len() >= s.quant.max_participants() as usize
+            {
+                return Err(CoordinatorError::JobFull { job: job.id().into(), max: s.quant.max_participants() });
+            }
             job.consume_nonce(&did, &nonce)?;
             let mut record = job.record.clone();
             record.participants.push(ParticipantRecord {
@@ -444,8 +632,22 @@ impl State {
         self.with_job(&req.job_id, |job, _| {
             job.require_joined(&did)?;
             job.consume_nonce(&did, &nonce)?;
+            *job.connected.entry(did.to_string()).or_default() += 1;
             Ok((did, job.changes.subscribe()))
         })
+    }
+
+    /// Records that one of a participant's work streams ended.
+    pub fn disconnect(&self, job_id: &str, did: &ParticipantId) {
+        let _ = self.with_job(job_id, |job, _| {
+            if let Some(n) = job.connected.get_mut(did.as_str()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    job.connected.remove(did.as_str());
+                }
+            }
+            Ok(())
+        });
     }
 
     /// The work items a participant has not been sent yet, in the order to do them.
@@ -476,14 +678,38 @@ impl State {
             if let Some(round) = job.open_round() {
                 let expected = round.expected.iter().any(|d| d == did.as_str());
                 let uploaded = round.uploads.iter().any(|u| u.did == did.as_str());
-                if expected && !uploaded && cursor.trained != Some(round.round) {
+                let plan = job.secagg.as_ref().filter(|sa| sa.round == round.round).map(|sa| sa.plan.clone());
+                let secagg_ready = job.spec.secagg().is_none() || plan.is_some();
+                if expected && !uploaded && secagg_ready && cursor.trained != Some(round.round) {
                     items.push(Item::Train(v1::TrainTask {
                         round: round.round,
                         model_version: round.base_version,
                         model_hash: job.model_hash(round.base_version),
                         deadline_unix_ms: round.deadline_unix_ms,
+                        secagg: plan,
                     }));
                     cursor.trained = Some(round.round);
+                }
+            }
+            if let Some(sa) = &job.secagg
+                && let Some(statement) = sa.aggregator.statement()
+                && statement.answering.contains(did)
+            {
+                if cursor.signed != Some(sa.round) {
+                    let views = sa.aggregator.views_for(did)?;
+                    items.push(Item::Sign(v1::CommitteeSignTask {
+                        round: sa.round,
+                        statement: Some(statement.to_wire()),
+                        views: views.iter().map(|v| v.to_wire()).collect(),
+                    }));
+                    cursor.signed = Some(sa.round);
+                }
+                if matches!(sa.phase, Phase::Revealing { .. }) && cursor.revealed != Some(sa.round) {
+                    items.push(Item::Reveal(v1::CommitteeRevealTask {
+                        round: sa.round,
+                        approvals: sa.aggregator.approvals().iter().map(|a| a.to_wire()).collect(),
+                    }));
+                    cursor.revealed = Some(sa.round);
                 }
             }
             if r.finished {
@@ -534,15 +760,25 @@ impl State {
         let payload_hash: [u8; 32] = header.payload_hash.as_slice().try_into().map_err(|_| {
             CoordinatorError::InvalidRequest("payload_hash must be 32 bytes".into())
         })?;
-        if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
-            return Err(CoordinatorError::InvalidRequest(format!(
-                "num_samples must be between 1 and {MAX_SAMPLES}"
-            )));
-        }
         self.with_job(&header.job_id, |job, _| {
             job.require_joined(&did)?;
             check_round_upload(job, header.round, &did)?;
-            let dim = job.layout.dim() as u64;
+            let secagg = job.spec.secagg().is_some();
+            if secagg {
+                // The sample count travels inside the masked vector: weights stay private.
+                if header.num_samples != 0 || header.manifest.is_none() {
+                    return Err(CoordinatorError::InvalidRequest(
+                        "a secure-aggregation upload carries a manifest and no clear sample count".into(),
+                    ));
+                }
+            } else if header.manifest.is_some() {
+                return Err(CoordinatorError::InvalidRequest("this job takes plain updates, not a manifest".into()));
+            } else if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "num_samples must be between 1 and {MAX_SAMPLES}"
+                )));
+            }
+            let dim = job.layout.dim() as u64 + secagg as u64;
             if header.dim != dim {
                 return Err(CoordinatorError::WrongLength {
                     expected: dim,
@@ -557,6 +793,7 @@ impl State {
                 num_samples: header.num_samples,
                 dim,
                 payload_hash,
+                manifest: header.manifest.clone(),
             })
         })
     }
@@ -575,6 +812,9 @@ impl State {
         }
         if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
             return Err(CoordinatorError::HashMismatch);
+        }
+        if let Some(manifest) = &ticket.manifest {
+            return self.accept_masked(ticket, manifest, payload);
         }
         decode_f32(payload)?;
         let staged =
@@ -602,6 +842,90 @@ impl State {
             let _ = std::fs::remove_file(&staged);
         }
         result
+    }
+
+    /// Stores a masked upload in the round's aggregator (memory) and its record (disk).
+    fn accept_masked(&self, ticket: &UploadTicket, manifest: &v1::SealedManifest, payload: &[u8]) -> Result<(), CoordinatorError> {
+        let masked: Vec<u32> = payload.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let manifest = Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), manifest)?;
+        self.with_job(&ticket.job, |job, store| {
+            check_round_upload(job, ticket.round, &ticket.did)?;
+            let sa = job.secagg_round(ticket.round)?;
+            if sa.phase != Phase::Collecting {
+                return Err(CoordinatorError::RoundNotOpen { job: ticket.job.clone(), round: ticket.round, current: "closing".into() });
+            }
+            let mut record = job.record.clone();
+            record.rounds.last_mut().expect("open round").uploads.push(UploadRecord {
+                did: ticket.did.to_string(),
+                num_samples: 0,
+                payload_hash: hex::encode(ticket.payload_hash),
+            });
+            store.save_job(&record)?;
+            job.secagg_round(ticket.round)?.aggregator.accept(masked, manifest)?;
+            job.record = record;
+            job.bump();
+            Ok(())
+        })
+    }
+
+    /// Records a committee member's approval of the round's statement.
+    pub fn submit_approval(&self, req: &v1::ApprovalRequest) -> Result<(), CoordinatorError> {
+        let (did, nonce) = authenticate(req)?;
+        let statement_hash: [u8; 32] = req
+            .statement_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into()))?;
+        self.with_job(&req.job_id, |job, _| {
+            job.require_joined(&did)?;
+            let sa = job.secagg_round(req.round)?;
+            sa.aggregator.add_approval(Approval { member: did.clone(), statement_hash, signature: req.signature.clone() })?;
+            job.consume_nonce(&did, &nonce)?;
+            job.bump();
+            Ok(())
+        })
+    }
+
+    /// Checks a reveal's signed header before its partial sum is read; returns the signer and
+    /// the number of ring elements to expect.
+    pub fn check_reveal(&self, header: &v1::RevealHeader) -> Result<(ParticipantId, usize), CoordinatorError> {
+        let (did, nonce) = authenticate(header)?;
+        self.with_job(&header.job_id, |job, _| {
+            let sa = job.secagg_round(header.round)?;
+            let len = sa.aggregator.config().len;
+            if header.len != len as u64 {
+                return Err(CoordinatorError::WrongLength { expected: len as u64, got: header.len });
+            }
+            let answering = sa.aggregator.statement().is_some_and(|s| s.answering.contains(&did));
+            if !answering {
+                return Err(CoordinatorError::Protocol(ProtocolError::NotInStatement));
+            }
+            job.consume_nonce(&did, &nonce)?;
+            Ok((did, len))
+        })
+    }
+
+    /// Records a member's reveal (its partial sum and shares of absent members' seeds).
+    pub fn accept_reveal(&self, member: &ParticipantId, header: &v1::RevealHeader, payload: &[u8]) -> Result<(), CoordinatorError> {
+        if blake3::hash(payload).as_bytes().as_slice() != header.partial_hash.as_slice() {
+            return Err(CoordinatorError::HashMismatch);
+        }
+        let partial: Vec<u32> = payload.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let statement_hash: [u8; 32] = header
+            .statement_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into()))?;
+        let shares = header.shares.iter().map(RevealedShare::from_wire).collect::<Result<Vec<_>, _>>()?;
+        self.with_job(&header.job_id, |job, _| {
+            let sa = job.secagg_round(header.round)?;
+            if !matches!(sa.phase, Phase::Revealing { .. }) {
+                return Err(CoordinatorError::Protocol(ProtocolError::OutOfOrder("the statement is not approved yet")));
+            }
+            sa.aggregator.add_reveal(Reveal { member: member.clone(), statement_hash, partial, shares })?;
+            job.bump();
+            Ok(())
+        })
     }
 
     /// Records a participant's evaluation of a model version.
@@ -654,71 +978,42 @@ impl State {
         })
     }
 
-    /// Closes the open round if every expected participant uploaded or its deadline passed:
-    /// aggregates it (or fails it, with fewer than `min_participants` uploads), then opens the
-    /// next round or finishes the job. Returns the open round's deadline, if any remains.
+    /// Moves the open round on: a plain round closes when every expected participant uploaded
+    /// or its deadline passed, aggregated (or failed, with fewer than `min_participants`
+    /// uploads); a secure-aggregation round goes through its phases (collect, statement,
+    /// reveal). A closed round opens the next or finishes the job. Returns the deadline to
+    /// wake up at, if a round remains open.
     pub fn advance(&self, job_id: &str, now: u64) -> Result<Option<u64>, CoordinatorError> {
         self.with_job(job_id, |job, store| {
-            let Some(round) = job.open_round() else {
+            let Some(round) = job.open_round().cloned() else {
                 return Ok(None);
             };
             let complete = round.uploads.len() == round.expected.len();
-            if !complete && now < round.deadline_unix_ms {
-                return Ok(Some(round.deadline_unix_ms));
-            }
-            let round = round.clone();
-            let mut record = job.record.clone();
-            let mut new_model = None;
-            let closed = record.rounds.last_mut().expect("open round exists");
-            if round.uploads.len() >= job.spec.min_participants as usize
-                && !round.uploads.is_empty()
-            {
-                let updates = round
-                    .uploads
-                    .iter()
-                    .map(|u| {
-                        Ok((
-                            decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?,
-                            u.num_samples,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, CoordinatorError>>()?;
-                let weighted: Vec<_> = updates
-                    .iter()
-                    .map(|(d, n)| WeightedUpdate {
-                        delta: d,
-                        num_samples: *n,
-                    })
-                    .collect();
-                let mut params = decode_f32(&job.latest_model)?;
-                fedavg::add_weighted_mean(&mut params, &weighted)?;
-                let version = record.model_version + 1;
-                store.save_model(job.id(), version, &job.layout.to_safetensors(&params)?)?;
-                let bytes = f32_bytes(&params);
-                record.model_hashes.push(hash_hex(&bytes));
-                record.model_version = version;
-                closed.status = RoundStatus::Closed;
-                closed.result_version = Some(version);
-                new_model = Some(bytes);
+            let outcome = if job.spec.secagg().is_some() {
+                match job.secagg_step(&round, complete, now)? {
+                    Step::Wait(deadline) => return Ok(Some(deadline)),
+                    Step::Close(outcome) => outcome,
+                }
             } else {
-                closed.status = RoundStatus::Failed;
-            }
-            let before = std::mem::replace(&mut job.record, record);
-            if round.round >= job.spec.rounds {
-                job.record.finished = true;
-            } else {
-                job.open_next_round(now);
-            }
-            if let Err(e) = store.save_job(&job.record) {
-                job.record = before;
-                return Err(e);
-            }
-            if let Some(bytes) = new_model {
-                job.latest_model = Arc::new(bytes);
-            }
-            store.drop_round_updates(job.id(), round.round)?;
-            job.bump();
-            Ok(job.open_round().map(|r| r.deadline_unix_ms))
+                if !complete && now < round.deadline_unix_ms {
+                    return Ok(Some(round.deadline_unix_ms));
+                }
+                if round.uploads.len() >= job.spec.min_participants as usize && !round.uploads.is_empty() {
+                    let updates = round
+                        .uploads
+                        .iter()
+                        .map(|u| Ok((decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?, u.num_samples)))
+                        .collect::<Result<Vec<_>, CoordinatorError>>()?;
+                    let weighted: Vec<_> =
+                        updates.iter().map(|(d, n)| WeightedUpdate { delta: d, num_samples: *n }).collect();
+                    let mut params = decode_f32(&job.latest_model)?;
+                    fedavg::add_weighted_mean(&mut params, &weighted)?;
+                    Some((params, None))
+                } else {
+                    None
+                }
+            };
+            job.close_round(store, &round, now, outcome)
         })
     }
 

@@ -53,6 +53,15 @@ pub struct RoundRecord {
     pub expected: Vec<String>,
     pub uploads: Vec<UploadRecord>,
     pub deadline_unix_ms: u64,
+    /// Secure aggregation: the committee drawn for the round (did:keys, share order).
+    #[serde(default)]
+    pub committee: Vec<String>,
+    /// Secure aggregation: the seed that drew the committee (hex).
+    #[serde(default)]
+    pub draw_seed: String,
+    /// Secure aggregation: Σ n_i, known only once the sum is unmasked.
+    #[serde(default)]
+    pub total_samples: Option<u64>,
 }
 
 /// One participant's evaluation of one model version.

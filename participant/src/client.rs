@@ -135,22 +135,44 @@ pub fn upload_messages(
     delta: &[f32],
 ) -> Vec<v1::UploadChunk> {
     let payload: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+    upload_stream(identity, job_id, round, num_samples, delta.len(), payload, None)
+}
+
+/// The upload stream of a masked ring vector with its manifest (secure aggregation): the
+/// sample count travels inside the vector, so the header's is 0.
+pub fn masked_upload_messages(
+    identity: &Identity,
+    job_id: &str,
+    round: u32,
+    masked: &[u32],
+    manifest: v1::SealedManifest,
+) -> Vec<v1::UploadChunk> {
+    let payload: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
+    upload_stream(identity, job_id, round, 0, masked.len(), payload, Some(manifest))
+}
+
+fn upload_stream(
+    identity: &Identity,
+    job_id: &str,
+    round: u32,
+    num_samples: u64,
+    dim: usize,
+    payload: Vec<u8>,
+    manifest: Option<v1::SealedManifest>,
+) -> Vec<v1::UploadChunk> {
     let mut header = v1::UploadHeader {
         job_id: job_id.into(),
         round,
         num_samples,
-        dim: delta.len() as u64,
+        dim: dim as u64,
         payload_hash: blake3::hash(&payload).as_bytes().to_vec(),
+        manifest,
         auth: None,
     };
     sign(identity, &mut header);
-    std::iter::once(v1::UploadChunk {
-        part: Some(Part::Header(header)),
-    })
-    .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk {
-        part: Some(Part::Data(c.to_vec())),
-    }))
-    .collect()
+    std::iter::once(v1::UploadChunk { part: Some(Part::Header(header)) })
+        .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk { part: Some(Part::Data(c.to_vec())) }))
+        .collect()
 }
 
 /// A participant's session with one coordinator.
@@ -252,6 +274,61 @@ impl Client {
         Ok(resp
             .map_err(ParticipantError::rpc("UploadUpdate"))?
             .into_inner())
+    }
+
+    /// Uploads a masked ring vector and its manifest (secure aggregation).
+    pub async fn upload_masked(
+        &mut self,
+        job_id: &str,
+        round: u32,
+        masked: &[u32],
+        manifest: v1::SealedManifest,
+    ) -> Result<v1::UploadReceipt, ParticipantError> {
+        let messages = masked_upload_messages(&self.identity, job_id, round, masked, manifest);
+        let resp = self.rounds.upload_update(tokio_stream::iter(messages)).await;
+        Ok(resp.map_err(ParticipantError::rpc("UploadUpdate"))?.into_inner())
+    }
+
+    /// Sends this committee member's approval of a round's statement.
+    pub async fn submit_approval(&mut self, job_id: &str, round: u32, statement_hash: &[u8; 32], signature: Vec<u8>) -> Result<(), ParticipantError> {
+        let mut req = v1::ApprovalRequest {
+            job_id: job_id.into(),
+            round,
+            statement_hash: statement_hash.to_vec(),
+            signature,
+            auth: None,
+        };
+        sign(&self.identity, &mut req);
+        self.rounds.submit_approval(req).await.map_err(ParticipantError::rpc("SubmitApproval"))?;
+        Ok(())
+    }
+
+    /// Sends this committee member's reveal: its partial sum, then shares of absent members' seeds.
+    pub async fn submit_reveal(
+        &mut self,
+        job_id: &str,
+        round: u32,
+        statement_hash: &[u8; 32],
+        partial: &[u32],
+        shares: Vec<v1::RevealedShare>,
+    ) -> Result<(), ParticipantError> {
+        use v1::reveal_chunk::Part as RevealPart;
+        let payload: Vec<u8> = partial.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut header = v1::RevealHeader {
+            job_id: job_id.into(),
+            round,
+            statement_hash: statement_hash.to_vec(),
+            shares,
+            len: partial.len() as u64,
+            partial_hash: blake3::hash(&payload).as_bytes().to_vec(),
+            auth: None,
+        };
+        sign(&self.identity, &mut header);
+        let messages: Vec<v1::RevealChunk> = std::iter::once(v1::RevealChunk { part: Some(RevealPart::Header(header)) })
+            .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::RevealChunk { part: Some(RevealPart::Data(c.to_vec())) }))
+            .collect();
+        self.rounds.submit_reveal(tokio_stream::iter(messages)).await.map_err(ParticipantError::rpc("SubmitReveal"))?;
+        Ok(())
     }
 
     /// Reports an evaluation of a model version.

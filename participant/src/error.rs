@@ -27,6 +27,10 @@ pub enum ParticipantError {
     Config(String),
     #[error("the coordinator closed the work stream before the job finished")]
     StreamEnded,
+    #[error("secure aggregation: {0}")]
+    Protocol(#[from] conclave_aggregation::secagg::ProtocolError),
+    #[error("quantization: {0}")]
+    Quant(#[from] conclave_aggregation::quantize::QuantError),
 }
 
 impl ParticipantError {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave_aggregation::secagg::{Approval, Member, MemberView, RoundConfig, Statement, contribute};
 use conclave_aggregation::{JobSpec, Normalization};
 use conclave_crypto::Identity;
 use conclave_datasets::{Table, TableSchema, load_table};
@@ -36,6 +37,12 @@ pub struct ParticipantConfig {
 /// Something a participant did; sent to the optional event channel of [`run`].
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// Signed a secure-aggregation round's statement as a committee member.
+    CommitteeSigned { round: u32 },
+    /// Revealed its partial sum and shares as a committee member.
+    CommitteeRevealed { round: u32 },
+    /// Refused to sign or reveal (the statement or approvals did not pass its checks).
+    CommitteeRefused { round: u32, reason: String },
     /// Joined the job with this many training and evaluation rows.
     Joined { train_rows: usize, eval_rows: usize },
     /// Trained a round; `delta` is exactly what was uploaded.
@@ -145,6 +152,8 @@ pub async fn run(
     identity: Arc<Identity>,
     events: Option<UnboundedSender<Event>>,
 ) -> Result<u32, ParticipantError> {
+    let me = Arc::clone(&identity);
+    let mut members: std::collections::HashMap<u32, Member> = std::collections::HashMap::new();
     let mut client = Client::connect(&config.coordinator, identity).await?;
     // Read the job and check the local data against it before joining: a hospital whose
     // export is broken should learn it before it is counted in a round.
@@ -228,11 +237,29 @@ pub async fn run(
                 let round_seed = seed.wrapping_add(task.round as u64);
                 let delta =
                     blocking(move || trainer::train(&s, &g, &t, device, round_seed)).await?;
-                let num_samples = train.rows() as u64;
-                match client
-                    .upload(&config.job_id, task.round, num_samples, &delta)
-                    .await
-                {
+                let mut num_samples = train.rows() as u64;
+                let uploaded = match &task.secagg {
+                    None => client.upload(&config.job_id, task.round, num_samples, &delta).await,
+                    Some(plan) => {
+                        let settings = *spec.secagg().ok_or_else(|| {
+                            ParticipantError::Config("coordinator sent a secure-aggregation plan for a plain job".into())
+                        })?;
+                        let round_config = RoundConfig::from_plan(&config.job_id, task.round, plan)?;
+                        // A participant's weight is capped at the job's max_samples.
+                        num_samples = num_samples.min(settings.quant.max_samples());
+                        let (rc, id, d, n) = (round_config.clone(), Arc::clone(&me), delta.clone(), num_samples);
+                        let (masked, manifest) = blocking(move || {
+                            let q = settings.quant.encode(&d, n, &mut rand::rng())?;
+                            Ok(contribute(&rc, &id, &q)?)
+                        })
+                        .await?;
+                        if round_config.member_position(&me.participant_id()).is_some() {
+                            members.insert(task.round, Member::new(round_config, Arc::clone(&me))?);
+                        }
+                        client.upload_masked(&config.job_id, task.round, &masked, manifest.to_wire()).await
+                    }
+                };
+                match uploaded {
                     Ok(_) => emit(
                         &events,
                         Event::Trained {
@@ -284,6 +311,44 @@ pub async fn run(
                     ),
                     Err(e) if e.code() == Some(Code::AlreadyExists) => {}
                     Err(e) => return Err(e),
+                }
+            }
+            Some(Item::Sign(task)) => {
+                let Some(member) = members.get_mut(&task.round) else {
+                    tracing::warn!(round = task.round, "asked to sign for a round this participant is not a committee member of");
+                    continue;
+                };
+                let statement = Statement::from_wire(&config.job_id, task.round, &task.statement.unwrap_or_default())?;
+                let views = task
+                    .views
+                    .iter()
+                    .map(|v| MemberView::from_wire(&config.job_id, task.round, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match member.sign_statement(&statement, &views) {
+                    Ok(approval) => {
+                        client.submit_approval(&config.job_id, task.round, &approval.statement_hash, approval.signature).await?;
+                        emit(&events, Event::CommitteeSigned { round: task.round });
+                    }
+                    Err(e) => {
+                        tracing::warn!(round = task.round, error = %e, "statement refused");
+                        emit(&events, Event::CommitteeRefused { round: task.round, reason: e.to_string() });
+                    }
+                }
+            }
+            Some(Item::Reveal(task)) => {
+                let Some(member) = members.get_mut(&task.round) else { continue };
+                let approvals = task.approvals.iter().map(Approval::from_wire).collect::<Result<Vec<_>, _>>()?;
+                match member.reveal(&approvals) {
+                    Ok(reveal) => {
+                        let shares = reveal.shares.iter().map(|s| s.to_wire()).collect();
+                        client.submit_reveal(&config.job_id, task.round, &reveal.statement_hash, &reveal.partial, shares).await?;
+                        members.remove(&task.round);
+                        emit(&events, Event::CommitteeRevealed { round: task.round });
+                    }
+                    Err(e) => {
+                        tracing::warn!(round = task.round, error = %e, "reveal refused");
+                        emit(&events, Event::CommitteeRefused { round: task.round, reason: e.to_string() });
+                    }
                 }
             }
             Some(Item::Done(done)) => {

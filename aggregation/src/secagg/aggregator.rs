@@ -148,6 +148,11 @@ impl Aggregator {
         Ok(self.approvals.len() >= self.config.threshold)
     }
 
+    /// Whether the statement has `t` approvals.
+    pub fn approved(&self) -> bool {
+        self.statement.is_some() && self.approvals.len() >= self.config.threshold
+    }
+
     /// The approvals gathered so far (sent to members so they can check the threshold).
     pub fn approvals(&self) -> Vec<Approval> {
         self.approvals.values().cloned().collect()

@@ -57,16 +57,11 @@ pub struct Args {
     device: String,
 }
 
+/// L2 clip bound of the demo's secure-aggregation rounds (its updates stay well below it).
+const DEMO_CLIP: f32 = 5.0;
+
 fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
-    let privacy = match args.privacy {
-        PrivacyArg::Plain => Privacy::Plain,
-        PrivacyArg::Secagg | PrivacyArg::Fhe => {
-            bail!(
-                "privacy mode {:?} is not available in this release yet; use --privacy plain",
-                args.privacy
-            )
-        }
-    };
+    let n = args.participants as u32;
     let spec = JobSpec {
         name: "wdbc-demo".into(),
         model: match args.model {
@@ -80,24 +75,36 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
             normalize: Normalization::LocalZScore,
             eval_fraction: 0.0,
         },
-        training: TrainingConfig {
-            local_epochs: 1,
-            batch_size: 16,
-            learning_rate: 0.1,
-            optimizer: Optimizer::Sgd,
-        },
+        training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
         rounds: args.rounds,
-        // Rounds train every hospital and survive up to two stragglers.
-        min_participants: args.participants.min(3) as u32,
-        start_participants: args.participants as u32,
+        // Rounds train every hospital and survive up to two stragglers (secagg: at least 2).
+        min_participants: n.min(3),
+        start_participants: n,
         round_deadline_secs: 120,
-        privacy,
+        privacy: Privacy::Plain,
         clip_norm: None,
         seed: 42,
         admission: Vec::new(),
     };
+    let mut wire = spec.to_proto();
+    match args.privacy {
+        PrivacyArg::Plain => {}
+        PrivacyArg::Secagg => {
+            anyhow::ensure!(n >= 2, "secure aggregation needs at least 2 participants");
+            // A committee of up to 5 hospitals with t > c/2; weights capped at 1000 samples.
+            let c = n.min(5);
+            wire.privacy = v1::Privacy::Secagg.into();
+            wire.min_participants = n.min(3).max(2);
+            wire.committee_size = c;
+            wire.threshold = c / 2 + 1;
+            wire.clip_norm = DEMO_CLIP;
+            wire.max_samples = 1000;
+            wire.max_participants = n.max(50);
+        }
+        PrivacyArg::Fhe => bail!("privacy mode fhe is not available in this release yet; use secagg or plain"),
+    }
     // Same checks as a job file or a wire request.
-    Ok(JobSpec::from_proto(&spec.to_proto())?)
+    Ok(JobSpec::from_proto(&wire)?)
 }
 
 /// Writes the shipped splits and deals them to the hospitals; returns (train, test) per hospital.

@@ -77,6 +77,15 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
                 metrics.loss,
                 metrics.num_examples
             )),
+            Event::CommitteeSigned { round } => {
+                printer.status(format!("round {round}: signed the committee statement"))
+            }
+            Event::CommitteeRevealed { round } => {
+                printer.status(format!("round {round}: revealed this member's partial sum"))
+            }
+            Event::CommitteeRefused { round, reason } => {
+                printer.status(format!("round {round}: refused committee request: {reason}"))
+            }
             Event::Done {
                 final_model_version,
             } => printer.status(format!(

@@ -44,6 +44,8 @@ impl Rounds for RoundsService {
         let (tx, rx) = mpsc::channel(8);
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
+            // Counts this stream as the participant's connection until the task ends.
+            let _connection = Connection { state: Arc::clone(&state), job: req.job_id.clone(), did: did.clone() };
             let mut cursor = WorkCursor::default();
             loop {
                 changes.borrow_and_update();
@@ -118,36 +120,11 @@ impl Rounds for RoundsService {
             None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
         };
         let ticket = self.state.check_upload(&header)?;
-        let expected_bytes = ticket.dim as usize * 4;
-        let mut payload = Vec::with_capacity(expected_bytes);
-        while let Some(chunk) = stream.next().await {
-            match chunk?.part {
-                Some(Part::Data(data)) => {
-                    if data.len() > MAX_CHUNK_BYTES {
-                        return Err(CoordinatorError::ChunkTooLarge {
-                            size: data.len(),
-                            max: MAX_CHUNK_BYTES,
-                        }
-                        .into());
-                    }
-                    if payload.len() + data.len() > expected_bytes {
-                        let got = (payload.len() + data.len()) as u64 / 4;
-                        return Err(CoordinatorError::WrongLength {
-                            expected: ticket.dim,
-                            got,
-                        }
-                        .into());
-                    }
-                    payload.extend_from_slice(&data);
-                }
-                _ => {
-                    return Err(CoordinatorError::InvalidRequest(
-                        "only data chunks may follow the header".into(),
-                    )
-                    .into());
-                }
-            }
-        }
+        let payload = read_payload(&mut stream, ticket.dim as usize * 4, |c| match c.part {
+            Some(Part::Data(d)) => Some(d),
+            _ => None,
+        })
+        .await?;
         let state = Arc::clone(&self.state);
         let receipt = v1::UploadReceipt {
             round: ticket.round,
@@ -160,6 +137,41 @@ impl Rounds for RoundsService {
         Ok(Response::new(receipt))
     }
 
+    async fn submit_approval(
+        &self,
+        request: Request<v1::ApprovalRequest>,
+    ) -> Result<Response<v1::ApprovalReceipt>, Status> {
+        self.state.submit_approval(&request.into_inner())?;
+        Ok(Response::new(v1::ApprovalReceipt {}))
+    }
+
+    async fn submit_reveal(
+        &self,
+        request: Request<Streaming<v1::RevealChunk>>,
+    ) -> Result<Response<v1::RevealReceipt>, Status> {
+        use v1::reveal_chunk::Part as RevealPart;
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(v1::RevealChunk { part: Some(RevealPart::Header(h)) })) => h,
+            Some(Ok(_)) => {
+                return Err(CoordinatorError::InvalidRequest("a reveal must start with its header".into()).into());
+            }
+            Some(Err(status)) => return Err(status),
+            None => return Err(CoordinatorError::InvalidRequest("empty reveal".into()).into()),
+        };
+        let (member, len) = self.state.check_reveal(&header)?;
+        let payload = read_payload(&mut stream, len * 4, |c| match c.part {
+            Some(RevealPart::Data(d)) => Some(d),
+            _ => None,
+        })
+        .await?;
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || state.accept_reveal(&member, &header, &payload))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::RevealReceipt {}))
+    }
+
     async fn report_metrics(
         &self,
         request: Request<v1::MetricsReport>,
@@ -167,4 +179,41 @@ impl Rounds for RoundsService {
         self.state.report_metrics(&request.into_inner())?;
         Ok(Response::new(v1::MetricsReceipt {}))
     }
+}
+
+/// Marks a work stream as gone when its task ends, however it ends.
+struct Connection {
+    state: Arc<State>,
+    job: String,
+    did: conclave_crypto::ParticipantId,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.state.disconnect(&self.job, &self.did);
+    }
+}
+
+/// Reads the data chunks that follow a header: each at most [`MAX_CHUNK_BYTES`], `expected`
+/// bytes in all, counted as they arrive.
+async fn read_payload<T>(
+    stream: &mut Streaming<T>,
+    expected: usize,
+    data_of: impl Fn(T) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, Status> {
+    let mut payload = Vec::with_capacity(expected);
+    while let Some(chunk) = stream.next().await {
+        let Some(data) = data_of(chunk?) else {
+            return Err(CoordinatorError::InvalidRequest("only data chunks may follow the header".into()).into());
+        };
+        if data.len() > MAX_CHUNK_BYTES {
+            return Err(CoordinatorError::ChunkTooLarge { size: data.len(), max: MAX_CHUNK_BYTES }.into());
+        }
+        if payload.len() + data.len() > expected {
+            let got = (payload.len() + data.len()) as u64 / 4;
+            return Err(CoordinatorError::WrongLength { expected: expected as u64 / 4, got }.into());
+        }
+        payload.extend_from_slice(&data);
+    }
+    Ok(payload)
 }
