@@ -117,16 +117,35 @@ fn demo_runs_on_shipped_data_and_exports_the_model() {
     assert!(stdout.contains("final test accuracy"), "{stdout}");
     assert!(dir.path().join("model-final.safetensors").exists());
 
+    assert!(
+        text(&out.stderr).contains("privacy secagg"),
+        "secagg is the default: {}",
+        text(&out.stderr)
+    );
+
     let out = run(&[
         "demo",
         "--privacy",
-        "secagg",
+        "fhe",
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("not available"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "demo",
+        "--participants",
+        "1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("at least 2"),
         "{}",
         text(&out.stderr)
     );

@@ -83,9 +83,9 @@ impl CoordinatorError {
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) => Code::Internal,
             Protocol(p) => match p {
-                ProtocolError::NotMember(_) | ProtocolError::UnknownParticipant(_) | ProtocolError::NotInStatement => {
-                    Code::PermissionDenied
-                }
+                ProtocolError::NotMember(_)
+                | ProtocolError::UnknownParticipant(_)
+                | ProtocolError::NotInStatement => Code::PermissionDenied,
                 ProtocolError::BadSignature(_) => Code::Unauthenticated,
                 ProtocolError::DuplicateUpload(_) => Code::AlreadyExists,
                 ProtocolError::OutOfOrder(_)

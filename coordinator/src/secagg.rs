@@ -3,9 +3,9 @@
 //! memory only: a coordinator restart fails the round in progress (it is re-run as the next
 //! round with a new committee), which reveals nothing.
 
+use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
 use conclave_aggregation::secagg::{Aggregator, ProtocolError, RoundConfig};
-use conclave_aggregation::{JobSpec, SecaggSettings};
 use conclave_crypto::committee::{draw_committee, draw_seed};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_proto::v1;
@@ -39,33 +39,51 @@ pub struct SecaggRound {
 /// which every participant receives and can check.
 pub fn open_round(
     spec: &JobSpec,
-    settings: &SecaggSettings,
     job_id: &str,
     round: u32,
     head: &[u8; 32],
     participants: &[ParticipantRecord],
     previous_committee: &[ParticipantId],
-    len: usize,
 ) -> Result<SecaggRound, CoordinatorError> {
+    let settings = spec
+        .secagg()
+        .ok_or_else(|| CoordinatorError::InvalidRequest("not a secure-aggregation job".into()))?;
+    // Ring vectors: the update's parameters plus the sample count.
+    let len = spec.layout().dim() + 1;
     let parse = |p: &ParticipantRecord| -> Result<PublicIdentity, CoordinatorError> {
-        let id = ParticipantId::parse(&p.did).map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+        let id =
+            ParticipantId::parse(&p.did).map_err(|e| CoordinatorError::Storage(e.to_string()))?;
         let key: [u8; 32] = hex::decode(&p.sealing_key)
             .ok()
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| CoordinatorError::Storage(format!("bad sealing key of {}", p.did)))?;
-        Ok(PublicIdentity { id, sealing_key: key })
+        Ok(PublicIdentity {
+            id,
+            sealing_key: key,
+        })
     };
     let publics: Vec<PublicIdentity> = participants.iter().map(parse).collect::<Result<_, _>>()?;
     let ids: Vec<ParticipantId> = publics.iter().map(|p| p.id.clone()).collect();
     let seed = draw_seed(head, job_id, round);
-    let committee = draw_committee(&seed, &ids, previous_committee, settings.committee_size as usize)
-        .map_err(|e| CoordinatorError::InvalidRequest(e.to_string()))?;
+    let committee = draw_committee(
+        &seed,
+        &ids,
+        previous_committee,
+        settings.committee_size as usize,
+    )
+    .map_err(|e| CoordinatorError::InvalidRequest(e.to_string()))?;
     let config = RoundConfig {
         job_id: job_id.into(),
         round,
         committee: committee
             .iter()
-            .map(|m| publics.iter().find(|p| &p.id == m).cloned().expect("drawn from publics"))
+            .map(|m| {
+                publics
+                    .iter()
+                    .find(|p| &p.id == m)
+                    .cloned()
+                    .expect("drawn from publics")
+            })
             .collect(),
         participants: publics,
         threshold: settings.threshold as usize,

@@ -188,7 +188,12 @@ impl Job {
             status: RoundStatus::Open,
             base_version: self.record.model_version,
             result_version: None,
-            expected: self.record.participants.iter().map(|p| p.did.clone()).collect(),
+            expected: self
+                .record
+                .participants
+                .iter()
+                .map(|p| p.did.clone())
+                .collect(),
             uploads: Vec::new(),
             deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
             committee: Vec::new(),
@@ -196,23 +201,29 @@ impl Job {
             total_samples: None,
         };
         self.secagg = None;
-        if let Some(settings) = self.spec.secagg() {
+        if self.spec.secagg().is_some() {
             let previous: Vec<ParticipantId> = self
                 .record
                 .rounds
                 .last()
-                .map(|r| r.committee.iter().filter_map(|d| ParticipantId::parse(d).ok()).collect())
+                .map(|r| {
+                    r.committee
+                        .iter()
+                        .filter_map(|d| ParticipantId::parse(d).ok())
+                        .collect()
+                })
                 .unwrap_or_default();
-            let head: [u8; 32] = self.model_hash(self.record.model_version).try_into().unwrap_or([0; 32]);
+            let head: [u8; 32] = self
+                .model_hash(self.record.model_version)
+                .try_into()
+                .unwrap_or([0; 32]);
             match secagg::open_round(
                 &self.spec,
-                settings,
                 &self.record.id,
                 round,
                 &head,
                 &self.record.participants,
                 &previous,
-                self.layout.dim() + 1,
             ) {
                 Ok(sa) => {
                     record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
@@ -220,7 +231,9 @@ impl Job {
                     self.secagg = Some(sa);
                 }
                 // The round then fails at its first step and the next one is drawn afresh.
-                Err(e) => tracing::error!(job = %self.record.id, round, error = %e, "cannot open secure-aggregation round"),
+                Err(e) => {
+                    tracing::error!(job = %self.record.id, round, error = %e, "cannot open secure-aggregation round")
+                }
             }
         }
         self.record.rounds.push(record);
@@ -229,11 +242,17 @@ impl Job {
     /// The secure-aggregation state of the open round `round`.
     fn secagg_round(&mut self, round: u32) -> Result<&mut SecaggRound, CoordinatorError> {
         let job = self.record.id.clone();
-        let current = self.open_round().map_or("none".to_string(), |r| r.round.to_string());
+        let current = self
+            .open_round()
+            .map_or("none".to_string(), |r| r.round.to_string());
         self.secagg
             .as_mut()
             .filter(|sa| sa.round == round)
-            .ok_or(CoordinatorError::RoundNotOpen { job, round, current })
+            .ok_or(CoordinatorError::RoundNotOpen {
+                job,
+                round,
+                current,
+            })
     }
 
     fn info(&self) -> v1::JobInfo {
@@ -271,6 +290,8 @@ impl Job {
                         .total_samples
                         .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum()),
                     deadline_unix_ms: round.deadline_unix_ms,
+                    committee: round.committee.clone(),
+                    draw_seed: hex_to_bytes(&round.draw_seed),
                 })
                 .collect(),
             evaluations: r
@@ -309,7 +330,12 @@ enum Step {
 
 impl Job {
     /// One step of the open secure-aggregation round.
-    fn secagg_step(&mut self, round: &RoundRecord, complete: bool, now: u64) -> Result<Step, CoordinatorError> {
+    fn secagg_step(
+        &mut self,
+        round: &RoundRecord,
+        complete: bool,
+        now: u64,
+    ) -> Result<Step, CoordinatorError> {
         let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
         let dim = self.layout.dim();
         let connected = &self.connected;
@@ -323,11 +349,17 @@ impl Job {
                 if !complete && now < round.deadline_unix_ms {
                     Step::Wait(round.deadline_unix_ms)
                 } else {
-                    let answering: Vec<ParticipantId> =
-                        sa.committee.iter().filter(|m| connected.contains_key(m.as_str())).cloned().collect();
+                    let answering: Vec<ParticipantId> = sa
+                        .committee
+                        .iter()
+                        .filter(|m| connected.contains_key(m.as_str()))
+                        .cloned()
+                        .collect();
                     match sa.aggregator.propose(&answering) {
                         Ok(_) => {
-                            sa.phase = Phase::Signing { deadline: now + phase_ms };
+                            sa.phase = Phase::Signing {
+                                deadline: now + phase_ms,
+                            };
                             changed = true;
                             Step::Wait(now + phase_ms)
                         }
@@ -340,7 +372,9 @@ impl Job {
             }
             Phase::Signing { deadline } => {
                 if sa.aggregator.approved() {
-                    sa.phase = Phase::Revealing { deadline: now + phase_ms };
+                    sa.phase = Phase::Revealing {
+                        deadline: now + phase_ms,
+                    };
                     changed = true;
                     Step::Wait(now + phase_ms)
                 } else if now >= deadline {
@@ -352,12 +386,24 @@ impl Job {
             }
             Phase::Revealing { deadline } => {
                 if sa.aggregator.complete() {
-                    match sa.aggregator.finish().map_err(CoordinatorError::from).and_then(|sum| {
-                        sa.quant.decode_mean(&sum, dim).map_err(|e| CoordinatorError::InvalidRequest(e.to_string()))
-                    }) {
+                    match sa
+                        .aggregator
+                        .finish()
+                        .map_err(CoordinatorError::from)
+                        .and_then(|sum| {
+                            sa.quant
+                                .decode_mean(&sum, dim)
+                                .map_err(|e| CoordinatorError::InvalidRequest(e.to_string()))
+                        }) {
                         Ok((mean, total)) => {
                             let mut params = decode_f32(&self.latest_model)?;
-                            fedavg::add_weighted_mean(&mut params, &[WeightedUpdate { delta: &mean, num_samples: 1 }])?;
+                            fedavg::add_weighted_mean(
+                                &mut params,
+                                &[WeightedUpdate {
+                                    delta: &mean,
+                                    num_samples: 1,
+                                }],
+                            )?;
                             Step::Close(Some((params, Some(total))))
                         }
                         Err(e) => {
@@ -600,7 +646,10 @@ impl State {
             if let Some(s) = job.spec.secagg()
                 && job.record.participants.len() >= s.quant.max_participants() as usize
             {
-                return Err(CoordinatorError::JobFull { job: job.id().into(), max: s.quant.max_participants() });
+                return Err(CoordinatorError::JobFull {
+                    job: job.id().into(),
+                    max: s.quant.max_participants(),
+                });
             }
             job.consume_nonce(&did, &nonce)?;
             let mut record = job.record.clone();
@@ -678,7 +727,11 @@ impl State {
             if let Some(round) = job.open_round() {
                 let expected = round.expected.iter().any(|d| d == did.as_str());
                 let uploaded = round.uploads.iter().any(|u| u.did == did.as_str());
-                let plan = job.secagg.as_ref().filter(|sa| sa.round == round.round).map(|sa| sa.plan.clone());
+                let plan = job
+                    .secagg
+                    .as_ref()
+                    .filter(|sa| sa.round == round.round)
+                    .map(|sa| sa.plan.clone());
                 let secagg_ready = job.spec.secagg().is_none() || plan.is_some();
                 if expected && !uploaded && secagg_ready && cursor.trained != Some(round.round) {
                     items.push(Item::Train(v1::TrainTask {
@@ -704,10 +757,16 @@ impl State {
                     }));
                     cursor.signed = Some(sa.round);
                 }
-                if matches!(sa.phase, Phase::Revealing { .. }) && cursor.revealed != Some(sa.round) {
+                if matches!(sa.phase, Phase::Revealing { .. }) && cursor.revealed != Some(sa.round)
+                {
                     items.push(Item::Reveal(v1::CommitteeRevealTask {
                         round: sa.round,
-                        approvals: sa.aggregator.approvals().iter().map(|a| a.to_wire()).collect(),
+                        approvals: sa
+                            .aggregator
+                            .approvals()
+                            .iter()
+                            .map(|a| a.to_wire())
+                            .collect(),
                     }));
                     cursor.revealed = Some(sa.round);
                 }
@@ -768,11 +827,14 @@ impl State {
                 // The sample count travels inside the masked vector: weights stay private.
                 if header.num_samples != 0 || header.manifest.is_none() {
                     return Err(CoordinatorError::InvalidRequest(
-                        "a secure-aggregation upload carries a manifest and no clear sample count".into(),
+                        "a secure-aggregation upload carries a manifest and no clear sample count"
+                            .into(),
                     ));
                 }
             } else if header.manifest.is_some() {
-                return Err(CoordinatorError::InvalidRequest("this job takes plain updates, not a manifest".into()));
+                return Err(CoordinatorError::InvalidRequest(
+                    "this job takes plain updates, not a manifest".into(),
+                ));
             } else if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
                 return Err(CoordinatorError::InvalidRequest(format!(
                     "num_samples must be between 1 and {MAX_SAMPLES}"
@@ -845,23 +907,43 @@ impl State {
     }
 
     /// Stores a masked upload in the round's aggregator (memory) and its record (disk).
-    fn accept_masked(&self, ticket: &UploadTicket, manifest: &v1::SealedManifest, payload: &[u8]) -> Result<(), CoordinatorError> {
-        let masked: Vec<u32> = payload.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let manifest = Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), manifest)?;
+    fn accept_masked(
+        &self,
+        ticket: &UploadTicket,
+        manifest: &v1::SealedManifest,
+        payload: &[u8],
+    ) -> Result<(), CoordinatorError> {
+        let masked: Vec<u32> = payload
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let manifest =
+            Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), manifest)?;
         self.with_job(&ticket.job, |job, store| {
             check_round_upload(job, ticket.round, &ticket.did)?;
             let sa = job.secagg_round(ticket.round)?;
             if sa.phase != Phase::Collecting {
-                return Err(CoordinatorError::RoundNotOpen { job: ticket.job.clone(), round: ticket.round, current: "closing".into() });
+                return Err(CoordinatorError::RoundNotOpen {
+                    job: ticket.job.clone(),
+                    round: ticket.round,
+                    current: "closing".into(),
+                });
             }
             let mut record = job.record.clone();
-            record.rounds.last_mut().expect("open round").uploads.push(UploadRecord {
-                did: ticket.did.to_string(),
-                num_samples: 0,
-                payload_hash: hex::encode(ticket.payload_hash),
-            });
+            record
+                .rounds
+                .last_mut()
+                .expect("open round")
+                .uploads
+                .push(UploadRecord {
+                    did: ticket.did.to_string(),
+                    num_samples: 0,
+                    payload_hash: hex::encode(ticket.payload_hash),
+                });
             store.save_job(&record)?;
-            job.secagg_round(ticket.round)?.aggregator.accept(masked, manifest)?;
+            job.secagg_round(ticket.round)?
+                .aggregator
+                .accept(masked, manifest)?;
             job.record = record;
             job.bump();
             Ok(())
@@ -871,15 +953,17 @@ impl State {
     /// Records a committee member's approval of the round's statement.
     pub fn submit_approval(&self, req: &v1::ApprovalRequest) -> Result<(), CoordinatorError> {
         let (did, nonce) = authenticate(req)?;
-        let statement_hash: [u8; 32] = req
-            .statement_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into()))?;
+        let statement_hash: [u8; 32] = req.statement_hash.as_slice().try_into().map_err(|_| {
+            CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into())
+        })?;
         self.with_job(&req.job_id, |job, _| {
             job.require_joined(&did)?;
             let sa = job.secagg_round(req.round)?;
-            sa.aggregator.add_approval(Approval { member: did.clone(), statement_hash, signature: req.signature.clone() })?;
+            sa.aggregator.add_approval(Approval {
+                member: did.clone(),
+                statement_hash,
+                signature: req.signature.clone(),
+            })?;
             job.consume_nonce(&did, &nonce)?;
             job.bump();
             Ok(())
@@ -888,15 +972,24 @@ impl State {
 
     /// Checks a reveal's signed header before its partial sum is read; returns the signer and
     /// the number of ring elements to expect.
-    pub fn check_reveal(&self, header: &v1::RevealHeader) -> Result<(ParticipantId, usize), CoordinatorError> {
+    pub fn check_reveal(
+        &self,
+        header: &v1::RevealHeader,
+    ) -> Result<(ParticipantId, usize), CoordinatorError> {
         let (did, nonce) = authenticate(header)?;
         self.with_job(&header.job_id, |job, _| {
             let sa = job.secagg_round(header.round)?;
             let len = sa.aggregator.config().len;
             if header.len != len as u64 {
-                return Err(CoordinatorError::WrongLength { expected: len as u64, got: header.len });
+                return Err(CoordinatorError::WrongLength {
+                    expected: len as u64,
+                    got: header.len,
+                });
             }
-            let answering = sa.aggregator.statement().is_some_and(|s| s.answering.contains(&did));
+            let answering = sa
+                .aggregator
+                .statement()
+                .is_some_and(|s| s.answering.contains(&did));
             if !answering {
                 return Err(CoordinatorError::Protocol(ProtocolError::NotInStatement));
             }
@@ -906,23 +999,41 @@ impl State {
     }
 
     /// Records a member's reveal (its partial sum and shares of absent members' seeds).
-    pub fn accept_reveal(&self, member: &ParticipantId, header: &v1::RevealHeader, payload: &[u8]) -> Result<(), CoordinatorError> {
+    pub fn accept_reveal(
+        &self,
+        member: &ParticipantId,
+        header: &v1::RevealHeader,
+        payload: &[u8],
+    ) -> Result<(), CoordinatorError> {
         if blake3::hash(payload).as_bytes().as_slice() != header.partial_hash.as_slice() {
             return Err(CoordinatorError::HashMismatch);
         }
-        let partial: Vec<u32> = payload.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let statement_hash: [u8; 32] = header
-            .statement_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into()))?;
-        let shares = header.shares.iter().map(RevealedShare::from_wire).collect::<Result<Vec<_>, _>>()?;
+        let partial: Vec<u32> = payload
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let statement_hash: [u8; 32] =
+            header.statement_hash.as_slice().try_into().map_err(|_| {
+                CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into())
+            })?;
+        let shares = header
+            .shares
+            .iter()
+            .map(RevealedShare::from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
         self.with_job(&header.job_id, |job, _| {
             let sa = job.secagg_round(header.round)?;
             if !matches!(sa.phase, Phase::Revealing { .. }) {
-                return Err(CoordinatorError::Protocol(ProtocolError::OutOfOrder("the statement is not approved yet")));
+                return Err(CoordinatorError::Protocol(ProtocolError::OutOfOrder(
+                    "the statement is not approved yet",
+                )));
             }
-            sa.aggregator.add_reveal(Reveal { member: member.clone(), statement_hash, partial, shares })?;
+            sa.aggregator.add_reveal(Reveal {
+                member: member.clone(),
+                statement_hash,
+                partial,
+                shares,
+            })?;
             job.bump();
             Ok(())
         })
@@ -998,14 +1109,26 @@ impl State {
                 if !complete && now < round.deadline_unix_ms {
                     return Ok(Some(round.deadline_unix_ms));
                 }
-                if round.uploads.len() >= job.spec.min_participants as usize && !round.uploads.is_empty() {
+                if round.uploads.len() >= job.spec.min_participants as usize
+                    && !round.uploads.is_empty()
+                {
                     let updates = round
                         .uploads
                         .iter()
-                        .map(|u| Ok((decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?, u.num_samples)))
+                        .map(|u| {
+                            Ok((
+                                decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?,
+                                u.num_samples,
+                            ))
+                        })
                         .collect::<Result<Vec<_>, CoordinatorError>>()?;
-                    let weighted: Vec<_> =
-                        updates.iter().map(|(d, n)| WeightedUpdate { delta: d, num_samples: *n }).collect();
+                    let weighted: Vec<_> = updates
+                        .iter()
+                        .map(|(d, n)| WeightedUpdate {
+                            delta: d,
+                            num_samples: *n,
+                        })
+                        .collect();
                     let mut params = decode_f32(&job.latest_model)?;
                     fedavg::add_weighted_mean(&mut params, &weighted)?;
                     Some((params, None))

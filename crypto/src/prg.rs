@@ -35,7 +35,8 @@ enum Stream {
     ChaCha8(ChaCha8),
     ChaCha12(ChaCha12),
     ChaCha20(ChaCha20),
-    Aes(ctr::Ctr128LE<aes::Aes128>),
+    // Boxed: the expanded AES key schedule is much larger than a ChaCha state.
+    Aes(Box<ctr::Ctr128LE<aes::Aes128>>),
 }
 
 impl Stream {
@@ -49,7 +50,10 @@ impl Stream {
                 let mut iv = [0u8; 16];
                 iv[..12].copy_from_slice(&MASK_NONCE);
                 let key: &[u8; 16] = key[..16].try_into().expect("16 bytes");
-                Stream::Aes(ctr::Ctr128LE::<aes::Aes128>::new(key.into(), &iv.into()))
+                Stream::Aes(Box::new(ctr::Ctr128LE::<aes::Aes128>::new(
+                    key.into(),
+                    &iv.into(),
+                )))
             }
         }
     }

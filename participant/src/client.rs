@@ -135,7 +135,15 @@ pub fn upload_messages(
     delta: &[f32],
 ) -> Vec<v1::UploadChunk> {
     let payload: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
-    upload_stream(identity, job_id, round, num_samples, delta.len(), payload, None)
+    upload_stream(
+        identity,
+        job_id,
+        round,
+        num_samples,
+        delta.len(),
+        payload,
+        None,
+    )
 }
 
 /// The upload stream of a masked ring vector with its manifest (secure aggregation): the
@@ -148,7 +156,15 @@ pub fn masked_upload_messages(
     manifest: v1::SealedManifest,
 ) -> Vec<v1::UploadChunk> {
     let payload: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
-    upload_stream(identity, job_id, round, 0, masked.len(), payload, Some(manifest))
+    upload_stream(
+        identity,
+        job_id,
+        round,
+        0,
+        masked.len(),
+        payload,
+        Some(manifest),
+    )
 }
 
 fn upload_stream(
@@ -170,9 +186,13 @@ fn upload_stream(
         auth: None,
     };
     sign(identity, &mut header);
-    std::iter::once(v1::UploadChunk { part: Some(Part::Header(header)) })
-        .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk { part: Some(Part::Data(c.to_vec())) }))
-        .collect()
+    std::iter::once(v1::UploadChunk {
+        part: Some(Part::Header(header)),
+    })
+    .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::UploadChunk {
+        part: Some(Part::Data(c.to_vec())),
+    }))
+    .collect()
 }
 
 /// A participant's session with one coordinator.
@@ -285,12 +305,23 @@ impl Client {
         manifest: v1::SealedManifest,
     ) -> Result<v1::UploadReceipt, ParticipantError> {
         let messages = masked_upload_messages(&self.identity, job_id, round, masked, manifest);
-        let resp = self.rounds.upload_update(tokio_stream::iter(messages)).await;
-        Ok(resp.map_err(ParticipantError::rpc("UploadUpdate"))?.into_inner())
+        let resp = self
+            .rounds
+            .upload_update(tokio_stream::iter(messages))
+            .await;
+        Ok(resp
+            .map_err(ParticipantError::rpc("UploadUpdate"))?
+            .into_inner())
     }
 
     /// Sends this committee member's approval of a round's statement.
-    pub async fn submit_approval(&mut self, job_id: &str, round: u32, statement_hash: &[u8; 32], signature: Vec<u8>) -> Result<(), ParticipantError> {
+    pub async fn submit_approval(
+        &mut self,
+        job_id: &str,
+        round: u32,
+        statement_hash: &[u8; 32],
+        signature: Vec<u8>,
+    ) -> Result<(), ParticipantError> {
         let mut req = v1::ApprovalRequest {
             job_id: job_id.into(),
             round,
@@ -299,7 +330,10 @@ impl Client {
             auth: None,
         };
         sign(&self.identity, &mut req);
-        self.rounds.submit_approval(req).await.map_err(ParticipantError::rpc("SubmitApproval"))?;
+        self.rounds
+            .submit_approval(req)
+            .await
+            .map_err(ParticipantError::rpc("SubmitApproval"))?;
         Ok(())
     }
 
@@ -324,10 +358,17 @@ impl Client {
             auth: None,
         };
         sign(&self.identity, &mut header);
-        let messages: Vec<v1::RevealChunk> = std::iter::once(v1::RevealChunk { part: Some(RevealPart::Header(header)) })
-            .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::RevealChunk { part: Some(RevealPart::Data(c.to_vec())) }))
-            .collect();
-        self.rounds.submit_reveal(tokio_stream::iter(messages)).await.map_err(ParticipantError::rpc("SubmitReveal"))?;
+        let messages: Vec<v1::RevealChunk> = std::iter::once(v1::RevealChunk {
+            part: Some(RevealPart::Header(header)),
+        })
+        .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::RevealChunk {
+            part: Some(RevealPart::Data(c.to_vec())),
+        }))
+        .collect();
+        self.rounds
+            .submit_reveal(tokio_stream::iter(messages))
+            .await
+            .map_err(ParticipantError::rpc("SubmitReveal"))?;
         Ok(())
     }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conclave_aggregation::secagg::{Approval, Member, MemberView, RoundConfig, Statement, contribute};
+use conclave_aggregation::secagg::{
+    Approval, Member, MemberView, RoundConfig, Statement, contribute,
+};
 use conclave_aggregation::{JobSpec, Normalization};
 use conclave_crypto::Identity;
 use conclave_datasets::{Table, TableSchema, load_table};
@@ -239,15 +241,27 @@ pub async fn run(
                     blocking(move || trainer::train(&s, &g, &t, device, round_seed)).await?;
                 let mut num_samples = train.rows() as u64;
                 let uploaded = match &task.secagg {
-                    None => client.upload(&config.job_id, task.round, num_samples, &delta).await,
+                    None => {
+                        client
+                            .upload(&config.job_id, task.round, num_samples, &delta)
+                            .await
+                    }
                     Some(plan) => {
                         let settings = *spec.secagg().ok_or_else(|| {
-                            ParticipantError::Config("coordinator sent a secure-aggregation plan for a plain job".into())
+                            ParticipantError::Config(
+                                "coordinator sent a secure-aggregation plan for a plain job".into(),
+                            )
                         })?;
-                        let round_config = RoundConfig::from_plan(&config.job_id, task.round, plan)?;
+                        let round_config =
+                            RoundConfig::from_plan(&config.job_id, task.round, plan)?;
                         // A participant's weight is capped at the job's max_samples.
                         num_samples = num_samples.min(settings.quant.max_samples());
-                        let (rc, id, d, n) = (round_config.clone(), Arc::clone(&me), delta.clone(), num_samples);
+                        let (rc, id, d, n) = (
+                            round_config.clone(),
+                            Arc::clone(&me),
+                            delta.clone(),
+                            num_samples,
+                        );
                         let (masked, manifest) = blocking(move || {
                             let q = settings.quant.encode(&d, n, &mut rand::rng())?;
                             Ok(contribute(&rc, &id, &q)?)
@@ -256,7 +270,9 @@ pub async fn run(
                         if round_config.member_position(&me.participant_id()).is_some() {
                             members.insert(task.round, Member::new(round_config, Arc::clone(&me))?);
                         }
-                        client.upload_masked(&config.job_id, task.round, &masked, manifest.to_wire()).await
+                        client
+                            .upload_masked(&config.job_id, task.round, &masked, manifest.to_wire())
+                            .await
                     }
                 };
                 match uploaded {
@@ -315,10 +331,17 @@ pub async fn run(
             }
             Some(Item::Sign(task)) => {
                 let Some(member) = members.get_mut(&task.round) else {
-                    tracing::warn!(round = task.round, "asked to sign for a round this participant is not a committee member of");
+                    tracing::warn!(
+                        round = task.round,
+                        "asked to sign for a round this participant is not a committee member of"
+                    );
                     continue;
                 };
-                let statement = Statement::from_wire(&config.job_id, task.round, &task.statement.unwrap_or_default())?;
+                let statement = Statement::from_wire(
+                    &config.job_id,
+                    task.round,
+                    &task.statement.unwrap_or_default(),
+                )?;
                 let views = task
                     .views
                     .iter()
@@ -326,28 +349,61 @@ pub async fn run(
                     .collect::<Result<Vec<_>, _>>()?;
                 match member.sign_statement(&statement, &views) {
                     Ok(approval) => {
-                        client.submit_approval(&config.job_id, task.round, &approval.statement_hash, approval.signature).await?;
+                        client
+                            .submit_approval(
+                                &config.job_id,
+                                task.round,
+                                &approval.statement_hash,
+                                approval.signature,
+                            )
+                            .await?;
                         emit(&events, Event::CommitteeSigned { round: task.round });
                     }
                     Err(e) => {
                         tracing::warn!(round = task.round, error = %e, "statement refused");
-                        emit(&events, Event::CommitteeRefused { round: task.round, reason: e.to_string() });
+                        emit(
+                            &events,
+                            Event::CommitteeRefused {
+                                round: task.round,
+                                reason: e.to_string(),
+                            },
+                        );
                     }
                 }
             }
             Some(Item::Reveal(task)) => {
-                let Some(member) = members.get_mut(&task.round) else { continue };
-                let approvals = task.approvals.iter().map(Approval::from_wire).collect::<Result<Vec<_>, _>>()?;
+                let Some(member) = members.get_mut(&task.round) else {
+                    continue;
+                };
+                let approvals = task
+                    .approvals
+                    .iter()
+                    .map(Approval::from_wire)
+                    .collect::<Result<Vec<_>, _>>()?;
                 match member.reveal(&approvals) {
                     Ok(reveal) => {
                         let shares = reveal.shares.iter().map(|s| s.to_wire()).collect();
-                        client.submit_reveal(&config.job_id, task.round, &reveal.statement_hash, &reveal.partial, shares).await?;
+                        client
+                            .submit_reveal(
+                                &config.job_id,
+                                task.round,
+                                &reveal.statement_hash,
+                                &reveal.partial,
+                                shares,
+                            )
+                            .await?;
                         members.remove(&task.round);
                         emit(&events, Event::CommitteeRevealed { round: task.round });
                     }
                     Err(e) => {
                         tracing::warn!(round = task.round, error = %e, "reveal refused");
-                        emit(&events, Event::CommitteeRefused { round: task.round, reason: e.to_string() });
+                        emit(
+                            &events,
+                            Event::CommitteeRefused {
+                                round: task.round,
+                                reason: e.to_string(),
+                            },
+                        );
                     }
                 }
             }

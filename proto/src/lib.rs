@@ -95,6 +95,7 @@ mod tests {
             num_samples: 10,
             dim: 4,
             payload_hash: vec![1; 32],
+            manifest: None,
             auth: Some(Auth {
                 participant: "did:key:z6Mk".into(),
                 nonce: vec![0; 16],

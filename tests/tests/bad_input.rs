@@ -17,6 +17,7 @@ fn header(identity: &Identity, job: &str, round: u32, values: &[f32]) -> v1::Upl
         num_samples: 10,
         dim: values.len() as u64,
         payload_hash: blake3::hash(&le_bytes(values)).as_bytes().to_vec(),
+        manifest: None,
         auth: None,
     };
     sign(identity, &mut h);

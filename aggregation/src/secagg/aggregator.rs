@@ -49,7 +49,9 @@ impl Aggregator {
             return Err(ProtocolError::HashMismatch);
         }
         if self.uploads.contains_key(&manifest.participant) {
-            return Err(ProtocolError::DuplicateUpload(manifest.participant.clone()));
+            return Err(ProtocolError::DuplicateUpload(
+                manifest.participant.to_string(),
+            ));
         }
         self.uploads
             .insert(manifest.participant.clone(), (masked, manifest));
@@ -72,7 +74,7 @@ impl Aggregator {
             positions.push(
                 self.config
                     .member_position(id)
-                    .ok_or_else(|| ProtocolError::NotMember(id.clone()))?,
+                    .ok_or_else(|| ProtocolError::NotMember(id.to_string()))?,
             );
         }
         positions.sort_unstable();
@@ -112,7 +114,7 @@ impl Aggregator {
         let k = self
             .config
             .member_position(member)
-            .ok_or_else(|| ProtocolError::NotMember(member.clone()))?;
+            .ok_or_else(|| ProtocolError::NotMember(member.to_string()))?;
         Ok(self.uploads.values().map(|(_, m)| m.view_for(k)).collect())
     }
 
@@ -139,10 +141,10 @@ impl Aggregator {
             return Err(ProtocolError::OutOfOrder("no statement proposed"));
         };
         if self.config.member_position(&approval.member).is_none() {
-            return Err(ProtocolError::NotMember(approval.member));
+            return Err(ProtocolError::NotMember(approval.member.to_string()));
         }
         if approval.statement_hash != *hash || !approval.verify() {
-            return Err(ProtocolError::BadSignature(approval.member));
+            return Err(ProtocolError::BadSignature(approval.member.to_string()));
         }
         self.approvals.insert(approval.member.clone(), approval);
         Ok(self.approvals.len() >= self.config.threshold)
@@ -164,7 +166,7 @@ impl Aggregator {
             return Err(ProtocolError::OutOfOrder("no statement proposed"));
         };
         let Some(pos) = self.config.member_position(&reveal.member) else {
-            return Err(ProtocolError::NotMember(reveal.member));
+            return Err(ProtocolError::NotMember(reveal.member.to_string()));
         };
         if !statement.answering.contains(&reveal.member) {
             return Err(ProtocolError::NotInStatement);

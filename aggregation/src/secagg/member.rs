@@ -36,7 +36,7 @@ impl Member {
         let me = identity.participant_id();
         let position = config
             .member_position(&me)
-            .ok_or(ProtocolError::NotMember(me))?;
+            .ok_or(ProtocolError::NotMember(me.to_string()))?;
         Ok(Self {
             config,
             identity,
@@ -69,7 +69,7 @@ impl Member {
         for id in &statement.answering {
             let pos = config
                 .member_position(id)
-                .ok_or_else(|| ProtocolError::NotMember(id.clone()))?;
+                .ok_or_else(|| ProtocolError::NotMember(id.to_string()))?;
             if last.is_some_and(|l| pos <= l) {
                 return Err(ProtocolError::BadConfig(
                     "answering members must be distinct, in committee order".into(),
@@ -106,7 +106,7 @@ impl Member {
         }
         for ((id, manifest_hash), manifest) in statement.uploads.iter().zip(manifests) {
             if !seen.insert(id) {
-                return Err(ProtocolError::DuplicateUpload(id.clone()));
+                return Err(ProtocolError::DuplicateUpload(id.to_string()));
             }
             if &manifest.participant != id || &manifest.manifest_hash() != manifest_hash {
                 return Err(ProtocolError::BadManifest(format!(

@@ -178,7 +178,9 @@ impl Manifest {
     pub fn verify(&self, config: &RoundConfig) -> Result<(), ProtocolError> {
         config.check_round(&self.job_id, self.round)?;
         if config.participant(&self.participant).is_none() {
-            return Err(ProtocolError::UnknownParticipant(self.participant.clone()));
+            return Err(ProtocolError::UnknownParticipant(
+                self.participant.to_string(),
+            ));
         }
         let c = config.committee.len();
         if self.sealed_seeds.len() != c
@@ -191,7 +193,7 @@ impl Manifest {
         }
         self.participant
             .verify(&self.hash(), &self.signature)
-            .map_err(|_| ProtocolError::BadSignature(self.participant.clone()))
+            .map_err(|_| ProtocolError::BadSignature(self.participant.to_string()))
     }
 }
 
@@ -255,7 +257,9 @@ impl MemberView {
     pub fn verify(&self, config: &RoundConfig, k: usize) -> Result<(), ProtocolError> {
         config.check_round(&self.job_id, self.round)?;
         if config.participant(&self.participant).is_none() {
-            return Err(ProtocolError::UnknownParticipant(self.participant.clone()));
+            return Err(ProtocolError::UnknownParticipant(
+                self.participant.to_string(),
+            ));
         }
         let c = config.committee.len();
         if self.digests.len() != c || self.share_boxes.len() != c || k >= c {
@@ -273,7 +277,7 @@ impl MemberView {
         }
         self.participant
             .verify(&self.manifest_hash(), &self.signature)
-            .map_err(|_| ProtocolError::BadSignature(self.participant.clone()))
+            .map_err(|_| ProtocolError::BadSignature(self.participant.to_string()))
     }
 }
 

@@ -25,8 +25,6 @@ pub use messages::{
 };
 pub use participant::contribute;
 
-use conclave_crypto::ParticipantId;
-
 /// Why a protocol step was refused. Refusals change no state.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -35,17 +33,17 @@ pub enum ProtocolError {
     #[error("message is for job {job} round {round}, not this round")]
     WrongRound { job: String, round: u32 },
     #[error("{0} is not a participant of this round")]
-    UnknownParticipant(ParticipantId),
+    UnknownParticipant(String),
     #[error("{0} is not a member of this round's committee")]
-    NotMember(ParticipantId),
+    NotMember(String),
     #[error("signature by {0} does not verify")]
-    BadSignature(ParticipantId),
+    BadSignature(String),
     #[error("masked vector does not match the manifest's hash")]
     HashMismatch,
     #[error("vector has {got} elements, the round's ring vectors have {expected}")]
     Length { got: usize, expected: usize },
     #[error("{0} already uploaded in this round")]
-    DuplicateUpload(ParticipantId),
+    DuplicateUpload(String),
     #[error("manifest is malformed: {0}")]
     BadManifest(String),
     #[error("statement sums {got} uploads, fewer than min_participants = {min}")]

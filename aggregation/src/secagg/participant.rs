@@ -20,7 +20,7 @@ pub fn contribute(
     }
     let me = identity.participant_id();
     if config.participant(&me).is_none() {
-        return Err(ProtocolError::UnknownParticipant(me));
+        return Err(ProtocolError::UnknownParticipant(me.to_string()));
     }
     let c = config.committee.len();
     let mut masked = quantized.to_vec();

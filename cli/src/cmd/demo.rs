@@ -44,8 +44,9 @@ pub struct Args {
     /// Number of simulated hospitals.
     #[arg(long, default_value_t = 5)]
     participants: usize,
-    /// Privacy mode of the rounds.
-    #[arg(long, value_enum, default_value = "plain")]
+    /// Privacy mode of the rounds: secagg (masked updates, unmasked only as a sum by a
+    /// committee of hospitals) or plain (updates in the clear, for comparison).
+    #[arg(long, value_enum, default_value = "secagg")]
     privacy: PrivacyArg,
     #[arg(long, value_enum, default_value = "logistic-regression")]
     model: ModelArg,
@@ -75,7 +76,12 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
             normalize: Normalization::LocalZScore,
             eval_fraction: 0.0,
         },
-        training: TrainingConfig { local_epochs: 1, batch_size: 16, learning_rate: 0.1, optimizer: Optimizer::Sgd },
+        training: TrainingConfig {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.1,
+            optimizer: Optimizer::Sgd,
+        },
         rounds: args.rounds,
         // Rounds train every hospital and survive up to two stragglers (secagg: at least 2).
         min_participants: n.min(3),
@@ -94,14 +100,16 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
             // A committee of up to 5 hospitals with t > c/2; weights capped at 1000 samples.
             let c = n.min(5);
             wire.privacy = v1::Privacy::Secagg.into();
-            wire.min_participants = n.min(3).max(2);
+            wire.min_participants = n.clamp(2, 3);
             wire.committee_size = c;
             wire.threshold = c / 2 + 1;
             wire.clip_norm = DEMO_CLIP;
             wire.max_samples = 1000;
             wire.max_participants = n.max(50);
         }
-        PrivacyArg::Fhe => bail!("privacy mode fhe is not available in this release yet; use secagg or plain"),
+        PrivacyArg::Fhe => {
+            bail!("privacy mode fhe is not available in this release yet; use secagg or plain")
+        }
     }
     // Same checks as a job file or a wire request.
     Ok(JobSpec::from_proto(&wire)?)
@@ -182,9 +190,19 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .job_id;
+    let privacy = match spec.secagg() {
+        Some(s) => format!(
+            "secagg (committee {} of {}, threshold {}, updates clipped to {})",
+            s.committee_size,
+            args.participants,
+            s.threshold,
+            s.quant.clip()
+        ),
+        None => "plain (updates in the clear)".into(),
+    };
     printer.status(format!(
-        "coordinator at {url}; job {job_id}: {} hospitals training on {device:?}, {} rounds, {:?} model, privacy {:?}",
-        args.participants, args.rounds, args.model, spec.privacy
+        "coordinator at {url}; job {job_id}: {} hospitals training on {device:?}, {} rounds, {:?} model, privacy {privacy}",
+        args.participants, args.rounds, args.model
     ));
 
     // Five hospitals share two cores: one libtorch thread each.

@@ -83,9 +83,9 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             Event::CommitteeRevealed { round } => {
                 printer.status(format!("round {round}: revealed this member's partial sum"))
             }
-            Event::CommitteeRefused { round, reason } => {
-                printer.status(format!("round {round}: refused committee request: {reason}"))
-            }
+            Event::CommitteeRefused { round, reason } => printer.status(format!(
+                "round {round}: refused committee request: {reason}"
+            )),
             Event::Done {
                 final_model_version,
             } => printer.status(format!(

@@ -45,7 +45,11 @@ impl Rounds for RoundsService {
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
             // Counts this stream as the participant's connection until the task ends.
-            let _connection = Connection { state: Arc::clone(&state), job: req.job_id.clone(), did: did.clone() };
+            let _connection = Connection {
+                state: Arc::clone(&state),
+                job: req.job_id.clone(),
+                did: did.clone(),
+            };
             let mut cursor = WorkCursor::default();
             loop {
                 changes.borrow_and_update();
@@ -152,9 +156,14 @@ impl Rounds for RoundsService {
         use v1::reveal_chunk::Part as RevealPart;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
-            Some(Ok(v1::RevealChunk { part: Some(RevealPart::Header(h)) })) => h,
+            Some(Ok(v1::RevealChunk {
+                part: Some(RevealPart::Header(h)),
+            })) => h,
             Some(Ok(_)) => {
-                return Err(CoordinatorError::InvalidRequest("a reveal must start with its header".into()).into());
+                return Err(CoordinatorError::InvalidRequest(
+                    "a reveal must start with its header".into(),
+                )
+                .into());
             }
             Some(Err(status)) => return Err(status),
             None => return Err(CoordinatorError::InvalidRequest("empty reveal".into()).into()),
@@ -204,14 +213,25 @@ async fn read_payload<T>(
     let mut payload = Vec::with_capacity(expected);
     while let Some(chunk) = stream.next().await {
         let Some(data) = data_of(chunk?) else {
-            return Err(CoordinatorError::InvalidRequest("only data chunks may follow the header".into()).into());
+            return Err(CoordinatorError::InvalidRequest(
+                "only data chunks may follow the header".into(),
+            )
+            .into());
         };
         if data.len() > MAX_CHUNK_BYTES {
-            return Err(CoordinatorError::ChunkTooLarge { size: data.len(), max: MAX_CHUNK_BYTES }.into());
+            return Err(CoordinatorError::ChunkTooLarge {
+                size: data.len(),
+                max: MAX_CHUNK_BYTES,
+            }
+            .into());
         }
         if payload.len() + data.len() > expected {
             let got = (payload.len() + data.len()) as u64 / 4;
-            return Err(CoordinatorError::WrongLength { expected: expected as u64 / 4, got }.into());
+            return Err(CoordinatorError::WrongLength {
+                expected: expected as u64 / 4,
+                got,
+            }
+            .into());
         }
         payload.extend_from_slice(&data);
     }
