@@ -51,6 +51,9 @@ enum Command {
     Data(cmd::data::Command),
     /// Run a coordinator and simulated hospitals on the shipped data, over loopback gRPC.
     Demo(cmd::demo::Args),
+    /// Measure a round over loopback gRPC (no training).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 /// Where a client command finds the coordinator.
@@ -105,6 +108,7 @@ fn main() -> std::process::ExitCode {
             Command::Model(c) => cmd::model::run(c, &printer).await,
             Command::Data(c) => cmd::data::run(c, &printer),
             Command::Demo(args) => cmd::demo::run(args, &printer).await,
+            Command::Bench(c) => cmd::bench::run(c, &printer).await,
         }
     });
     match result {

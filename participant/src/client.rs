@@ -296,22 +296,35 @@ impl Client {
             .into_inner())
     }
 
-    /// Uploads a masked ring vector and its manifest (secure aggregation).
+    /// Uploads a masked ring vector and its manifest (secure aggregation); returns the
+    /// receipt and the encoded bytes sent.
     pub async fn upload_masked(
         &mut self,
         job_id: &str,
         round: u32,
         masked: &[u32],
         manifest: v1::SealedManifest,
-    ) -> Result<v1::UploadReceipt, ParticipantError> {
+    ) -> Result<(v1::UploadReceipt, usize), ParticipantError> {
         let messages = masked_upload_messages(&self.identity, job_id, round, masked, manifest);
+        self.send_upload(messages).await
+    }
+
+    /// Sends a prepared upload stream; returns the receipt and the encoded bytes sent.
+    pub async fn send_upload(
+        &mut self,
+        messages: Vec<v1::UploadChunk>,
+    ) -> Result<(v1::UploadReceipt, usize), ParticipantError> {
+        use prost::Message;
+        let bytes = messages.iter().map(|m| m.encoded_len()).sum();
         let resp = self
             .rounds
             .upload_update(tokio_stream::iter(messages))
             .await;
-        Ok(resp
-            .map_err(ParticipantError::rpc("UploadUpdate"))?
-            .into_inner())
+        Ok((
+            resp.map_err(ParticipantError::rpc("UploadUpdate"))?
+                .into_inner(),
+            bytes,
+        ))
     }
 
     /// Sends this committee member's approval of a round's statement.

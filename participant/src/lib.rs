@@ -25,10 +25,12 @@
 //! ```
 
 pub mod client;
+mod duty;
 mod error;
 mod runner;
 pub mod trainer;
 
+pub use duty::SecaggDuties;
 pub use error::ParticipantError;
 pub use runner::{Event, ParticipantConfig, load_local_data, parse_device, run};
 pub use trainer::Metrics;

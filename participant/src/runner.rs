@@ -5,9 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conclave_aggregation::secagg::{
-    Approval, Member, MemberView, RoundConfig, Statement, contribute,
-};
 use conclave_aggregation::{JobSpec, Normalization};
 use conclave_crypto::Identity;
 use conclave_datasets::{Table, TableSchema, load_table};
@@ -18,7 +15,9 @@ use tonic::Code;
 
 use crate::ParticipantError;
 use crate::client::Client;
+use crate::duty::{SecaggDuties, blocking};
 use crate::trainer::{self, Metrics};
+use conclave_proto::v1;
 
 /// How often a lost work stream is re-opened before the participant gives up.
 const MAX_RECONNECTS: u32 = 30;
@@ -132,15 +131,6 @@ fn emit(events: &Option<UnboundedSender<Event>>, event: Event) {
     }
 }
 
-/// Runs CPU-bound work (data loading, libtorch) off the async runtime's threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ParticipantError> + Send + 'static,
-) -> Result<T, ParticipantError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ParticipantError::Config(format!("worker task failed: {e}")))?
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -154,8 +144,7 @@ pub async fn run(
     identity: Arc<Identity>,
     events: Option<UnboundedSender<Event>>,
 ) -> Result<u32, ParticipantError> {
-    let me = Arc::clone(&identity);
-    let mut members: std::collections::HashMap<u32, Member> = std::collections::HashMap::new();
+    let mut duties = SecaggDuties::new(Arc::clone(&identity));
     let mut client = Client::connect(&config.coordinator, identity).await?;
     // Read the job and check the local data against it before joining: a hospital whose
     // export is broken should learn it before it is counted in a round.
@@ -246,34 +235,21 @@ pub async fn run(
                             .upload(&config.job_id, task.round, num_samples, &delta)
                             .await
                     }
-                    Some(plan) => {
-                        let settings = *spec.secagg().ok_or_else(|| {
-                            ParticipantError::Config(
-                                "coordinator sent a secure-aggregation plan for a plain job".into(),
-                            )
-                        })?;
-                        let round_config =
-                            RoundConfig::from_plan(&config.job_id, task.round, plan)?;
-                        // A participant's weight is capped at the job's max_samples.
-                        num_samples = num_samples.min(settings.quant.max_samples());
-                        let (rc, id, d, n) = (
-                            round_config.clone(),
-                            Arc::clone(&me),
+                    Some(plan) => duties
+                        .upload(
+                            &mut client,
+                            &spec,
+                            &config.job_id,
+                            task.round,
+                            plan,
                             delta.clone(),
                             num_samples,
-                        );
-                        let (masked, manifest) = blocking(move || {
-                            let q = settings.quant.encode(&d, n, &mut rand::rng())?;
-                            Ok(contribute(&rc, &id, &q)?)
-                        })
-                        .await?;
-                        if round_config.member_position(&me.participant_id()).is_some() {
-                            members.insert(task.round, Member::new(round_config, Arc::clone(&me))?);
-                        }
-                        client
-                            .upload_masked(&config.job_id, task.round, &masked, manifest.to_wire())
-                            .await
-                    }
+                        )
+                        .await
+                        .map(|(weight, _)| {
+                            num_samples = weight;
+                            v1::UploadReceipt::default()
+                        }),
                 };
                 match uploaded {
                     Ok(_) => emit(
@@ -330,82 +306,18 @@ pub async fn run(
                 }
             }
             Some(Item::Sign(task)) => {
-                let Some(member) = members.get_mut(&task.round) else {
-                    tracing::warn!(
-                        round = task.round,
-                        "asked to sign for a round this participant is not a committee member of"
-                    );
-                    continue;
-                };
-                let statement = Statement::from_wire(
-                    &config.job_id,
-                    task.round,
-                    &task.statement.unwrap_or_default(),
-                )?;
-                let views = task
-                    .views
-                    .iter()
-                    .map(|v| MemberView::from_wire(&config.job_id, task.round, v))
-                    .collect::<Result<Vec<_>, _>>()?;
-                match member.sign_statement(&statement, &views) {
-                    Ok(approval) => {
-                        client
-                            .submit_approval(
-                                &config.job_id,
-                                task.round,
-                                &approval.statement_hash,
-                                approval.signature,
-                            )
-                            .await?;
-                        emit(&events, Event::CommitteeSigned { round: task.round });
-                    }
-                    Err(e) => {
-                        tracing::warn!(round = task.round, error = %e, "statement refused");
-                        emit(
-                            &events,
-                            Event::CommitteeRefused {
-                                round: task.round,
-                                reason: e.to_string(),
-                            },
-                        );
-                    }
+                let event = duties.sign(&mut client, &config.job_id, task).await?;
+                if let Event::CommitteeRefused { round, reason } = &event {
+                    tracing::warn!(round, reason, "committee request refused");
                 }
+                emit(&events, event);
             }
             Some(Item::Reveal(task)) => {
-                let Some(member) = members.get_mut(&task.round) else {
-                    continue;
-                };
-                let approvals = task
-                    .approvals
-                    .iter()
-                    .map(Approval::from_wire)
-                    .collect::<Result<Vec<_>, _>>()?;
-                match member.reveal(&approvals) {
-                    Ok(reveal) => {
-                        let shares = reveal.shares.iter().map(|s| s.to_wire()).collect();
-                        client
-                            .submit_reveal(
-                                &config.job_id,
-                                task.round,
-                                &reveal.statement_hash,
-                                &reveal.partial,
-                                shares,
-                            )
-                            .await?;
-                        members.remove(&task.round);
-                        emit(&events, Event::CommitteeRevealed { round: task.round });
-                    }
-                    Err(e) => {
-                        tracing::warn!(round = task.round, error = %e, "reveal refused");
-                        emit(
-                            &events,
-                            Event::CommitteeRefused {
-                                round: task.round,
-                                reason: e.to_string(),
-                            },
-                        );
-                    }
+                let event = duties.reveal(&mut client, &config.job_id, task).await?;
+                if let Event::CommitteeRefused { round, reason } = &event {
+                    tracing::warn!(round, reason, "committee request refused");
                 }
+                emit(&events, event);
             }
             Some(Item::Done(done)) => {
                 emit(

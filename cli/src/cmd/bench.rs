@@ -1,0 +1,276 @@
+//! `conclave bench secagg`: one full round without training, over real gRPC on loopback, in
+//! secure-aggregation mode and in plain mode, in one process run; prints one JSON line.
+//!
+//! Every participant is an in-process client that uploads a synthetic update (uniform noise
+//! scaled to half the clip norm). Round time runs from the moment the last participant has
+//! joined (the round opens) until the coordinator holds the new model. Participants, committee
+//! and coordinator share this machine's cores, as in Flower's simulation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use conclave_aggregation::{
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+};
+use conclave_coordinator::State;
+use conclave_crypto::Identity;
+use conclave_participant::client::{Client, connect, jobs_client, upload_messages};
+use conclave_participant::{Event, SecaggDuties};
+use conclave_proto::v1::{self, work_item::Item};
+use rand::Rng;
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use crate::printer::Printer;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// A secure-aggregation round against the same round in plain mode.
+    Secagg(SecaggArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SecaggArgs {
+    #[arg(long, default_value_t = 100)]
+    participants: usize,
+    /// Elements per update (the model is sized to the nearest dimension it can have).
+    #[arg(long, default_value_t = 1_000_000)]
+    dim: usize,
+    #[arg(long, default_value_t = 10)]
+    committee: u32,
+    /// Default: committee / 2 + 1.
+    #[arg(long)]
+    threshold: Option<u32>,
+    /// Fraction of participants (committee members among them) that disconnect right after
+    /// uploading: their committee seats are then rebuilt from shares.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Round deadline, seconds.
+    #[arg(long, default_value_t = 600)]
+    deadline: u32,
+}
+
+/// An MLP with one input, two classes and hidden widths [a, b] whose size is close to `dim`.
+fn model_for(dim: usize) -> ModelArch {
+    let a = ((dim as f64).sqrt() as usize).clamp(1, 65_536);
+    let b = (dim.saturating_sub(2 + 2 * a) / (a + 3)).clamp(1, 65_536);
+    ModelArch::Mlp { hidden: vec![a, b] }
+}
+
+/// Uniform noise scaled to L2 norm `norm`.
+fn synthetic_update(dim: usize, norm: f32) -> Vec<f32> {
+    let mut rng = rand::rng();
+    let mut delta: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let current = delta
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    delta.iter_mut().for_each(|x| *x *= norm / current);
+    delta
+}
+
+struct RoundStats {
+    seconds: f64,
+    upload_bytes: usize,
+    committee_cpu: Duration,
+    dim: usize,
+}
+
+async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats> {
+    let n = args.participants;
+    let base = JobSpec {
+        name: "bench".into(),
+        model: model_for(args.dim),
+        data: DataSchema {
+            features: vec!["x".into()],
+            label: "y".into(),
+            num_classes: 2,
+            normalize: Normalization::None,
+            eval_fraction: 0.2,
+        },
+        training: TrainingConfig {
+            local_epochs: 1,
+            batch_size: 1,
+            learning_rate: 0.1,
+            optimizer: Optimizer::Sgd,
+        },
+        rounds: 1,
+        min_participants: 2,
+        start_participants: n as u32,
+        round_deadline_secs: args.deadline,
+        privacy: Privacy::Plain,
+        clip_norm: Some(1.0),
+        seed: 1,
+        admission: Vec::new(),
+    };
+    let mut wire = base.to_proto();
+    if secagg {
+        wire.privacy = v1::Privacy::Secagg.into();
+        wire.committee_size = args.committee;
+        wire.threshold = args.threshold.unwrap_or(args.committee / 2 + 1);
+        wire.max_samples = 1000;
+        wire.max_participants = n as u32;
+    }
+    let spec = Arc::new(JobSpec::from_proto(&wire).context("bench job")?);
+    let dim = spec.layout().dim();
+
+    let dir = tempfile::tempdir()?;
+    let state = State::open(dir.path())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(conclave_coordinator::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut jobs = jobs_client(connect(&url).await?);
+    let job = jobs
+        .create_job(v1::CreateJobRequest { spec: Some(wire) })
+        .await?
+        .into_inner()
+        .job_id;
+
+    let dropped = (args.dropout * n as f64).round() as usize;
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let identity = Arc::new(Identity::generate());
+        let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
+        client.join(&job).await?;
+        clients.push((client, identity));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (mut client, identity)) in clients.into_iter().enumerate() {
+        let (job, spec) = (job.clone(), Arc::clone(&spec));
+        let leaves = i < dropped;
+        tasks.push(tokio::spawn(async move {
+            let mut work = client.work(&job).await?;
+            let mut duties = SecaggDuties::new(identity);
+            let mut bytes = 0;
+            while let Some(item) = work.next().await {
+                match item.context("work stream")?.item {
+                    Some(Item::Train(task)) => {
+                        let delta = synthetic_update(dim, 0.5);
+                        bytes = match &task.secagg {
+                            Some(plan) => {
+                                duties
+                                    .upload(&mut client, &spec, &job, task.round, plan, delta, 100)
+                                    .await?
+                                    .1
+                            }
+                            None => {
+                                client
+                                    .send_upload(upload_messages(
+                                        client.identity(),
+                                        &job,
+                                        task.round,
+                                        100,
+                                        &delta,
+                                    ))
+                                    .await?
+                                    .1
+                            }
+                        };
+                        if leaves {
+                            return Ok::<_, anyhow::Error>((bytes, duties.committee_time()));
+                        }
+                    }
+                    Some(Item::Sign(task)) => {
+                        if let Event::CommitteeRefused { reason, .. } =
+                            duties.sign(&mut client, &job, task).await?
+                        {
+                            bail!("a committee member refused the statement: {reason}");
+                        }
+                    }
+                    Some(Item::Reveal(task)) => {
+                        if let Event::CommitteeRefused { reason, .. } =
+                            duties.reveal(&mut client, &job, task).await?
+                        {
+                            bail!("a committee member refused to reveal: {reason}");
+                        }
+                    }
+                    Some(Item::Done(_)) => break,
+                    Some(Item::Evaluate(_)) | None => {}
+                }
+            }
+            Ok((bytes, duties.committee_time()))
+        }));
+    }
+    // Wait for the coordinator to hold the new model (or give up on a failed round).
+    let seconds = loop {
+        let info = jobs
+            .get_job(v1::GetJobRequest {
+                job_id: job.clone(),
+            })
+            .await?
+            .into_inner();
+        if info.model_version == 1 {
+            break started.elapsed().as_secs_f64();
+        }
+        if info
+            .rounds
+            .first()
+            .is_some_and(|r| r.state == v1::RoundState::Failed as i32)
+        {
+            bail!(
+                "the {} round failed (too few uploads or committee members)",
+                if secagg { "secagg" } else { "plain" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut upload_bytes = 0;
+    let mut committee_cpu = Duration::ZERO;
+    for task in tasks {
+        let (bytes, cpu) = task.await??;
+        upload_bytes = upload_bytes.max(bytes);
+        committee_cpu += cpu;
+    }
+    let _ = stop.send(());
+    server.await??;
+    Ok(RoundStats {
+        seconds,
+        upload_bytes,
+        committee_cpu,
+        dim,
+    })
+}
+
+pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
+    let Command::Secagg(args) = command;
+    anyhow::ensure!(args.participants >= 2, "--participants must be at least 2");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.dropout),
+        "--dropout must be in [0, 1)"
+    );
+    anyhow::ensure!(
+        args.committee as usize <= args.participants,
+        "--committee cannot exceed --participants"
+    );
+    printer.status(format!(
+        "secagg round: {} participants × {} elements, committee {}",
+        args.participants, args.dim, args.committee
+    ));
+    let secagg = run_round(&args, true).await?;
+    printer.status("plain round".to_string());
+    let plain = run_round(&args, false).await?;
+    printer.data(
+        json!({
+            "participants": args.participants,
+            "dim": secagg.dim,
+            "committee": args.committee,
+            "threshold": args.threshold.unwrap_or(args.committee / 2 + 1),
+            "dropout": args.dropout,
+            "secagg_s": secagg.seconds,
+            "plain_s": plain.seconds,
+            "ratio": secagg.seconds / plain.seconds,
+            "upload_bytes_per_participant": secagg.upload_bytes,
+            "plain_upload_bytes_per_participant": plain.upload_bytes,
+            "committee_cpu_s": secagg.committee_cpu.as_secs_f64(),
+        })
+        .to_string(),
+    );
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! A participant's secure-aggregation duties, independent of how its update was produced:
+//! mask and upload an update for a round, and, when on the round's committee, sign the
+//! statement and reveal what it allows. Used by [`run`](crate::run) and by benchmarks that
+//! upload synthetic updates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_aggregation::JobSpec;
+use conclave_aggregation::secagg::{
+    Approval, Member, MemberView, RoundConfig, Statement, contribute,
+};
+use conclave_crypto::Identity;
+use conclave_proto::v1;
+
+use crate::client::Client;
+use crate::{Event, ParticipantError};
+
+/// Runs CPU-bound work (training, masking, unmasking) off the async runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ParticipantError> + Send + 'static,
+) -> Result<T, ParticipantError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ParticipantError::Config(format!("worker task failed: {e}")))?
+}
+
+/// The committee roles this participant holds, by round, and the CPU time its duties took.
+pub struct SecaggDuties {
+    identity: Arc<Identity>,
+    members: HashMap<u32, Member>,
+    committee_time: Duration,
+}
+
+impl SecaggDuties {
+    pub fn new(identity: Arc<Identity>) -> Self {
+        Self {
+            identity,
+            members: HashMap::new(),
+            committee_time: Duration::ZERO,
+        }
+    }
+
+    /// Time spent checking, signing and revealing as a committee member so far.
+    pub fn committee_time(&self) -> Duration {
+        self.committee_time
+    }
+
+    /// Quantizes `delta` (already clipped) with weight `num_samples` (capped at the job's
+    /// max_samples), masks it for the round's plan and uploads it. Returns the weight used and
+    /// the encoded bytes sent.
+    pub async fn upload(
+        &mut self,
+        client: &mut Client,
+        spec: &JobSpec,
+        job_id: &str,
+        round: u32,
+        plan: &v1::SecaggPlan,
+        delta: Vec<f32>,
+        num_samples: u64,
+    ) -> Result<(u64, usize), ParticipantError> {
+        let settings = *spec.secagg().ok_or_else(|| {
+            ParticipantError::Config(
+                "coordinator sent a secure-aggregation plan for a plain job".into(),
+            )
+        })?;
+        let config = RoundConfig::from_plan(job_id, round, plan)?;
+        let weight = num_samples.min(settings.quant.max_samples());
+        let (rc, id) = (config.clone(), Arc::clone(&self.identity));
+        let (masked, manifest) = blocking(move || {
+            let q = settings.quant.encode(&delta, weight, &mut rand::rng())?;
+            Ok(contribute(&rc, &id, &q)?)
+        })
+        .await?;
+        if config
+            .member_position(&self.identity.participant_id())
+            .is_some()
+        {
+            self.members
+                .insert(round, Member::new(config, Arc::clone(&self.identity))?);
+        }
+        let (_, bytes) = client
+            .upload_masked(job_id, round, &masked, manifest.to_wire())
+            .await?;
+        Ok((weight, bytes))
+    }
+
+    /// Checks and signs a round's statement; returns what happened.
+    pub async fn sign(
+        &mut self,
+        client: &mut Client,
+        job_id: &str,
+        task: v1::CommitteeSignTask,
+    ) -> Result<Event, ParticipantError> {
+        let round = task.round;
+        let Some(member) = self.members.get_mut(&round) else {
+            return Ok(Event::CommitteeRefused {
+                round,
+                reason: "not a committee member of this round".into(),
+            });
+        };
+        let statement = Statement::from_wire(job_id, round, &task.statement.unwrap_or_default())?;
+        let views = task
+            .views
+            .iter()
+            .map(|v| MemberView::from_wire(job_id, round, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        let signed = member.sign_statement(&statement, &views);
+        self.committee_time += started.elapsed();
+        match signed {
+            Ok(approval) => {
+                client
+                    .submit_approval(job_id, round, &approval.statement_hash, approval.signature)
+                    .await?;
+                Ok(Event::CommitteeSigned { round })
+            }
+            Err(e) => Ok(Event::CommitteeRefused {
+                round,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Reveals this member's partial sum and shares once the statement is approved.
+    pub async fn reveal(
+        &mut self,
+        client: &mut Client,
+        job_id: &str,
+        task: v1::CommitteeRevealTask,
+    ) -> Result<Event, ParticipantError> {
+        let round = task.round;
+        let Some(member) = self.members.get_mut(&round) else {
+            return Ok(Event::CommitteeRefused {
+                round,
+                reason: "not a committee member of this round".into(),
+            });
+        };
+        let approvals = task
+            .approvals
+            .iter()
+            .map(Approval::from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        let revealed = member.reveal(&approvals);
+        self.committee_time += started.elapsed();
+        match revealed {
+            Ok(reveal) => {
+                let shares = reveal.shares.iter().map(|s| s.to_wire()).collect();
+                client
+                    .submit_reveal(
+                        job_id,
+                        round,
+                        &reveal.statement_hash,
+                        &reveal.partial,
+                        shares,
+                    )
+                    .await?;
+                self.members.remove(&round);
+                Ok(Event::CommitteeRevealed { round })
+            }
+            Err(e) => Ok(Event::CommitteeRefused {
+                round,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
