@@ -120,31 +120,26 @@ impl Member {
         let me = self.position;
         let mut seeds = Vec::with_capacity(manifests.len());
         let mut shares = Vec::with_capacity(manifests.len());
+        let c = config.committee.len();
         for m in manifests {
             let i = &m.participant;
-            let open_err = |what: String| ProtocolError::Open(format!("{what} from {i}"));
-            let seed = seal::open(&self.identity, &config.seed_info(i, me), b"", &m.seed_box)
-                .map_err(|_| open_err("seed".into()))?;
-            let seed: [u8; 32] = seed
-                .as_slice()
-                .try_into()
-                .map_err(|_| open_err("seed length".into()))?;
-            seeds.push(Seed::from_bytes(seed));
-            let mut row = Vec::with_capacity(config.committee.len());
-            for k in 0..config.committee.len() {
-                let plain = seal::open(
-                    &self.identity,
-                    &config.share_info(i, k, me),
-                    b"",
-                    &m.share_boxes[k],
-                )
-                .map_err(|_| open_err(format!("share of member {k}'s seed")))?;
-                if plain.len() != 33 || plain[0] as usize != me + 1 {
-                    return Err(open_err(format!("share of member {k}'s seed is malformed")));
+            let open_err = |what: &str| ProtocolError::Open(format!("{what} from {i}"));
+            let plain = zeroize::Zeroizing::new(
+                seal::open(&self.identity, &config.box_info(i, me), b"", &m.sealed_box)
+                    .map_err(|_| open_err("box"))?,
+            );
+            if plain.len() != 32 + 33 * c {
+                return Err(open_err("box of the wrong length"));
+            }
+            seeds.push(Seed::from_bytes(plain[..32].try_into().expect("32 bytes")));
+            let mut row = Vec::with_capacity(c);
+            for piece in plain[32..].chunks_exact(33) {
+                if piece[0] as usize != me + 1 {
+                    return Err(open_err("share with another member's index"));
                 }
-                let y: [u8; 32] = plain[1..].try_into().expect("33 bytes");
+                let y: [u8; 32] = piece[1..].try_into().expect("33 bytes");
                 row.push(
-                    Share::from_parts(plain[0], y)
+                    Share::from_parts(piece[0], y)
                         .map_err(|e| ProtocolError::Open(e.to_string()))?,
                 );
             }

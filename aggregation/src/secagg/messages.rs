@@ -8,7 +8,7 @@ use super::ProtocolError;
 const MANIFEST_CONTEXT: &str = "conclave 2026-11 secagg manifest v1";
 const STATEMENT_CONTEXT: &str = "conclave 2026-11 secagg statement v1";
 const VECTOR_CONTEXT: &str = "conclave 2026-11 secagg masked vector v1";
-const BOXES_CONTEXT: &str = "conclave 2026-11 secagg boxes for one member v1";
+const BOXES_CONTEXT: &str = "conclave 2026-11 secagg box for one member v1";
 
 /// What every party of a round agrees on before it starts (from the signed round plan).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,22 +76,9 @@ impl RoundConfig {
         Ok(())
     }
 
-    /// HPKE `info` of the seed participant `i` seals to member `j`.
-    pub(crate) fn seed_info(&self, i: &ParticipantId, j: usize) -> Vec<u8> {
-        format!(
-            "conclave/secagg/seed/{}/{}/{i}/{j}",
-            self.job_id, self.round
-        )
-        .into_bytes()
-    }
-
-    /// HPKE `info` of the share of `s_ij` that member `k` holds.
-    pub(crate) fn share_info(&self, i: &ParticipantId, j: usize, k: usize) -> Vec<u8> {
-        format!(
-            "conclave/secagg/share/{}/{}/{i}/{j}/{k}",
-            self.job_id, self.round
-        )
-        .into_bytes()
+    /// HPKE `info` of the box participant `i` seals to member `k`.
+    pub(crate) fn box_info(&self, i: &ParticipantId, k: usize) -> Vec<u8> {
+        format!("conclave/secagg/box/{}/{}/{i}/{k}", self.job_id, self.round).into_bytes()
     }
 }
 
@@ -118,28 +105,21 @@ pub struct Manifest {
     pub round: u32,
     pub participant: ParticipantId,
     pub vector_hash: [u8; 32],
-    /// `sealed_seeds[j]`: `s_ij` sealed to member `j`.
-    pub sealed_seeds: Vec<Vec<u8>>,
-    /// `sealed_shares[j][k]`: member `k`'s share of `s_ij`, sealed to member `k`.
-    pub sealed_shares: Vec<Vec<Vec<u8>>>,
+    /// `sealed[k]`: one HPKE box to member `k` holding `s_ik` and `k`'s share of every `s_ij`.
+    pub sealed: Vec<Vec<u8>>,
     pub signature: Vec<u8>,
 }
 
 impl Manifest {
-    /// Digest of the boxes sealed to member `k`: its seed box and its share of every seed.
-    pub fn boxes_digest(&self, k: usize) -> [u8; 32] {
-        boxes_digest(
-            &self.sealed_seeds[k],
-            self.sealed_shares.iter().map(|row| row[k].as_slice()),
-        )
+    /// Digest of the box sealed to member `k`.
+    pub fn box_digest(&self, k: usize) -> [u8; 32] {
+        box_digest(&self.sealed[k])
     }
 
-    /// The hash the participant signs: round, participant, vector hash, and one digest per
-    /// member of the boxes sealed to it. A member checks it from its [`MemberView`] alone.
+    /// The hash the participant signs: round, participant, vector hash, and the digest of each
+    /// member's box. A member checks it from its [`MemberView`] alone.
     pub fn hash(&self) -> [u8; 32] {
-        let digests: Vec<[u8; 32]> = (0..self.sealed_seeds.len())
-            .map(|k| self.boxes_digest(k))
-            .collect();
+        let digests: Vec<[u8; 32]> = (0..self.sealed.len()).map(|k| self.box_digest(k)).collect();
         manifest_hash(
             &self.job_id,
             self.round,
@@ -149,22 +129,15 @@ impl Manifest {
         )
     }
 
-    /// What member `k` needs of this manifest: its own boxes and the other members' digests.
+    /// What member `k` needs of this manifest: its own box and every member's digest.
     pub fn view_for(&self, k: usize) -> MemberView {
         MemberView {
             job_id: self.job_id.clone(),
             round: self.round,
             participant: self.participant.clone(),
             vector_hash: self.vector_hash,
-            digests: (0..self.sealed_seeds.len())
-                .map(|j| self.boxes_digest(j))
-                .collect(),
-            seed_box: self.sealed_seeds[k].clone(),
-            share_boxes: self
-                .sealed_shares
-                .iter()
-                .map(|row| row[k].clone())
-                .collect(),
+            digests: (0..self.sealed.len()).map(|j| self.box_digest(j)).collect(),
+            sealed_box: self.sealed[k].clone(),
             signature: self.signature.clone(),
         }
     }
@@ -183,12 +156,10 @@ impl Manifest {
             ));
         }
         let c = config.committee.len();
-        if self.sealed_seeds.len() != c
-            || self.sealed_shares.len() != c
-            || self.sealed_shares.iter().any(|r| r.len() != c)
-        {
+        if self.sealed.len() != c {
             return Err(ProtocolError::BadManifest(format!(
-                "expected {c} sealed seeds and {c}x{c} sealed shares"
+                "expected {c} sealed boxes, got {}",
+                self.sealed.len()
             )));
         }
         self.participant
@@ -197,12 +168,9 @@ impl Manifest {
     }
 }
 
-fn boxes_digest<'a>(seed_box: &[u8], share_boxes: impl Iterator<Item = &'a [u8]>) -> [u8; 32] {
+fn box_digest(sealed_box: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(BOXES_CONTEXT);
-    put_bytes(&mut h, seed_box);
-    for b in share_boxes {
-        put_bytes(&mut h, b);
-    }
+    put_bytes(&mut h, sealed_box);
     *h.finalize().as_bytes()
 }
 
@@ -225,9 +193,8 @@ fn manifest_hash(
     *h.finalize().as_bytes()
 }
 
-/// Member `k`'s part of a [`Manifest`]: the boxes sealed to it (its seed box, and its share of
-/// each member's seed, indexed by the seed's member) and everyone's digests, enough to check
-/// the participant's signature without the other members' boxes. `O(c)` bytes, not `O(c²)`.
+/// Member `k`'s part of a [`Manifest`]: the box sealed to it and everyone's box digests,
+/// enough to check the participant's signature without the other members' boxes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
     pub job_id: String,
@@ -235,8 +202,7 @@ pub struct MemberView {
     pub participant: ParticipantId,
     pub vector_hash: [u8; 32],
     pub digests: Vec<[u8; 32]>,
-    pub seed_box: Vec<u8>,
-    pub share_boxes: Vec<Vec<u8>>,
+    pub sealed_box: Vec<u8>,
     pub signature: Vec<u8>,
 }
 
@@ -252,7 +218,7 @@ impl MemberView {
         )
     }
 
-    /// Checks the view for member `k`: right round and shape, its own boxes match its digest,
+    /// Checks the view for member `k`: right round and shape, its box matches its digest,
     /// and the participant signed the manifest hash.
     pub fn verify(&self, config: &RoundConfig, k: usize) -> Result<(), ProtocolError> {
         config.check_round(&self.job_id, self.round)?;
@@ -262,16 +228,12 @@ impl MemberView {
             ));
         }
         let c = config.committee.len();
-        if self.digests.len() != c || self.share_boxes.len() != c || k >= c {
-            return Err(ProtocolError::BadManifest(format!(
-                "expected {c} digests and {c} share boxes"
-            )));
+        if self.digests.len() != c || k >= c {
+            return Err(ProtocolError::BadManifest(format!("expected {c} digests")));
         }
-        if boxes_digest(&self.seed_box, self.share_boxes.iter().map(Vec::as_slice))
-            != self.digests[k]
-        {
+        if box_digest(&self.sealed_box) != self.digests[k] {
             return Err(ProtocolError::BadManifest(format!(
-                "boxes from {} do not match the signed digest",
+                "the box from {} does not match its signed digest",
                 self.participant
             )));
         }

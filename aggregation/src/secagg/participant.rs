@@ -1,11 +1,13 @@
 //! The participant's side: mask a quantized vector and seal its seeds and their shares.
 
 use conclave_crypto::{Identity, Seed, prg, seal, shamir};
+use zeroize::Zeroizing;
 
 use super::{Manifest, ProtocolError, RoundConfig};
 
 /// Masks `quantized` for the round: returns the masked vector `y_i` for the coordinator and the
-/// signed [`Manifest`] of sealed seeds and shares. Every seed is fresh; nothing secret is kept.
+/// signed [`Manifest`]: one HPKE box per committee member `k` holding the seed `s_ik` and `k`'s
+/// share of every seed `s_ij`. Every seed is fresh; nothing secret is kept.
 pub fn contribute(
     config: &RoundConfig,
     identity: &Identity,
@@ -24,50 +26,43 @@ pub fn contribute(
     }
     let c = config.committee.len();
     let mut masked = quantized.to_vec();
-    let mut sealed_seeds = Vec::with_capacity(c);
-    let mut sealed_shares = Vec::with_capacity(c);
-    let seal_err = |e: seal::SealError| {
-        ProtocolError::BadConfig(format!("cannot seal to a committee member: {e}"))
-    };
-    for (j, member) in config.committee.iter().enumerate() {
+    // plaintexts[k]: s_ik, then member k's share of s_ij for every j (index byte + 32 bytes).
+    let mut plaintexts: Vec<Zeroizing<Vec<u8>>> = (0..c)
+        .map(|_| Zeroizing::new(Vec::with_capacity(32 + 33 * c)))
+        .collect();
+    for plaintext in plaintexts.iter_mut() {
         let seed = Seed::random();
         prg::add_mask(&mut masked, &seed);
-        sealed_seeds.push(
-            seal::seal(
-                &member.sealing_key,
-                &config.seed_info(&me, j),
-                b"",
-                seed.expose(),
-            )
-            .map_err(seal_err)?,
-        );
+        plaintext.extend_from_slice(seed.expose());
+    }
+    for j in 0..c {
+        let seed = Seed::from_bytes(plaintexts[j][..32].try_into().expect("32 bytes"));
         let shares = shamir::split(&seed, config.threshold, c)
             .map_err(|e| ProtocolError::BadConfig(e.to_string()))?;
-        let mut row = Vec::with_capacity(c);
-        for (k, (share, holder)) in shares.iter().zip(&config.committee).enumerate() {
-            let mut plaintext = [0u8; 33];
-            plaintext[0] = share.index();
-            plaintext[1..].copy_from_slice(share.expose());
-            row.push(
-                seal::seal(
-                    &holder.sealing_key,
-                    &config.share_info(&me, j, k),
-                    b"",
-                    &plaintext,
-                )
-                .map_err(seal_err)?,
-            );
-            zeroize::Zeroize::zeroize(&mut plaintext);
+        for (k, share) in shares.iter().enumerate() {
+            plaintexts[k].push(share.index());
+            plaintexts[k].extend_from_slice(share.expose());
         }
-        sealed_shares.push(row);
+    }
+    let mut sealed = Vec::with_capacity(c);
+    for (k, (member, plaintext)) in config.committee.iter().zip(&plaintexts).enumerate() {
+        let sealed_box = seal::seal(
+            &member.sealing_key,
+            &config.box_info(&me, k),
+            b"",
+            plaintext,
+        )
+        .map_err(|e| {
+            ProtocolError::BadConfig(format!("cannot seal to committee member {k}: {e}"))
+        })?;
+        sealed.push(sealed_box);
     }
     let mut manifest = Manifest {
         job_id: config.job_id.clone(),
         round: config.round,
         participant: me,
         vector_hash: super::messages::vector_hash(&masked),
-        sealed_seeds,
-        sealed_shares,
+        sealed,
         signature: Vec::new(),
     };
     manifest.sign(identity);

@@ -328,14 +328,14 @@ fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
     // A tampered manifest (member 0's seed box swapped for member 1's): the boxes no longer
     // match the signed digest.
     let mut bad = v0(&manifests);
-    bad[0].seed_box = manifests[0].sealed_seeds[1].clone();
+    bad[0].sealed_box = manifests[0].sealed[1].clone();
     assert!(matches!(
         fresh(0).sign_statement(&base, &bad),
         Err(ProtocolError::BadManifest(_))
     ));
     // Consistent digests, but re-signed by someone who is not that participant.
     let mut forged = manifests[0].clone();
-    forged.sealed_seeds.swap(0, 1);
+    forged.sealed.swap(0, 1);
     let mallory = Identity::generate();
     forged.signature = mallory.sign(&forged.hash()).to_vec();
     let mut s = base.clone();
@@ -384,25 +384,28 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
 
     // Members open their seeds; none of them occurs in the coordinator's bytes.
     let mut held = bytes.clone();
-    for s in &manifest.sealed_seeds {
+    for s in &manifest.sealed {
         held.extend_from_slice(s);
     }
-    for row in &manifest.sealed_shares {
-        for s in row {
-            held.extend_from_slice(s);
-        }
-    }
     for j in 0..3 {
-        let seed = conclave_crypto::seal::open(
+        let plain = conclave_crypto::seal::open(
             &w.people[j],
-            &w.config.seed_info(&manifest.participant, j),
+            &w.config.box_info(&manifest.participant, j),
             b"",
-            &manifest.sealed_seeds[j],
+            &manifest.sealed[j],
         )
         .unwrap();
+        let seed = &plain[..32];
         assert!(
-            !held.windows(32).any(|win| win == seed.as_slice()),
+            !held.windows(32).any(|win| win == seed),
             "seed {j} in the clear"
         );
+        // Nor does any share this member holds.
+        for share in plain[32..].chunks(33) {
+            assert!(
+                !held.windows(32).any(|win| win == &share[1..]),
+                "a share in the clear"
+            );
+        }
     }
 }

@@ -77,12 +77,7 @@ impl Manifest {
     pub fn to_wire(&self) -> v1::SealedManifest {
         v1::SealedManifest {
             vector_hash: self.vector_hash.to_vec(),
-            sealed_seeds: self.sealed_seeds.clone(),
-            sealed_shares: self
-                .sealed_shares
-                .iter()
-                .map(|row| v1::SealedRow { boxes: row.clone() })
-                .collect(),
+            sealed_boxes: self.sealed.clone(),
             signature: self.signature.clone(),
         }
     }
@@ -99,8 +94,7 @@ impl Manifest {
             round,
             participant,
             vector_hash: hash32(&m.vector_hash, "vector_hash")?,
-            sealed_seeds: m.sealed_seeds.clone(),
-            sealed_shares: m.sealed_shares.iter().map(|r| r.boxes.clone()).collect(),
+            sealed: m.sealed_boxes.clone(),
             signature: m.signature.clone(),
         })
     }
@@ -112,8 +106,7 @@ impl MemberView {
             participant: self.participant.to_string(),
             vector_hash: self.vector_hash.to_vec(),
             digests: self.digests.iter().map(|d| d.to_vec()).collect(),
-            seed_box: self.seed_box.clone(),
-            share_boxes: self.share_boxes.clone(),
+            sealed_box: self.sealed_box.clone(),
             signature: self.signature.clone(),
         }
     }
@@ -129,8 +122,7 @@ impl MemberView {
                 .iter()
                 .map(|d| hash32(d, "digest"))
                 .collect::<Result<_, _>>()?,
-            seed_box: v.seed_box.clone(),
-            share_boxes: v.share_boxes.clone(),
+            sealed_box: v.sealed_box.clone(),
             signature: v.signature.clone(),
         })
     }
