@@ -48,18 +48,21 @@ impl SecaggDuties {
     }
 
     /// Quantizes `delta` (already clipped) with weight `num_samples` (capped at the job's
-    /// max_samples), masks it for the round's plan and uploads it. Returns the weight used and
-    /// the encoded bytes sent.
+    /// max_samples), masks it for the training task's round plan and uploads it. Returns the
+    /// weight used and the encoded bytes sent.
     pub async fn upload(
         &mut self,
         client: &mut Client,
         spec: &JobSpec,
         job_id: &str,
-        round: u32,
-        plan: &v1::SecaggPlan,
+        task: &v1::TrainTask,
         delta: Vec<f32>,
         num_samples: u64,
     ) -> Result<(u64, usize), ParticipantError> {
+        let round = task.round;
+        let plan = task.secagg.as_ref().ok_or_else(|| {
+            ParticipantError::Config("the training task has no secure-aggregation plan".into())
+        })?;
         let settings = *spec.secagg().ok_or_else(|| {
             ParticipantError::Config(
                 "coordinator sent a secure-aggregation plan for a plain job".into(),

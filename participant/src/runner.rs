@@ -235,13 +235,12 @@ pub async fn run(
                             .upload(&config.job_id, task.round, num_samples, &delta)
                             .await
                     }
-                    Some(plan) => duties
+                    Some(_) => duties
                         .upload(
                             &mut client,
                             &spec,
                             &config.job_id,
-                            task.round,
-                            plan,
+                            &task,
                             delta.clone(),
                             num_samples,
                         )

@@ -49,6 +49,11 @@ pub struct SecaggArgs {
     /// Round deadline, seconds.
     #[arg(long, default_value_t = 600)]
     deadline: u32,
+    /// Where the coordinator keeps its state during the run (default: the system temp dir).
+    /// Plain rounds write every update durably (fsync) before acknowledging it; secagg rounds
+    /// keep masked uploads in memory. A tmpfs such as /dev/shm takes the disk out of both.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// An MLP with one input, two classes and hidden widths [a, b] whose size is close to `dim`.
@@ -73,6 +78,8 @@ fn synthetic_update(dim: usize, norm: f32) -> Vec<f32> {
 }
 
 struct RoundStats {
+    /// Committee members among the participants who left after uploading.
+    committee_dropped: usize,
     seconds: f64,
     upload_bytes: usize,
     committee_cpu: Duration,
@@ -117,7 +124,11 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     let spec = Arc::new(JobSpec::from_proto(&wire).context("bench job")?);
     let dim = spec.layout().dim();
 
-    let dir = tempfile::tempdir()?;
+    let dir = match &args.data_dir {
+        Some(parent) => tempfile::tempdir_in(parent)
+            .with_context(|| format!("temp dir in {}", parent.display()))?,
+        None => tempfile::tempdir()?,
+    };
     let state = State::open(dir.path())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -134,8 +145,12 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
 
     let dropped = (args.dropout * n as f64).round() as usize;
     let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
+    let mut leavers = Vec::new();
+    for i in 0..n {
         let identity = Arc::new(Identity::generate());
+        if i < dropped {
+            leavers.push(identity.participant_id().to_string());
+        }
         let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
         client.join(&job).await?;
         clients.push((client, identity));
@@ -154,9 +169,9 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                     Some(Item::Train(task)) => {
                         let delta = synthetic_update(dim, 0.5);
                         bytes = match &task.secagg {
-                            Some(plan) => {
+                            Some(_) => {
                                 duties
-                                    .upload(&mut client, &spec, &job, task.round, plan, delta, 100)
+                                    .upload(&mut client, &spec, &job, &task, delta, 100)
                                     .await?
                                     .1
                             }
@@ -199,7 +214,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         }));
     }
     // Wait for the coordinator to hold the new model (or give up on a failed round).
-    let seconds = loop {
+    let (seconds, info) = loop {
         let info = jobs
             .get_job(v1::GetJobRequest {
                 job_id: job.clone(),
@@ -207,7 +222,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             .await?
             .into_inner();
         if info.model_version == 1 {
-            break started.elapsed().as_secs_f64();
+            break (started.elapsed().as_secs_f64(), info);
         }
         if info
             .rounds
@@ -230,7 +245,13 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     }
     let _ = stop.send(());
     server.await??;
+    let committee_dropped = info.rounds[0]
+        .committee
+        .iter()
+        .filter(|m| leavers.contains(m))
+        .count();
     Ok(RoundStats {
+        committee_dropped,
         seconds,
         upload_bytes,
         committee_cpu,
@@ -254,7 +275,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         args.participants, args.dim, args.committee
     ));
     let secagg = run_round(&args, true).await?;
-    printer.status("plain round".to_string());
+    printer.status("plain round");
     let plain = run_round(&args, false).await?;
     printer.data(
         json!({
@@ -269,6 +290,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             "upload_bytes_per_participant": secagg.upload_bytes,
             "plain_upload_bytes_per_participant": plain.upload_bytes,
             "committee_cpu_s": secagg.committee_cpu.as_secs_f64(),
+            "committee_dropped": secagg.committee_dropped,
         })
         .to_string(),
     );
