@@ -24,5 +24,5 @@ pub mod state;
 pub mod store;
 
 pub use error::CoordinatorError;
-pub use server::serve;
+pub use server::{LocalServer, serve};
 pub use state::State;

@@ -38,3 +38,50 @@ pub async fn serve(
         .await
         .map_err(|e| CoordinatorError::Storage(format!("server: {e}")))
 }
+
+/// A coordinator serving on an ephemeral loopback port inside this process: for the demo,
+/// benchmarks and tests. Stops when [`LocalServer::stop`] is called or when dropped.
+pub struct LocalServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), CoordinatorError>>>,
+}
+
+impl LocalServer {
+    /// Binds 127.0.0.1:0 and serves `state` there.
+    pub async fn start(state: Arc<State>) -> Result<Self, CoordinatorError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stops serving and waits until in-flight requests are done.
+    pub async fn stop(mut self) -> Result<(), CoordinatorError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| CoordinatorError::Storage(format!("server task: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

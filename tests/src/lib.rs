@@ -8,7 +8,7 @@ use std::sync::Arc;
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
 };
-use conclave_coordinator::State;
+use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
@@ -20,43 +20,26 @@ use tonic::transport::Channel;
 pub struct TestCoordinator {
     pub url: String,
     pub state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: LocalServer,
 }
 
 impl TestCoordinator {
     /// Starts a coordinator with its data in `dir`.
     pub async fn start(dir: &Path) -> Self {
         let state = State::open(dir).expect("open coordinator state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let server = LocalServer::start(Arc::clone(&state))
             .await
-            .expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            conclave_coordinator::serve(listener, serving, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("coordinator serves");
-        });
+            .expect("serve on loopback");
         Self {
-            url,
+            url: server.url.clone(),
             state,
-            stop: Some(stop),
-            task: Some(task),
+            server,
         }
     }
 
     /// Stops serving and waits for the server task.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.expect("coordinator stops cleanly");
     }
 
     pub async fn jobs(&self) -> JobsClient<Channel> {
@@ -88,14 +71,6 @@ impl TestCoordinator {
             .await
             .unwrap()
             .into_inner()
-    }
-}
-
-impl Drop for TestCoordinator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

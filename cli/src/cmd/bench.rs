@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
 };
-use conclave_coordinator::State;
+use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
 use conclave_participant::client::{Client, connect, jobs_client, upload_messages};
 use conclave_participant::{Event, SecaggDuties};
@@ -130,12 +130,8 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         None => tempfile::tempdir()?,
     };
     let state = State::open(dir.path())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(conclave_coordinator::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let server = LocalServer::start(state).await?;
+    let url = server.url.clone();
     let mut jobs = jobs_client(connect(&url).await?);
     let job = jobs
         .create_job(v1::CreateJobRequest { spec: Some(wire) })
@@ -243,8 +239,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         upload_bytes = upload_bytes.max(bytes);
         committee_cpu += cpu;
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     let committee_dropped = info.rounds[0]
         .committee
         .iter()

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
 };
-use conclave_coordinator::State;
+use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
@@ -176,12 +176,8 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
 
     // Coordinator on an ephemeral loopback port.
     let state = State::open(&dir.join("coordinator"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(conclave_coordinator::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let server = LocalServer::start(state).await?;
+    let url = server.url.clone();
     let mut jobs = jobs_client(connect(&url).await?);
     let job_id = jobs
         .create_job(v1::CreateJobRequest {
@@ -289,8 +285,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         .into_inner();
     let out = dir.join("model-final.safetensors");
     let (path, version) = export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
-    let _ = stop.send(());
-    server.await.context("coordinator task")??;
+    server.stop().await.context("coordinator")?;
     let failed = info
         .rounds
         .iter()
