@@ -1,7 +1,7 @@
 //! The coordinator's part in a secure-aggregation round: drawing the committee, holding the
-//! [`Aggregator`] state machine, and the phase the round is in. Masked uploads are kept in
-//! memory only: a coordinator restart fails the round in progress (it is re-run as the next
-//! round with a new committee), which reveals nothing.
+//! [`Aggregator`] state machine, and the phase the round is in. Accepted masked uploads and
+//! their manifests are on disk before they are acknowledged; a restarted coordinator resumes
+//! the round from them ([`resume_round`]).
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
@@ -11,7 +11,8 @@ use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_proto::v1;
 
 use crate::CoordinatorError;
-use crate::store::ParticipantRecord;
+use crate::store::{ParticipantRecord, RoundRecord, Store, UploadPart};
+use prost::Message;
 
 /// Where a secure-aggregation round stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +33,13 @@ pub struct SecaggRound {
     pub plan: v1::SecaggPlan,
     pub phase: Phase,
     pub committee: Vec<ParticipantId>,
+    /// No statement before this time (unix ms): after a restart, members need a moment to
+    /// reconnect before the coordinator decides who answers.
+    pub not_before: u64,
 }
+
+/// How long a resumed round waits for committee members to reconnect.
+const RESUME_GRACE_MS: u64 = 5_000;
 
 /// Draws the committee and sets up the round. `head` stands for the ledger head in the draw
 /// seed (DESIGN.md step 1): until the ledger exists it is the hash of the round's base model,
@@ -98,6 +105,7 @@ pub fn open_round(
         plan,
         phase: Phase::Collecting,
         committee,
+        not_before: 0,
     })
 }
 
@@ -105,4 +113,55 @@ impl From<ProtocolError> for CoordinatorError {
     fn from(e: ProtocolError) -> Self {
         CoordinatorError::Protocol(e)
     }
+}
+
+/// Rebuilds the open round of a restarted coordinator from its stored plan and the masked
+/// uploads accepted before the restart (phase Collecting: no statement was signed by this
+/// coordinator's new life; members refuse a different one if they signed before).
+pub fn resume_round(
+    spec: &JobSpec,
+    job_id: &str,
+    round: &RoundRecord,
+    store: &Store,
+) -> Result<SecaggRound, CoordinatorError> {
+    let settings = spec
+        .secagg()
+        .ok_or_else(|| CoordinatorError::InvalidRequest("not a secure-aggregation job".into()))?;
+    let plan = hex::decode(&round.plan)
+        .ok()
+        .and_then(|b| v1::SecaggPlan::decode(b.as_slice()).ok())
+        .ok_or_else(|| {
+            CoordinatorError::Storage(format!("round {}: stored plan is unreadable", round.round))
+        })?;
+    let config = RoundConfig::from_plan(job_id, round.round, &plan)?;
+    let committee = config.committee.iter().map(|m| m.id.clone()).collect();
+    let mut aggregator = Aggregator::new(config)?;
+    for upload in &round.uploads {
+        let payload = store.load_update(job_id, round.round, &upload.did, UploadPart::Payload)?;
+        let wire = v1::SealedManifest::decode(
+            store
+                .load_update(job_id, round.round, &upload.did, UploadPart::Manifest)?
+                .as_slice(),
+        )
+        .map_err(|e| CoordinatorError::Storage(format!("manifest of {}: {e}", upload.did)))?;
+        let did = ParticipantId::parse(&upload.did)
+            .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+        let masked = payload
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        aggregator.accept(
+            masked,
+            conclave_aggregation::secagg::Manifest::from_wire(job_id, round.round, did, &wire)?,
+        )?;
+    }
+    Ok(SecaggRound {
+        round: round.round,
+        aggregator,
+        quant: settings.quant,
+        plan,
+        phase: Phase::Collecting,
+        committee,
+        not_before: crate::state::now_ms() + RESUME_GRACE_MS,
+    })
 }

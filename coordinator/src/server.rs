@@ -22,6 +22,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CoordinatorError> {
     state.start_drivers();
+    let closing = Arc::clone(&state);
     let jobs = JobsServer::new(JobsService {
         state: Arc::clone(&state),
     })
@@ -34,7 +35,11 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(jobs)
         .add_service(rounds)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // Long-lived work streams would hold the graceful shutdown open forever.
+            closing.close_streams();
+        })
         .await
         .map_err(|e| CoordinatorError::Storage(format!("server: {e}")))
 }
@@ -51,7 +56,15 @@ pub struct LocalServer {
 impl LocalServer {
     /// Binds 127.0.0.1:0 and serves `state` there.
     pub async fn start(state: Arc<State>) -> Result<Self, CoordinatorError> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(state, "127.0.0.1:0".parse().expect("a socket address")).await
+    }
+
+    /// Serves `state` on `addr` (e.g. the address of a coordinator that was restarted).
+    pub async fn start_on(
+        state: Arc<State>,
+        addr: std::net::SocketAddr,
+    ) -> Result<Self, CoordinatorError> {
+        let listener = TcpListener::bind(addr).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state, async move {

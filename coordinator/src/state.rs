@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::fedavg::{self, WeightedUpdate};
-use conclave_aggregation::secagg::{Approval, Manifest, ProtocolError, Reveal, RevealedShare};
+use conclave_aggregation::secagg::{
+    Approval, Manifest, ProtocolError, Reveal, RevealedShare, vector_hash,
+};
 use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
 use conclave_proto::v1::{self, work_item::Item};
@@ -20,7 +22,8 @@ use tokio::sync::{Notify, watch};
 use crate::CoordinatorError;
 use crate::secagg::{self, Phase, SecaggRound};
 use crate::store::{
-    EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadRecord,
+    EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, Store, UploadPart,
+    UploadRecord,
 };
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
@@ -86,6 +89,8 @@ pub struct UploadTicket {
 pub struct State {
     store: Store,
     jobs: Mutex<BTreeMap<String, Job>>,
+    /// Set when the server shuts down: open work streams end.
+    closing: watch::Sender<bool>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -198,6 +203,7 @@ impl Job {
             deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
             committee: Vec::new(),
             draw_seed: String::new(),
+            plan: String::new(),
             total_samples: None,
         };
         self.secagg = None;
@@ -228,6 +234,7 @@ impl Job {
                 Ok(sa) => {
                     record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
                     record.draw_seed = hex::encode(&sa.plan.draw_seed);
+                    record.plan = hex::encode(sa.plan.encode_to_vec());
                     self.secagg = Some(sa);
                 }
                 // The round then fails at its first step and the next one is drawn afresh.
@@ -348,6 +355,8 @@ impl Job {
             Phase::Collecting => {
                 if !complete && now < round.deadline_unix_ms {
                     Step::Wait(round.deadline_unix_ms)
+                } else if now < sa.not_before {
+                    Step::Wait(sa.not_before)
                 } else {
                     let answering: Vec<ParticipantId> = sa
                         .committee
@@ -516,12 +525,35 @@ impl State {
                 connected: HashMap::new(),
                 record,
             };
+            let secagg = job
+                .open_round()
+                .filter(|r| !r.plan.is_empty())
+                .map(|r| secagg::resume_round(&job.spec, &job.record.id, r, &store));
+            let mut job = job;
+            match secagg {
+                Some(Ok(sa)) => job.secagg = Some(sa),
+                Some(Err(e)) => {
+                    tracing::warn!(job = %job.record.id, error = %e, "cannot resume the secure round in progress; it will fail")
+                }
+                None => {}
+            }
             jobs.insert(job.record.id.clone(), job);
         }
         Ok(Arc::new(Self {
             store,
             jobs: Mutex::new(jobs),
+            closing: watch::channel(false).0,
         }))
+    }
+
+    /// A receiver that turns `true` when the server shuts down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends every open work stream (clients reconnect to the next server).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
@@ -879,9 +911,13 @@ impl State {
             return self.accept_masked(ticket, manifest, payload);
         }
         decode_f32(payload)?;
-        let staged =
-            self.store
-                .stage_update(&ticket.job, ticket.round, ticket.did.as_str(), payload)?;
+        let staged = self.store.stage_update(
+            &ticket.job,
+            ticket.round,
+            ticket.did.as_str(),
+            UploadPart::Payload,
+            payload,
+        )?;
         let result = self.with_job(&ticket.job, |job, store| {
             check_round_upload(job, ticket.round, &ticket.did)?;
             let mut record = job.record.clone();
@@ -894,7 +930,13 @@ impl State {
                 num_samples: ticket.num_samples,
                 payload_hash: hex::encode(ticket.payload_hash),
             });
-            store.commit_update(&staged, &ticket.job, ticket.round, ticket.did.as_str())?;
+            store.commit_update(
+                &staged,
+                &ticket.job,
+                ticket.round,
+                ticket.did.as_str(),
+                UploadPart::Payload,
+            )?;
             store.save_job(&record)?;
             job.record = record;
             job.bump();
@@ -906,11 +948,12 @@ impl State {
         result
     }
 
-    /// Stores a masked upload in the round's aggregator (memory) and its record (disk).
+    /// Stores a masked upload durably (vector and manifest files, then the job record) and
+    /// in the round's aggregator.
     fn accept_masked(
         &self,
         ticket: &UploadTicket,
-        manifest: &v1::SealedManifest,
+        wire_manifest: &v1::SealedManifest,
         payload: &[u8],
     ) -> Result<(), CoordinatorError> {
         let masked: Vec<u32> = payload
@@ -918,8 +961,34 @@ impl State {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let manifest =
-            Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), manifest)?;
-        self.with_job(&ticket.job, |job, store| {
+            Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), wire_manifest)?;
+        // Checked outside the lock: the vector matches the manifest the participant signed.
+        if vector_hash(&masked) != manifest.vector_hash {
+            return Err(CoordinatorError::Protocol(ProtocolError::HashMismatch));
+        }
+        let did = ticket.did.as_str();
+        let staged_payload = self.store.stage_update(
+            &ticket.job,
+            ticket.round,
+            did,
+            UploadPart::Payload,
+            payload,
+        )?;
+        let staged_manifest = self.store.stage_update(
+            &ticket.job,
+            ticket.round,
+            did,
+            UploadPart::Manifest,
+            &wire_manifest.encode_to_vec(),
+        );
+        let staged_manifest = match staged_manifest {
+            Ok(path) => path,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged_payload);
+                return Err(e);
+            }
+        };
+        let result = self.with_job(&ticket.job, |job, store| {
             check_round_upload(job, ticket.round, &ticket.did)?;
             let sa = job.secagg_round(ticket.round)?;
             if sa.phase != Phase::Collecting {
@@ -929,6 +998,7 @@ impl State {
                     current: "closing".into(),
                 });
             }
+            manifest.verify(sa.aggregator.config())?;
             let mut record = job.record.clone();
             record
                 .rounds
@@ -940,14 +1010,34 @@ impl State {
                     num_samples: 0,
                     payload_hash: hex::encode(ticket.payload_hash),
                 });
+            store.commit_update(
+                &staged_payload,
+                &ticket.job,
+                ticket.round,
+                did,
+                UploadPart::Payload,
+            )?;
+            store.commit_update(
+                &staged_manifest,
+                &ticket.job,
+                ticket.round,
+                did,
+                UploadPart::Manifest,
+            )?;
             store.save_job(&record)?;
+            job.record = record;
+            // Checked above; this cannot fail but for a bug, and the upload is on disk either way.
             job.secagg_round(ticket.round)?
                 .aggregator
                 .accept(masked, manifest)?;
-            job.record = record;
             job.bump();
             Ok(())
-        })
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staged_payload);
+            let _ = std::fs::remove_file(&staged_manifest);
+        }
+        result
     }
 
     /// Records a committee member's approval of the round's statement.
@@ -1117,7 +1207,12 @@ impl State {
                         .iter()
                         .map(|u| {
                             Ok((
-                                decode_f32(&store.load_update(job.id(), round.round, &u.did)?)?,
+                                decode_f32(&store.load_update(
+                                    job.id(),
+                                    round.round,
+                                    &u.did,
+                                    UploadPart::Payload,
+                                )?)?,
                                 u.num_samples,
                             ))
                         })

@@ -59,6 +59,10 @@ pub struct RoundRecord {
     /// Secure aggregation: the seed that drew the committee (hex).
     #[serde(default)]
     pub draw_seed: String,
+    /// Secure aggregation: the round plan (protobuf `SecaggPlan`, hex), to resume the round
+    /// after a restart.
+    #[serde(default)]
+    pub plan: String,
     /// Secure aggregation: Σ n_i, known only once the sum is unmasked.
     #[serde(default)]
     pub total_samples: Option<u64>,
@@ -89,6 +93,24 @@ pub struct JobRecord {
     pub finished: bool,
 }
 
+/// The files an accepted upload is kept in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadPart {
+    /// The update (plain: f32 LE) or the masked ring vector (secagg: u32 LE).
+    Payload,
+    /// Secagg: the protobuf-encoded manifest of the masked vector.
+    Manifest,
+}
+
+impl UploadPart {
+    fn extension(self) -> &'static str {
+        match self {
+            UploadPart::Payload => "update",
+            UploadPart::Manifest => "manifest",
+        }
+    }
+}
+
 /// The data directory.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -115,12 +137,12 @@ impl Store {
             .join(format!("v{version}.safetensors"))
     }
 
-    fn update_path(&self, job: &str, round: u32, did: &str) -> PathBuf {
+    fn update_path(&self, job: &str, round: u32, did: &str, kind: UploadPart) -> PathBuf {
         // did:key strings are base58 after the prefix: safe in file names once ':' is replaced.
         self.job_dir(job)
             .join("rounds")
             .join(round.to_string())
-            .join(format!("{}.update", did.replace(':', "_")))
+            .join(format!("{}.{}", did.replace(':', "_"), kind.extension()))
     }
 
     /// Every stored job record.
@@ -168,9 +190,10 @@ impl Store {
         job: &str,
         round: u32,
         did: &str,
+        kind: UploadPart,
         payload: &[u8],
     ) -> Result<PathBuf, CoordinatorError> {
-        let path = self.update_path(job, round, did);
+        let path = self.update_path(job, round, did, kind);
         let staged = path.with_extension(format!(
             "staged-{}",
             hex::encode(conclave_crypto::random_bytes::<8>())
@@ -186,8 +209,9 @@ impl Store {
         job: &str,
         round: u32,
         did: &str,
+        kind: UploadPart,
     ) -> Result<(), CoordinatorError> {
-        let path = self.update_path(job, round, did);
+        let path = self.update_path(job, round, did, kind);
         fs::rename(staged, &path)?;
         sync_dir(&path)
     }
@@ -198,8 +222,9 @@ impl Store {
         job: &str,
         round: u32,
         did: &str,
+        kind: UploadPart,
     ) -> Result<Vec<u8>, CoordinatorError> {
-        Ok(fs::read(self.update_path(job, round, did))?)
+        Ok(fs::read(self.update_path(job, round, did, kind))?)
     }
 
     /// Deletes every update of a round once its aggregate is stored: they are no longer needed.

@@ -37,6 +37,23 @@ impl TestCoordinator {
         }
     }
 
+    /// Starts a coordinator on `dir` at a given URL's address (to restart one in place).
+    pub async fn restart(dir: &Path, url: &str) -> Self {
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a loopback address");
+        let state = State::open(dir).expect("open coordinator state");
+        let server = LocalServer::start_on(Arc::clone(&state), addr)
+            .await
+            .expect("serve on the same address");
+        Self {
+            url: server.url.clone(),
+            state,
+            server,
+        }
+    }
+
     /// Stops serving and waits for the server task.
     pub async fn stop(self) {
         self.server.stop().await.expect("coordinator stops cleanly");

@@ -41,6 +41,7 @@ impl Rounds for RoundsService {
     ) -> Result<Response<Self::WorkStream>, Status> {
         let req = request.into_inner();
         let (did, mut changes) = self.state.subscribe(&req)?;
+        let mut closing = self.state.closing();
         let (tx, rx) = mpsc::channel(8);
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
@@ -72,6 +73,8 @@ impl Rounds for RoundsService {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    // The server is shutting down: end the stream so the client reconnects later.
+                    _ = closing.wait_for(|c| *c) => return,
                 }
             }
         });

@@ -1,0 +1,143 @@
+//! A secure round survives a coordinator restart: masked uploads acknowledged before the
+//! restart are on disk, the restarted coordinator resumes the round from them, and the sum is
+//! unmasked once the last participant uploads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_aggregation::JobSpec;
+use conclave_crypto::Identity;
+use conclave_participant::client::{Client, download_model};
+use conclave_participant::{ParticipantError, SecaggDuties};
+use conclave_proto::v1::{self, work_item::Item};
+use conclave_tests::{TestCoordinator, wdbc_job_starting_at};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+/// A participant that uploads `delta` once `gate` opens and does its committee duties,
+/// reconnecting its work stream whenever the coordinator goes away.
+async fn scripted(
+    url: String,
+    identity: Arc<Identity>,
+    job: String,
+    spec: Arc<JobSpec>,
+    delta: Vec<f32>,
+    mut gate: watch::Receiver<bool>,
+) -> Result<(), ParticipantError> {
+    let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
+    client.join(&job).await?;
+    let mut duties = SecaggDuties::new(identity);
+    for _ in 0..100 {
+        let Ok(mut work) = client.work(&job).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while let Some(Ok(item)) = work.next().await {
+            match item.item {
+                Some(Item::Train(task)) => {
+                    while !*gate.borrow_and_update() {
+                        gate.changed().await.expect("gate kept open");
+                    }
+                    duties
+                        .upload(&mut client, &spec, &job, &task, delta.clone(), 100)
+                        .await?;
+                }
+                Some(Item::Sign(task)) => {
+                    duties.sign(&mut client, &job, task).await?;
+                }
+                Some(Item::Reveal(task)) => {
+                    duties.reveal(&mut client, &job, task).await?;
+                }
+                Some(Item::Done(_)) => return Ok(()),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ParticipantError::StreamEnded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_round_resumes_after_a_coordinator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestCoordinator::start(dir.path()).await;
+    let url = first.url.clone();
+    let mut wire = wdbc_job_starting_at(1, 2, 3, 60).to_proto();
+    wire.privacy = v1::Privacy::Secagg.into();
+    wire.committee_size = 3;
+    wire.threshold = 2;
+    wire.clip_norm = 5.0;
+    wire.max_samples = 1000;
+    wire.max_participants = 10;
+    let spec = Arc::new(JobSpec::from_proto(&wire).unwrap());
+    let job = first.launch(&spec).await;
+    let dim = first.info(&job).await.dim as usize;
+
+    let deltas: Vec<Vec<f32>> = (0..3)
+        .map(|i| {
+            (0..dim)
+                .map(|k| ((i * 7 + k) % 5) as f32 * 0.01 - 0.02)
+                .collect()
+        })
+        .collect();
+    let (open, closed) = (watch::channel(true).1, watch::channel(false));
+    let mut tasks = Vec::new();
+    for (i, delta) in deltas.iter().enumerate() {
+        let gate = if i < 2 {
+            open.clone()
+        } else {
+            closed.1.clone()
+        };
+        let (url, job, spec) = (url.clone(), job.clone(), Arc::clone(&spec));
+        tasks.push(tokio::spawn(scripted(
+            url,
+            Arc::new(Identity::generate()),
+            job,
+            spec,
+            delta.clone(),
+            gate,
+        )));
+    }
+    // Two uploads acknowledged, then the coordinator stops.
+    let before = loop {
+        let info = first.info(&job).await;
+        if info.rounds.first().is_some_and(|r| r.uploaded.len() == 2) {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    first.stop().await;
+
+    let second = TestCoordinator::restart(dir.path(), &url).await;
+    let after = second.info(&job).await;
+    assert_eq!(
+        after.rounds[0].uploaded, before.rounds[0].uploaded,
+        "acknowledged uploads survived"
+    );
+    assert_eq!(after.rounds[0].state, v1::RoundState::Open as i32);
+    // The third participant uploads; the round completes with all three.
+    closed.0.send(true).unwrap();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("participants finish")
+            .unwrap()
+            .unwrap();
+    }
+    let info = second.info(&job).await;
+    assert_eq!(info.model_version, 1);
+    assert_eq!(info.rounds[0].uploaded.len(), 3);
+    assert_eq!(info.rounds[0].total_samples, 300);
+    let mut rounds = second.rounds().await;
+    let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
+    let v1 = download_model(&mut rounds, &job, 1, None).await.unwrap();
+    let tolerance = 4.0 / spec.secagg().unwrap().quant.scale() * 1000.0 / 100.0;
+    for k in 0..dim {
+        let mean = deltas.iter().map(|d| d[k] as f64).sum::<f64>() / 3.0;
+        assert!(
+            (v1[k] as f64 - v0[k] as f64 - mean).abs() <= tolerance,
+            "parameter {k}"
+        );
+    }
+    second.stop().await;
+}
