@@ -153,16 +153,26 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
+    // The others upload only once every leaver is gone, so that the coordinator already
+    // counts the leavers out when the last upload arrives and it picks who answers.
+    let (left_tx, left_rx) = tokio::sync::watch::channel(0usize);
+    let left_tx = Arc::new(left_tx);
     for (i, (mut client, identity)) in clients.into_iter().enumerate() {
         let (job, spec) = (job.clone(), Arc::clone(&spec));
+        let (left_tx, mut left_rx) = (Arc::clone(&left_tx), left_rx.clone());
         let leaves = i < dropped;
         tasks.push(tokio::spawn(async move {
             let mut work = client.work(&job).await?;
             let mut duties = SecaggDuties::new(identity);
             let mut bytes = 0;
+            let mut left = false;
             while let Some(item) = work.next().await {
                 match item.context("work stream")?.item {
                     Some(Item::Train(task)) => {
+                        if !leaves && dropped > 0 {
+                            left_rx.wait_for(|n| *n >= dropped).await?;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
                         let delta = synthetic_update(dim, 0.5);
                         bytes = match &task.secagg {
                             Some(_) => {
@@ -185,7 +195,8 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                             }
                         };
                         if leaves {
-                            return Ok::<_, anyhow::Error>((bytes, duties.committee_time()));
+                            left = true;
+                            break;
                         }
                     }
                     Some(Item::Sign(task)) => {
@@ -206,7 +217,12 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                     Some(Item::Evaluate(_)) | None => {}
                 }
             }
-            Ok((bytes, duties.committee_time()))
+            if left {
+                drop(work);
+                drop(client);
+                left_tx.send_modify(|n| *n += 1);
+            }
+            Ok::<_, anyhow::Error>((bytes, duties.committee_time()))
         }));
     }
     // Wait for the coordinator to hold the new model (or give up on a failed round).
