@@ -11,6 +11,7 @@
 //! which must fit in 32 bits. Stochastic rounding makes each coordinate unbiased:
 //! `E[q] = S·w·Δ`.
 
+use conclave_crypto::Seed;
 use rand::Rng;
 
 /// Smallest scale accepted: coarser than 2^-12 per unit of update would lose the update.
@@ -137,11 +138,15 @@ impl QuantParams {
             });
         }
         let factor = self.scale * num_samples as f64 / self.max_samples as f64;
+        // Rounding noise: 32 uniform bits per element from the AES-CTR stream of a seed drawn
+        // from `rng` (≈ 9 GB/s, against ~1 GB/s for one f64 draw per element from `rng`).
+        let noise = conclave_crypto::prg::expand_mask(&Seed::from_bytes(rng.random()), delta.len());
         let mut out = Vec::with_capacity(delta.len() + 1);
-        for &x in delta {
+        for (&x, &r) in delta.iter().zip(&noise) {
             let v = x as f64 * factor;
             let floor = v.floor();
-            let up = rng.random::<f64>() < v - floor;
+            // Round up with probability v - floor (to 2^-32).
+            let up = (r as f64) < (v - floor) * 4_294_967_296.0;
             let q = floor as i64 + up as i64;
             out.push(q as i32 as u32);
         }
