@@ -146,10 +146,7 @@ pub fn resume_round(
         .map_err(|e| CoordinatorError::Storage(format!("manifest of {}: {e}", upload.did)))?;
         let did = ParticipantId::parse(&upload.did)
             .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
-        let masked = payload
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let masked = crate::state::decode_u32(&payload);
         aggregator.accept(
             masked,
             conclave_aggregation::secagg::Manifest::from_wire(job_id, round.round, did, &wire)?,

@@ -113,6 +113,14 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
     }
 }
 
+/// Decodes little-endian u32 ring elements (masked vectors, partial sums).
+pub fn decode_u32(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Checks a signed request's signature and returns the signer. The nonce is checked against
 /// the job's memory separately, under the lock.
 pub fn authenticate<T: Signed>(req: &T) -> Result<(ParticipantId, Vec<u8>), CoordinatorError> {
@@ -956,10 +964,7 @@ impl State {
         wire_manifest: &v1::SealedManifest,
         payload: &[u8],
     ) -> Result<(), CoordinatorError> {
-        let masked: Vec<u32> = payload
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let masked: Vec<u32> = decode_u32(payload);
         let manifest =
             Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), wire_manifest)?;
         // Checked outside the lock: the vector matches the manifest the participant signed.
@@ -1098,10 +1103,7 @@ impl State {
         if blake3::hash(payload).as_bytes().as_slice() != header.partial_hash.as_slice() {
             return Err(CoordinatorError::HashMismatch);
         }
-        let partial: Vec<u32> = payload
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let partial: Vec<u32> = decode_u32(payload);
         let statement_hash: [u8; 32] =
             header.statement_hash.as_slice().try_into().map_err(|_| {
                 CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into())

@@ -130,6 +130,28 @@ pub fn wdbc_job_starting_at(
     }
 }
 
+/// A secure-aggregation version of [`wdbc_job_starting_at`]: committee `c` with threshold `t`,
+/// updates clipped to 5, weights capped at 1000 samples.
+pub fn wdbc_secagg_job(
+    rounds: u32,
+    min_participants: u32,
+    start_participants: u32,
+    deadline_secs: u32,
+    (c, t): (u32, u32),
+    max_participants: u32,
+) -> JobSpec {
+    let mut wire =
+        wdbc_job_starting_at(rounds, min_participants, start_participants, deadline_secs)
+            .to_proto();
+    wire.privacy = v1::Privacy::Secagg.into();
+    wire.committee_size = c;
+    wire.threshold = t;
+    wire.clip_norm = 5.0;
+    wire.max_samples = 1000;
+    wire.max_participants = max_participants;
+    JobSpec::from_proto(&wire).expect("a valid secure-aggregation job")
+}
+
 /// Deals the shipped train and test splits to `n` hospitals under `dir`: (train, test) files.
 pub fn hospital_files(dir: &Path, n: usize) -> Vec<(PathBuf, PathBuf)> {
     let train = dir.join("train.csv");

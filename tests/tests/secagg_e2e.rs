@@ -12,7 +12,7 @@ use conclave_crypto::{Identity, ParticipantId};
 use conclave_participant::client::download_model;
 use conclave_participant::{Event, ParticipantConfig, run};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, client, hospital_files, wdbc_job_starting_at};
+use conclave_tests::{TestCoordinator, client, hospital_files, wdbc_secagg_job};
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,14 +20,7 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let coordinator = TestCoordinator::start(&dir.path().join("coordinator")).await;
-    let mut wire = wdbc_job_starting_at(1, 3, 10, 4).to_proto();
-    wire.privacy = v1::Privacy::Secagg.into();
-    wire.committee_size = 5;
-    wire.threshold = 3;
-    wire.clip_norm = 5.0;
-    wire.max_samples = 1000;
-    wire.max_participants = 20;
-    let spec = conclave_aggregation::JobSpec::from_proto(&wire).unwrap();
+    let spec = wdbc_secagg_job(1, 3, 10, 4, (5, 3), 20);
     let job = coordinator.launch(&spec).await;
 
     // Recompute the round-1 committee as anyone can: from the base model's hash.

@@ -10,7 +10,7 @@ use conclave_crypto::Identity;
 use conclave_participant::client::{Client, download_model};
 use conclave_participant::{ParticipantError, SecaggDuties};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, wdbc_job_starting_at};
+use conclave_tests::{TestCoordinator, wdbc_secagg_job};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -62,14 +62,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     let dir = tempfile::tempdir().unwrap();
     let first = TestCoordinator::start(dir.path()).await;
     let url = first.url.clone();
-    let mut wire = wdbc_job_starting_at(1, 2, 3, 60).to_proto();
-    wire.privacy = v1::Privacy::Secagg.into();
-    wire.committee_size = 3;
-    wire.threshold = 2;
-    wire.clip_norm = 5.0;
-    wire.max_samples = 1000;
-    wire.max_participants = 10;
-    let spec = Arc::new(JobSpec::from_proto(&wire).unwrap());
+    let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
     let job = first.launch(&spec).await;
     let dim = first.info(&job).await.dim as usize;
 
