@@ -38,6 +38,48 @@ pub struct SecaggSettings {
 const DEFAULT_COMMITTEE: u32 = 10;
 const DEFAULT_MAX_PARTICIPANTS: u32 = 100;
 
+/// How a round's reward pool is split among those who earned it (DESIGN.md, "Ledger").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewardPolicy {
+    /// Whole tokens paid for each round that produces a model.
+    pub pool_per_round: u64,
+    /// Part of the pool for committee members who completed their duty, in basis points.
+    pub committee_share_bps: u32,
+    /// How the contributors' part is split.
+    pub split: RewardSplit,
+}
+
+impl RewardPolicy {
+    /// The default policy: 1000 tokens a round, 10% to the committee, contributors by sample
+    /// count, or equally where counts are secret (secagg).
+    pub fn default_for(secagg: bool) -> Self {
+        Self {
+            pool_per_round: DEFAULT_REWARD_POOL,
+            committee_share_bps: DEFAULT_COMMITTEE_SHARE_BPS,
+            split: if secagg {
+                RewardSplit::Equal
+            } else {
+                RewardSplit::Samples
+            },
+        }
+    }
+}
+
+/// How contributors share their part of a round's pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewardSplit {
+    /// In proportion to accepted sample counts (plain rounds, where counts are known).
+    Samples,
+    /// Equally (secure aggregation, where each participant's count is secret).
+    Equal,
+}
+
+/// Default reward pool per round, in tokens, and the committee's default share (10%).
+pub const DEFAULT_REWARD_POOL: u64 = 1000;
+pub const DEFAULT_COMMITTEE_SHARE_BPS: u32 = 1000;
+/// Largest reward pool per round: keeps every balance far from u64 overflow.
+pub const MAX_REWARD_POOL: u64 = 1_000_000_000_000;
+
 /// Local optimizer used by participants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Optimizer {
@@ -92,6 +134,7 @@ pub struct JobSpec {
     pub seed: u64,
     /// Identities allowed to join; empty means open admission.
     pub admission: Vec<ParticipantId>,
+    pub rewards: RewardPolicy,
 }
 
 /// One problem in a job definition, with the key path it is at (e.g. `training.batch_size`).
@@ -232,6 +275,7 @@ impl JobSpec {
             }
         }
 
+        let rewards = Self::check_rewards(wire, privacy.as_ref(), &mut p);
         let model = Self::check_model(wire.model.as_ref(), &mut p);
         let data = Self::check_data(wire.data.as_ref(), &mut p);
         let training = Self::check_training(wire.training.as_ref(), &mut p);
@@ -247,8 +291,10 @@ impl JobSpec {
                 );
             }
         }
-        match (privacy, model, data, training) {
-            (Some(privacy), Some(model), Some(data), Some(training)) if p.0.is_empty() => {
+        match (privacy, model, data, training, rewards) {
+            (Some(privacy), Some(model), Some(data), Some(training), Some(rewards))
+                if p.0.is_empty() =>
+            {
                 Ok(JobSpec {
                     name: wire.name.clone(),
                     model,
@@ -262,6 +308,7 @@ impl JobSpec {
                     clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
                     seed: wire.seed,
                     admission,
+                    rewards,
                 })
             }
             _ => Err(JobError { problems: p.0 }),
@@ -334,6 +381,56 @@ impl JobSpec {
                 None
             }
         }
+    }
+
+    fn check_rewards(
+        wire: &v1::JobSpec,
+        privacy: Option<&Privacy>,
+        p: &mut Problems,
+    ) -> Option<RewardPolicy> {
+        let secagg = matches!(privacy, Some(Privacy::Secagg(_)));
+        let Some(r) = &wire.rewards else {
+            return Some(RewardPolicy::default_for(secagg));
+        };
+        let before = p.0.len();
+        p.range(
+            "rewards.pool_per_round",
+            r.pool_per_round,
+            0,
+            MAX_REWARD_POOL,
+        );
+        if r.committee_share_bps > 10_000 {
+            p.add(
+                "rewards.committee_share",
+                format!(
+                    "must be between 0 and 1, got {}",
+                    r.committee_share_bps as f64 / 10_000.0
+                ),
+            );
+        }
+        let split = match v1::RewardSplit::try_from(r.split) {
+            Ok(v1::RewardSplit::Samples) if secagg => {
+                p.add(
+                    "rewards.split",
+                    "\"samples\" is not possible with secagg: each participant's sample count is secret; use \"equal\"",
+                );
+                None
+            }
+            Ok(v1::RewardSplit::Samples) => Some(RewardSplit::Samples),
+            Ok(v1::RewardSplit::Equal) => Some(RewardSplit::Equal),
+            _ => {
+                p.add(
+                    "rewards.split",
+                    "missing or unknown; expected \"samples\" or \"equal\"",
+                );
+                None
+            }
+        };
+        (p.0.len() == before).then_some(RewardPolicy {
+            pool_per_round: r.pool_per_round,
+            committee_share_bps: r.committee_share_bps,
+            split: split?,
+        })
     }
 
     /// The secure-aggregation settings, when the job uses secagg.
@@ -522,6 +619,15 @@ impl JobSpec {
             threshold: self.secagg().map_or(0, |s| s.threshold),
             max_samples: self.secagg().map_or(0, |s| s.quant.max_samples()),
             max_participants: self.secagg().map_or(0, |s| s.quant.max_participants()),
+            rewards: Some(v1::RewardPolicy {
+                pool_per_round: self.rewards.pool_per_round,
+                committee_share_bps: self.rewards.committee_share_bps,
+                split: match self.rewards.split {
+                    RewardSplit::Samples => v1::RewardSplit::Samples,
+                    RewardSplit::Equal => v1::RewardSplit::Equal,
+                }
+                .into(),
+            }),
         }
     }
 
@@ -585,6 +691,48 @@ optimizer = "adam"
         assert_eq!(spec.clip_norm, None);
         assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
         assert_eq!(spec.layout().dim(), 3 * 16 + 16 + 16 * 8 + 8 + 8 * 2 + 2);
+    }
+
+    #[test]
+    fn reward_policy_defaults_parses_and_refuses_what_cannot_be_paid() {
+        let spec = JobSpec::from_toml(GOOD).unwrap();
+        assert_eq!(
+            spec.rewards,
+            RewardPolicy {
+                pool_per_round: 1000,
+                committee_share_bps: 1000,
+                split: RewardSplit::Samples
+            }
+        );
+        let custom = format!(
+            "{GOOD}\n[rewards]\npool_per_round = 250\ncommittee_share = 0.2\nsplit = \"equal\"\n"
+        );
+        let spec = JobSpec::from_toml(&custom).unwrap();
+        assert_eq!(
+            spec.rewards,
+            RewardPolicy {
+                pool_per_round: 250,
+                committee_share_bps: 2000,
+                split: RewardSplit::Equal
+            }
+        );
+        assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+        let secagg = GOOD.replace(
+            "privacy = \"plain\"",
+            "privacy = \"secagg\"\nclip_norm = 1.0\nmax_samples = 1000",
+        );
+        assert_eq!(
+            JobSpec::from_toml(&secagg).unwrap().rewards.split,
+            RewardSplit::Equal,
+            "secagg defaults to equal parts"
+        );
+        let bad = format!(
+            "{secagg}\n[rewards]\ncommittee_share = 1.5\nsplit = \"samples\"\ncolour = 1\n"
+        );
+        let got = paths(JobSpec::from_toml(&bad).unwrap_err());
+        for want in ["rewards.committee_share", "rewards.split", "rewards.colour"] {
+            assert!(got.contains(&want.to_string()), "{want} not in {got:?}");
+        }
     }
 
     #[test]

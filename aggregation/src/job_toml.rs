@@ -4,6 +4,8 @@
 use conclave_proto::v1;
 use toml::{Table, Value};
 
+use crate::job::{DEFAULT_COMMITTEE_SHARE_BPS, DEFAULT_REWARD_POOL};
+
 /// A sink for problems: (key path, message).
 type Report<'a> = dyn FnMut(&str, String) + 'a;
 
@@ -165,6 +167,7 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
         "model",
         "data",
         "training",
+        "rewards",
     ]);
     let mut spec = v1::JobSpec {
         name: top.string("name").unwrap_or_default(),
@@ -203,7 +206,48 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
     let model = top.table("model");
     let data = top.table("data");
     let training = top.table("training");
+    let rewards = top.table("rewards");
     let report = top.report;
+
+    if let Some(table) = rewards {
+        let mut r = Reader {
+            table,
+            prefix: "rewards",
+            report: &mut *report,
+        };
+        r.check_keys(&["pool_per_round", "committee_share", "split"]);
+        let secagg = spec.privacy == i32::from(v1::Privacy::Secagg);
+        let share = r.float("committee_share").map(f64::from);
+        let bps = match share {
+            None => DEFAULT_COMMITTEE_SHARE_BPS,
+            Some(x) if (0.0..=1.0).contains(&x) => (x * 10_000.0).round() as u32,
+            // Out of range: passed on so the rule's message names the value.
+            Some(x) if x > 1.0 => (x.min(4e5) * 10_000.0) as u32,
+            Some(_) => u32::MAX,
+        };
+        spec.rewards = Some(v1::RewardPolicy {
+            pool_per_round: r
+                .uint("pool_per_round", u64::MAX >> 1)
+                .unwrap_or(DEFAULT_REWARD_POOL),
+            committee_share_bps: bps,
+            split: r
+                .choice(
+                    "split",
+                    &[
+                        ("samples", v1::RewardSplit::Samples),
+                        ("equal", v1::RewardSplit::Equal),
+                    ],
+                )
+                .unwrap_or(if table.contains_key("split") {
+                    v1::RewardSplit::Unspecified
+                } else if secagg {
+                    v1::RewardSplit::Equal
+                } else {
+                    v1::RewardSplit::Samples
+                })
+                .into(),
+        });
+    }
 
     if let Some(table) = model {
         let mut r = Reader {

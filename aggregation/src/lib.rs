@@ -26,7 +26,7 @@ pub mod secagg;
 
 pub use error::AggregationError;
 pub use job::{
-    DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, SecaggSettings,
-    TrainingConfig,
+    DataSchema, JobError, JobProblem, JobSpec, Normalization, Optimizer, Privacy, RewardPolicy,
+    RewardSplit, SecaggSettings, TrainingConfig,
 };
 pub use model::{ModelArch, ModelLayout, TensorSpec};

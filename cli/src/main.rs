@@ -51,6 +51,9 @@ enum Command {
     Data(cmd::data::Command),
     /// Run a coordinator and simulated hospitals on the shipped data, over loopback gRPC.
     Demo(cmd::demo::Args),
+    /// Inspect, verify, export and replicate the contribution ledger.
+    #[command(subcommand)]
+    Ledger(cmd::ledger::Command),
     /// Measure a round over loopback gRPC (no training).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -108,6 +111,7 @@ fn main() -> std::process::ExitCode {
             Command::Model(c) => cmd::model::run(c, &printer).await,
             Command::Data(c) => cmd::data::run(c, &printer),
             Command::Demo(args) => cmd::demo::run(args, &printer).await,
+            Command::Ledger(c) => cmd::ledger::run(c, &printer).await,
             Command::Bench(c) => cmd::bench::run(c, &printer).await,
         }
     });

@@ -329,4 +329,239 @@ fn separate_processes_train_and_export_like_the_readme() {
     ]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no round 9"));
+
+    // A signed export is recorded in the ledger.
+    let out = run(&[
+        "model",
+        "export",
+        "--job",
+        &job,
+        "--out",
+        &d("final.safetensors"),
+        "--identity",
+        &d("h1.identity"),
+        "--coordinator",
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("recorded in the ledger"));
+
+    // The ledger, read from the running coordinator's data directory, verifies and tells the
+    // whole story of the job.
+    let ledger = d("coordinator");
+    let out = run(&["ledger", "verify", "--ledger", &ledger]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let head = text(&out.stdout).trim().to_string();
+    assert_eq!(head.len(), 64);
+    let out = run(&[
+        "ledger", "show", "--ledger", &ledger, "--job", &job, "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entries: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "job_created",
+        "participant_admitted",
+        "round_opened",
+        "update_accepted",
+        "committee_attestation",
+        "round_closed",
+        "reward",
+        "model_exported",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    let table = run(&["ledger", "show", "--ledger", &ledger, "--round", "2"]);
+    assert!(text(&table.stdout).contains("round_closed"));
+    let out = run(&[
+        "ledger", "balances", "--ledger", &ledger, "--job", &job, "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paid: u64 = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["total"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(paid, 2 * 1000, "two rounds pay their whole pool");
+    for (format, file) in [
+        ("csv", "l.csv"),
+        ("jsonl", "l.jsonl"),
+        ("parquet", "l.parquet"),
+    ] {
+        let out = run(&[
+            "ledger",
+            "export",
+            "--ledger",
+            &ledger,
+            "--format",
+            format,
+            "--out",
+            &d(file),
+        ]);
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+    }
+    let csv = std::fs::read_to_string(d("l.csv")).unwrap();
+    assert!(csv.starts_with("index,time_unix_ms,time,kind,job_id,round,participant"));
+    assert_eq!(csv.lines().count(), entries.len() + 1);
+    let jsonl = std::fs::read_to_string(d("l.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), entries.len());
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "job_created");
+    let parquet = std::fs::read(d("l.parquet")).unwrap();
+    assert!(parquet.starts_with(b"PAR1") && parquet.ends_with(b"PAR1"));
+
+    // A hospital keeps a verified replica; syncing again finds nothing new.
+    let replica = d("replica.db");
+    for _ in 0..2 {
+        let out = run(&[
+            "ledger",
+            "sync",
+            "--coordinator",
+            &url,
+            "--replica",
+            &replica,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            head,
+            "the replica's head is the coordinator's"
+        );
+    }
+    let out = run(&["ledger", "verify", "--ledger", &replica]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A coordinator killed with SIGKILL in the middle of a stream of joins restarts on a ledger
+/// that verifies and holds every join it acknowledged.
+#[test]
+fn sigkill_during_appends_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let serve = |port: u16| {
+        Server(
+            conclave()
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                    &d("c"),
+                ])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = serve(port);
+    // A plain job that never starts a round: every join is one ledger append.
+    let job_file = d("job.toml");
+    std::fs::write(
+        &job_file,
+        "name = \"crash\"\nrounds = 1\nmin_participants = 2\nstart_participants = 100000\nprivacy = \"plain\"\n[model]\nkind = \"logistic_regression\"\n[data]\nfeatures = [\"a\"]\nlabel = \"y\"\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let job = loop {
+        let out = run(&["job", "launch", &job_file, "--coordinator", &url]);
+        if out.status.success() {
+            break text(&out.stdout).trim().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, job, acked) = (url.clone(), job.clone(), acked.clone());
+            rt.spawn(async move {
+                loop {
+                    let id = std::sync::Arc::new(conclave_crypto::Identity::generate());
+                    let did = id.participant_id().to_string();
+                    let Ok(mut c) = conclave_participant::client::Client::connect(&url, id).await
+                    else {
+                        return;
+                    };
+                    match c.join(&job).await {
+                        Ok(_) => acked.lock().unwrap().push(did),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let appends flow, then kill the coordinator mid-stream.
+    while acked.lock().unwrap().len() < 150 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "joins are too slow"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.0.kill().unwrap(); // SIGKILL
+    server.0.wait().unwrap();
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let out = run(&["ledger", "verify", "--ledger", &d("c")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["ledger", "show", "--ledger", &d("c"), "--format", "json"]);
+    let admitted: std::collections::BTreeSet<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "participant_admitted")
+        .map(|e| e["participant"].as_str().unwrap().to_string())
+        .collect();
+    for did in &acked {
+        assert!(
+            admitted.contains(did),
+            "acknowledged join of {did} was lost"
+        );
+    }
+    // The coordinator restarts on it, with every acknowledged participant.
+    let port = free_port();
+    let _server = serve(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let status = loop {
+        let out = run(&[
+            "job",
+            "status",
+            &job,
+            "--coordinator",
+            &url,
+            "--format",
+            "json",
+        ]);
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let joined = status["participants"].as_array().unwrap().len();
+    assert!(joined >= acked.len(), "{joined} < {}", acked.len());
 }

@@ -111,6 +111,12 @@ impl From<CoordinatorError> for Status {
     }
 }
 
+impl From<conclave_ledger::LedgerError> for CoordinatorError {
+    fn from(e: conclave_ledger::LedgerError) -> Self {
+        CoordinatorError::Storage(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for CoordinatorError {
     fn from(e: std::io::Error) -> Self {
         CoordinatorError::Storage(e.to_string())

@@ -4,12 +4,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use conclave_ledger::entry::MAX_ENTRY_BYTES;
 use conclave_proto::MAX_MESSAGE_BYTES;
-use conclave_proto::v1::{jobs_server::JobsServer, rounds_server::RoundsServer};
+use conclave_proto::v1::{
+    jobs_server::JobsServer, ledger_server::LedgerServer, rounds_server::RoundsServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::service::{jobs::JobsService, rounds::RoundsService};
+use crate::service::{jobs::JobsService, ledger::LedgerService, rounds::RoundsService};
 use crate::{CoordinatorError, State};
 
 /// Most concurrent requests served on one connection.
@@ -28,6 +31,12 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let ledger = LedgerServer::new(LedgerService {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    // One entry per message; entries are bounded by MAX_ENTRY_BYTES.
+    .max_encoding_message_size(MAX_ENTRY_BYTES + 1024);
     let rounds = RoundsServer::new(RoundsService { state })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -35,6 +44,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(jobs)
         .add_service(rounds)
+        .add_service(ledger)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             // Long-lived work streams would hold the graceful shutdown open forever.

@@ -14,6 +14,7 @@ use conclave_aggregation::secagg::{
 };
 use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
+use conclave_ledger::{Batch, Payload};
 use conclave_proto::v1::{self, work_item::Item};
 use conclave_proto::{NONCE_LEN, Signed};
 use prost::Message;
@@ -193,8 +194,9 @@ impl Job {
     }
 
     /// Opens the next round for every participant who has joined; in a secure-aggregation
-    /// job, draws its committee and sets up the aggregator.
-    fn open_next_round(&mut self, now: u64) {
+    /// job, draws its committee (seeded by the ledger head: the batch's last entry) and sets
+    /// up the aggregator. Records the opening in `batch`.
+    fn open_next_round(&mut self, now: u64, batch: &mut Batch<'_>) {
         let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
         let mut record = RoundRecord {
             round,
@@ -227,10 +229,7 @@ impl Job {
                         .collect()
                 })
                 .unwrap_or_default();
-            let head: [u8; 32] = self
-                .model_hash(self.record.model_version)
-                .try_into()
-                .unwrap_or([0; 32]);
+            let head = batch.head();
             match secagg::open_round(
                 &self.spec,
                 &self.record.id,
@@ -251,7 +250,37 @@ impl Job {
                 }
             }
         }
+        batch.push(Payload::RoundOpened(v1::RoundOpened {
+            job_id: self.record.id.clone(),
+            round,
+            base_version: record.base_version,
+            base_model_hash: self.model_hash(record.base_version),
+            participants: record.expected.clone(),
+            committee: record.committee.clone(),
+            draw_seed: hex_to_bytes(&record.draw_seed),
+            deadline_unix_ms: record.deadline_unix_ms,
+        }));
         self.record.rounds.push(record);
+    }
+
+    /// The participants' evaluation of a model version so far (weighted means).
+    fn evaluation(&self, version: u32) -> Option<v1::Evaluation> {
+        let reports = self.record.evaluations.get(&version)?;
+        let n: u64 = reports.iter().map(|e| e.num_examples).sum();
+        let mean = |f: fn(&EvalRecord) -> f64| {
+            reports
+                .iter()
+                .map(|e| f(e) * e.num_examples as f64)
+                .sum::<f64>()
+                / n.max(1) as f64
+        };
+        Some(v1::Evaluation {
+            model_version: version,
+            loss: mean(|e| e.loss),
+            accuracy: mean(|e| e.accuracy),
+            num_examples: n,
+            reports: reports.len() as u32,
+        })
     }
 
     /// The secure-aggregation state of the open round `round`.
@@ -311,24 +340,8 @@ impl Job {
                 .collect(),
             evaluations: r
                 .evaluations
-                .iter()
-                .map(|(&version, reports)| {
-                    let n: u64 = reports.iter().map(|e| e.num_examples).sum();
-                    let mean = |f: fn(&EvalRecord) -> f64| {
-                        reports
-                            .iter()
-                            .map(|e| f(e) * e.num_examples as f64)
-                            .sum::<f64>()
-                            / n.max(1) as f64
-                    };
-                    v1::Evaluation {
-                        model_version: version,
-                        loss: mean(|e| e.loss),
-                        accuracy: mean(|e| e.accuracy),
-                        num_examples: n,
-                        reports: reports.len() as u32,
-                    }
-                })
+                .keys()
+                .filter_map(|&version| self.evaluation(version))
                 .collect(),
             created_unix_ms: r.created_unix_ms,
         }
@@ -453,33 +466,92 @@ impl Job {
     ) -> Result<Option<u64>, CoordinatorError> {
         let mut record = self.record.clone();
         let mut new_model = None;
+        let mut batch = store.batch(now);
         let closed = record.rounds.last_mut().expect("open round exists");
+        let mut entry = v1::RoundClosed {
+            job_id: record.id.clone(),
+            round: round.round,
+            base_metrics: self.evaluation(round.base_version),
+            ..Default::default()
+        };
+        let mut completed = Vec::new();
         if let Some((params, total)) = outcome {
             let version = record.model_version + 1;
             store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
             let bytes = f32_bytes(&params);
-            record.model_hashes.push(hash_hex(&bytes));
+            let hash = blake3::hash(&bytes);
+            record.model_hashes.push(hash.to_hex().to_string());
             record.model_version = version;
             closed.status = RoundStatus::Closed;
             closed.result_version = Some(version);
             closed.total_samples = total;
             new_model = Some(bytes);
+            entry.success = true;
+            entry.result_version = version;
+            entry.model_hash = hash.as_bytes().to_vec();
+            let statement = self
+                .secagg
+                .as_ref()
+                .filter(|sa| sa.round == round.round)
+                .and_then(|sa| sa.aggregator.statement().cloned());
+            entry.contributors = match &statement {
+                // Secure: the statement's uploads, whose sample counts stay secret.
+                Some(st) => st
+                    .uploads
+                    .iter()
+                    .map(|(d, _)| v1::Contribution {
+                        participant: d.to_string(),
+                        num_samples: 0,
+                    })
+                    .collect(),
+                None => round
+                    .uploads
+                    .iter()
+                    .map(|u| v1::Contribution {
+                        participant: u.did.clone(),
+                        num_samples: u.num_samples,
+                    })
+                    .collect(),
+            };
+            entry.total_samples =
+                total.unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum::<u64>());
+            if let Some(st) = statement {
+                completed = st.answering.iter().map(|a| a.to_string()).collect();
+                entry.committee_completed = completed.clone();
+                entry.statement = Some(st.to_wire());
+            }
         } else {
             closed.status = RoundStatus::Failed;
         }
+        let contributors: Vec<(String, u64)> = entry
+            .contributors
+            .iter()
+            .map(|c| (c.participant.clone(), c.num_samples))
+            .collect();
+        batch.push(Payload::RoundClosed(entry));
+        let awards =
+            conclave_ledger::rewards::round_awards(&self.spec.rewards, &contributors, &completed);
+        if !awards.is_empty() {
+            batch.push(Payload::Reward(v1::Reward {
+                job_id: record.id.clone(),
+                round: round.round,
+                awards,
+            }));
+        }
         let before = std::mem::replace(&mut self.record, record);
+        let before_model = self.latest_model.clone();
         if round.round >= self.spec.rounds {
             self.record.finished = true;
             self.secagg = None;
         } else {
             if let Some(bytes) = &new_model {
-                // The next round's committee draw hashes the new model.
                 self.latest_model = Arc::new(bytes.clone());
             }
-            self.open_next_round(now);
+            self.open_next_round(now, &mut batch);
         }
-        if let Err(e) = store.save_job(&self.record) {
+        if let Err(e) = store.commit(Some(&self.record), batch) {
             self.record = before;
+            self.latest_model = before_model;
             return Err(e);
         }
         if let Some(bytes) = new_model {
@@ -500,6 +572,19 @@ impl State {
     /// from inside a tokio runtime to resume their rounds.
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
         let store = Store::open(data_dir)?;
+        // A coordinator never builds on a ledger that does not verify.
+        let report = conclave_ledger::verify::verify_ledger(
+            store.ledger(),
+            Some(&store.identity().participant_id()),
+        )?;
+        if let Some(p) = report.problem {
+            return Err(CoordinatorError::Storage(format!(
+                "the ledger in {} fails verification at entry {}: {} (run `conclave ledger verify`)",
+                data_dir.display(),
+                p.index,
+                p.reason
+            )));
+        }
         let mut jobs = BTreeMap::new();
         for record in store.load_jobs()? {
             let wire = hex::decode(&record.spec)
@@ -617,7 +702,15 @@ impl State {
             evaluations: BTreeMap::new(),
             finished: false,
         };
-        self.store.save_job(&record)?;
+        let mut batch = self.store.batch(record.created_unix_ms);
+        batch.push(Payload::JobCreated(v1::JobCreated {
+            job_id: id.clone(),
+            spec: Some(spec.to_proto()),
+            model_hash: blake3::hash(&latest_model).as_bytes().to_vec(),
+        }));
+        // Under the jobs lock: every append happens there, so the ledger has one order.
+        let mut jobs = self.lock();
+        self.store.commit(Some(&record), batch)?;
         let job = Job {
             spec,
             layout,
@@ -629,7 +722,8 @@ impl State {
             secagg: None,
             connected: HashMap::new(),
         };
-        self.lock().insert(id.clone(), job);
+        jobs.insert(id.clone(), job);
+        drop(jobs);
         self.spawn_driver(id.clone());
         Ok(id)
     }
@@ -697,14 +791,22 @@ impl State {
                 did: did.to_string(),
                 sealing_key: key_hex,
             });
+            let now = now_ms();
+            let mut batch = store.batch(now);
+            batch.push(Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
+                job_id: job.id().into(),
+                participant: did.to_string(),
+                sealing_key: sealing_key.to_vec(),
+            }));
             let before = std::mem::replace(&mut job.record, record);
             if job.record.rounds.is_empty()
                 && job.record.participants.len() >= job.spec.start_participants as usize
             {
-                job.open_next_round(now_ms());
+                job.open_next_round(now, &mut batch);
             }
-            if let Err(e) = store.save_job(&job.record) {
+            if let Err(e) = store.commit(Some(&job.record), batch) {
                 job.record = before;
+                job.secagg = None;
                 return Err(e);
             }
             job.bump();
@@ -945,7 +1047,16 @@ impl State {
                 ticket.did.as_str(),
                 UploadPart::Payload,
             )?;
-            store.save_job(&record)?;
+            let mut batch = store.batch(now_ms());
+            batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
+                job_id: ticket.job.clone(),
+                round: ticket.round,
+                participant: ticket.did.to_string(),
+                num_samples: ticket.num_samples,
+                payload_hash: ticket.payload_hash.to_vec(),
+                manifest_hash: Vec::new(),
+            }));
+            store.commit(Some(&record), batch)?;
             job.record = record;
             job.bump();
             Ok(())
@@ -1029,7 +1140,16 @@ impl State {
                 did,
                 UploadPart::Manifest,
             )?;
-            store.save_job(&record)?;
+            let mut batch = store.batch(now_ms());
+            batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
+                job_id: ticket.job.clone(),
+                round: ticket.round,
+                participant: ticket.did.to_string(),
+                num_samples: 0,
+                payload_hash: ticket.payload_hash.to_vec(),
+                manifest_hash: manifest.hash().to_vec(),
+            }));
+            store.commit(Some(&record), batch)?;
             job.record = record;
             // Checked above; this cannot fail but for a bug, and the upload is on disk either way.
             job.secagg_round(ticket.round)?
@@ -1051,15 +1171,32 @@ impl State {
         let statement_hash: [u8; 32] = req.statement_hash.as_slice().try_into().map_err(|_| {
             CoordinatorError::InvalidRequest("statement_hash must be 32 bytes".into())
         })?;
-        self.with_job(&req.job_id, |job, _| {
+        self.with_job(&req.job_id, |job, store| {
             job.require_joined(&did)?;
             let sa = job.secagg_round(req.round)?;
-            sa.aggregator.add_approval(Approval {
+            let approval = Approval {
                 member: did.clone(),
                 statement_hash,
                 signature: req.signature.clone(),
-            })?;
+            };
+            // Checked against the statement first; recorded durably before it counts.
+            if !sa.aggregator.check_approval(&approval)? {
+                job.consume_nonce(&did, &nonce)?;
+                return Ok(());
+            }
+            let mut batch = store.batch(now_ms());
+            batch.push(Payload::CommitteeAttestation(v1::CommitteeAttestation {
+                job_id: req.job_id.clone(),
+                round: req.round,
+                member: did.to_string(),
+                statement_hash: statement_hash.to_vec(),
+                signature: req.signature.clone(),
+            }));
             job.consume_nonce(&did, &nonce)?;
+            store.commit(None, batch)?;
+            job.secagg_round(req.round)?
+                .aggregator
+                .add_approval(approval)?;
             job.bump();
             Ok(())
         })
@@ -1174,11 +1311,54 @@ impl State {
                     accuracy: req.accuracy,
                     num_examples: req.num_examples,
                 });
-            store.save_job(&record)?;
+            store.commit(Some(&record), store.batch(now_ms()))?;
             job.record = record;
             job.bump();
             Ok(())
         })
+    }
+
+    /// Records in the ledger that the signer exported a model version it downloaded and
+    /// checked; returns the entry's index.
+    pub fn record_export(&self, req: &v1::RecordExportRequest) -> Result<u64, CoordinatorError> {
+        let (did, nonce) = authenticate(req)?;
+        if req.format.is_empty()
+            || req.format.len() > 32
+            || !req.format.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(CoordinatorError::InvalidRequest(
+                "format must be 1-32 ASCII letters or digits".into(),
+            ));
+        }
+        self.with_job(&req.job_id, |job, store| {
+            let latest = job.record.model_version;
+            if req.model_version > latest {
+                return Err(CoordinatorError::UnknownModelVersion {
+                    job: job.id().into(),
+                    version: req.model_version,
+                    latest,
+                });
+            }
+            if job.model_hash(req.model_version) != req.model_hash {
+                return Err(CoordinatorError::HashMismatch);
+            }
+            job.consume_nonce(&did, &nonce)?;
+            let mut batch = store.batch(now_ms());
+            batch.push(Payload::ModelExported(v1::ModelExported {
+                job_id: req.job_id.clone(),
+                model_version: req.model_version,
+                model_hash: req.model_hash.clone(),
+                format: req.format.clone(),
+                exported_by: did.to_string(),
+            }));
+            store.commit(None, batch)?;
+            Ok(store.ledger().head().len - 1)
+        })
+    }
+
+    /// The ledger (for the `Ledger` service).
+    pub fn ledger(&self) -> &conclave_ledger::Ledger {
+        self.store.ledger()
     }
 
     /// Moves the open round on: a plain round closes when every expected participant uploaded

@@ -1,23 +1,32 @@
 //! Durable storage of the coordinator's state in its data directory:
 //!
 //! ```text
-//! DATA_DIR/jobs/<job-id>/job.json                  job record (spec, participants, rounds, metrics)
+//! DATA_DIR/conclave.db                             SQLite: the ledger, and each job's record
+//!                                                  (spec, participants, rounds, metrics)
+//! DATA_DIR/coordinator.key                         the coordinator's signing identity (0600)
 //! DATA_DIR/jobs/<job-id>/models/v<N>.safetensors   global model version N
-//! DATA_DIR/jobs/<job-id>/rounds/<r>/<id>.update    accepted update of one participant (f32 LE)
+//! DATA_DIR/jobs/<job-id>/rounds/<r>/<id>.update    accepted update of one participant
 //! ```
 //!
-//! Every write goes to a temporary file that is fsync'd and renamed into place, then the
-//! directory is fsync'd, so a crash leaves either the old or the new file, and anything
-//! acknowledged to a client is on disk.
+//! A job record changes in the same SQLite transaction as the ledger entries that record the
+//! change ([`Store::commit`]), so the two never disagree. Vectors live in files: every write
+//! goes to a temporary file that is fsync'd and renamed into place, then the directory is
+//! fsync'd, before the database commit that refers to it; anything acknowledged to a client
+//! is on disk.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use conclave_crypto::Identity;
+use conclave_ledger::{Batch, Ledger, StateWrite};
 use serde::{Deserialize, Serialize};
 
 use crate::CoordinatorError;
+
+/// Key prefix of job records in the database's state table.
+const JOB_KEY: &str = "job/";
 
 /// A participant as recorded at join.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -112,18 +121,63 @@ impl UploadPart {
 }
 
 /// The data directory.
-#[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    ledger: Ledger,
+    identity: Identity,
 }
 
 impl Store {
-    /// Opens (creating if needed) a data directory.
+    /// Opens (creating if needed) a data directory, its database and the coordinator's key.
     pub fn open(root: &Path) -> Result<Self, CoordinatorError> {
         fs::create_dir_all(root.join("jobs"))?;
+        let key = root.join("coordinator.key");
+        let identity = if key.exists() {
+            Identity::load(&key)
+        } else {
+            let id = Identity::generate();
+            id.save(&key).map(|()| id)
+        }
+        .map_err(|e| CoordinatorError::Storage(format!("{}: {e}", key.display())))?;
+        let ledger = Ledger::open(&root.join("conclave.db"))?;
         Ok(Self {
             root: root.to_owned(),
+            ledger,
+            identity,
         })
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The coordinator's signing identity (its did:key signs every ledger entry).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// A batch of ledger entries on the current head, signed by the coordinator at `now`.
+    pub fn batch(&self, now: u64) -> Batch<'_> {
+        self.ledger.batch(&self.identity, now)
+    }
+
+    /// Durably commits ledger entries together with a job record (if one changed).
+    pub fn commit(
+        &self,
+        record: Option<&JobRecord>,
+        batch: Batch<'_>,
+    ) -> Result<(), CoordinatorError> {
+        let state = match record {
+            Some(r) => vec![StateWrite::Put {
+                key: format!("{JOB_KEY}{}", r.id),
+                value: serde_json::to_vec(r)
+                    .map_err(|e| CoordinatorError::Storage(e.to_string()))?,
+            }],
+            None => Vec::new(),
+        };
+        self.ledger.commit(batch, &state)?;
+        Ok(())
     }
 
     fn job_dir(&self, job: &str) -> PathBuf {
@@ -148,25 +202,13 @@ impl Store {
     /// Every stored job record.
     pub fn load_jobs(&self) -> Result<Vec<JobRecord>, CoordinatorError> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(self.root.join("jobs"))? {
-            let path = entry?.path().join("job.json");
-            if !path.exists() {
-                continue;
-            }
-            let text = fs::read_to_string(&path)?;
-            let record: JobRecord = serde_json::from_str(&text)
-                .map_err(|e| CoordinatorError::Storage(format!("{}: {e}", path.display())))?;
+        for (key, value) in self.ledger.state(JOB_KEY)? {
+            let record: JobRecord = serde_json::from_slice(&value)
+                .map_err(|e| CoordinatorError::Storage(format!("{key}: {e}")))?;
             out.push(record);
         }
         out.sort_by_key(|r| r.created_unix_ms);
         Ok(out)
-    }
-
-    /// Durably writes a job record.
-    pub fn save_job(&self, record: &JobRecord) -> Result<(), CoordinatorError> {
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
-        write_atomic(&self.job_dir(&record.id).join("job.json"), &json)
     }
 
     /// Durably writes a model version.

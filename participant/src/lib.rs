@@ -27,6 +27,7 @@
 pub mod client;
 mod duty;
 mod error;
+pub mod ledger_sync;
 mod runner;
 pub mod trainer;
 

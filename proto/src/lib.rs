@@ -23,7 +23,8 @@ pub mod v1 {
 
 use prost::Message;
 use v1::{
-    ApprovalRequest, Auth, JoinRequest, MetricsReport, RevealHeader, UploadHeader, WorkRequest,
+    ApprovalRequest, Auth, JoinRequest, MetricsReport, RecordExportRequest, RevealHeader,
+    UploadHeader, WorkRequest,
 };
 
 /// Largest payload of one model or update chunk, in bytes (256 Ki f32 elements).
@@ -82,6 +83,7 @@ signed!(UploadHeader, "/conclave.v1.Rounds/UploadUpdate");
 signed!(MetricsReport, "/conclave.v1.Rounds/ReportMetrics");
 signed!(ApprovalRequest, "/conclave.v1.Rounds/SubmitApproval");
 signed!(RevealHeader, "/conclave.v1.Rounds/SubmitReveal");
+signed!(RecordExportRequest, "/conclave.v1.Jobs/RecordExport");
 
 #[cfg(test)]
 mod tests {

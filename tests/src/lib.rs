@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use conclave_aggregation::{
-    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
 use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
@@ -127,6 +127,7 @@ pub fn wdbc_job_starting_at(
         clip_norm: None,
         seed: 1,
         admission: Vec::new(),
+        rewards: RewardPolicy::default_for(false),
     }
 }
 
@@ -144,6 +145,8 @@ pub fn wdbc_secagg_job(
         wdbc_job_starting_at(rounds, min_participants, start_participants, deadline_secs)
             .to_proto();
     wire.privacy = v1::Privacy::Secagg.into();
+    // The default policy for secagg: equal parts (sample counts are secret).
+    wire.rewards = None;
     wire.committee_size = c;
     wire.threshold = t;
     wire.clip_norm = 5.0;

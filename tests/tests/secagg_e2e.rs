@@ -1,7 +1,8 @@
 //! Secure aggregation end to end over gRPC: 10 hospitals, a committee of 5 with threshold 3.
 //! Three participants and two committee members die mid-round; the round still completes, and
 //! the new model is plain FedAvg of the updates that arrived, within quantization error. The
-//! committee is the one anyone can recompute from the public draw.
+//! committee is the one anyone can recompute from the ledger, which verifies and pays only
+//! those who did their part.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use conclave_crypto::committee::{draw_committee, draw_seed};
 use conclave_crypto::{Identity, ParticipantId};
+use conclave_ledger::Payload;
+use conclave_ledger::rewards::Balances;
+use conclave_ledger::verify::verify_ledger;
 use conclave_participant::client::download_model;
 use conclave_participant::{Event, ParticipantConfig, run};
 use conclave_proto::v1::{self, work_item::Item};
@@ -20,17 +24,37 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let coordinator = TestCoordinator::start(&dir.path().join("coordinator")).await;
-    let spec = wdbc_secagg_job(1, 3, 10, 4, (5, 3), 20);
+    let spec = wdbc_secagg_job(1, 3, 10, 6, (5, 3), 20);
     let job = coordinator.launch(&spec).await;
-
-    // Recompute the round-1 committee as anyone can: from the base model's hash.
     let people: Vec<Arc<Identity>> = (0..10).map(|_| Arc::new(Identity::generate())).collect();
     let ids: Vec<ParticipantId> = people.iter().map(|p| p.participant_id()).collect();
     let mut rounds = coordinator.rounds().await;
     let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
-    let v0_bytes: Vec<u8> = v0.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let seed = draw_seed(blake3::hash(&v0_bytes).as_bytes(), &job, 1);
+
+    // All ten join; the tenth join opens round 1 and draws its committee.
+    let mut clients = Vec::new();
+    for p in &people {
+        let mut c = client(&coordinator, Arc::clone(p)).await;
+        c.join(&job).await.unwrap();
+        clients.push(Some(c));
+    }
+    // Recompute the committee as anyone holding the ledger can: seeded by the hash of the
+    // entry before the round's opening.
+    let ledger = coordinator.state.ledger();
+    let entries = ledger.read(0, 1000).unwrap();
+    let opened = entries
+        .iter()
+        .find(|e| matches!(e.payload(), Payload::RoundOpened(r) if r.job_id == job && r.round == 1))
+        .expect("round 1 is in the ledger");
+    let seed = draw_seed(&opened.prev_hash(), &job, 1);
     let committee = draw_committee(&seed, &ids, &[], 5).unwrap();
+    let Payload::RoundOpened(entry) = opened.payload() else {
+        unreachable!()
+    };
+    assert_eq!(
+        entry.committee,
+        committee.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+    );
     let is_member = |i: usize| committee.contains(&ids[i]);
     let dropouts: Vec<usize> = (0..10).filter(|&i| !is_member(i)).take(3).collect();
     let doomed_members: Vec<usize> = (0..10).filter(|&i| is_member(i)).take(2).collect();
@@ -62,8 +86,7 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     drop(tx);
     let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel();
     for &i in &dropouts {
-        let mut c = client(&coordinator, Arc::clone(&people[i])).await;
-        c.join(&job).await.unwrap();
+        let mut c = clients[i].take().unwrap();
         let (job, plan_tx) = (job.clone(), plan_tx.clone());
         // It receives its training task (with the round plan), then dies without uploading.
         tokio::spawn(async move {
@@ -160,5 +183,35 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
             v1[k]
         );
     }
+
+    // The ledger verifies, and pays the round's pool: 900 equally to the seven whose updates
+    // are in the sum, 100 to the three members who revealed (not to the two who died).
+    let report = verify_ledger(ledger, None).unwrap();
+    assert_eq!(report.problem, None);
+    let mut balances = Balances::new(Some(&job));
+    ledger.for_each(|e| balances.add(&e)).unwrap();
+    let paid = balances.by_did();
+    let survivors_in_committee: Vec<&ParticipantId> = committee
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !doomed_members.iter().any(|&d| ids[d] == **m))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(survivors_in_committee.len(), 3);
+    for m in &survivors_in_committee {
+        assert!((33..=34).contains(&paid[m.as_str()].committee), "{m}");
+    }
+    for &d in &doomed_members {
+        assert_eq!(
+            paid[ids[d].as_str()].committee,
+            0,
+            "a member who died earns no committee share"
+        );
+        assert!((128..=129).contains(&paid[ids[d].as_str()].contribution));
+    }
+    for &d in &dropouts {
+        assert!(!paid.contains_key(ids[d].as_str()), "dropouts earn nothing");
+    }
+    assert_eq!(paid.values().map(|b| b.total()).sum::<u64>(), 1000);
     coordinator.stop().await;
 }

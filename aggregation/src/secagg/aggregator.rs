@@ -137,6 +137,14 @@ impl Aggregator {
 
     /// Records a member's approval; returns whether the statement now has `t` of them.
     pub fn add_approval(&mut self, approval: Approval) -> Result<bool, ProtocolError> {
+        self.check_approval(&approval)?;
+        self.approvals.insert(approval.member.clone(), approval);
+        Ok(self.approvals.len() >= self.config.threshold)
+    }
+
+    /// Checks an approval without recording it; `Ok(false)` when its member has already
+    /// approved (a repeat changes nothing).
+    pub fn check_approval(&self, approval: &Approval) -> Result<bool, ProtocolError> {
         let Some((_, hash)) = &self.statement else {
             return Err(ProtocolError::OutOfOrder("no statement proposed"));
         };
@@ -146,8 +154,7 @@ impl Aggregator {
         if approval.statement_hash != *hash || !approval.verify() {
             return Err(ProtocolError::BadSignature(approval.member.to_string()));
         }
-        self.approvals.insert(approval.member.clone(), approval);
-        Ok(self.approvals.len() >= self.config.threshold)
+        Ok(!self.approvals.contains_key(&approval.member))
     }
 
     /// Whether the statement has `t` approvals.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use conclave_aggregation::{
-    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
 use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
@@ -28,6 +28,8 @@ use crate::printer::Printer;
 pub enum Command {
     /// A secure-aggregation round against the same round in plain mode.
     Secagg(SecaggArgs),
+    /// Durable ledger appends per second and verification throughput.
+    Ledger(super::bench_ledger::LedgerArgs),
 }
 
 #[derive(clap::Args)]
@@ -112,10 +114,12 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         clip_norm: Some(1.0),
         seed: 1,
         admission: Vec::new(),
+        rewards: RewardPolicy::default_for(false),
     };
     let mut wire = base.to_proto();
     if secagg {
         wire.privacy = v1::Privacy::Secagg.into();
+        wire.rewards = None;
         wire.committee_size = args.committee;
         wire.threshold = args.threshold.unwrap_or(args.committee / 2 + 1);
         wire.max_samples = 1000;
@@ -271,7 +275,10 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
 }
 
 pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
-    let Command::Secagg(args) = command;
+    let args = match command {
+        Command::Secagg(args) => args,
+        Command::Ledger(args) => return super::bench_ledger::run(args, printer),
+    };
     anyhow::ensure!(args.participants >= 2, "--participants must be at least 2");
     anyhow::ensure!(
         (0.0..1.0).contains(&args.dropout),

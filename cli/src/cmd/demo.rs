@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use conclave_aggregation::{
-    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, TrainingConfig,
+    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
 use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
@@ -91,6 +91,7 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
         clip_norm: None,
         seed: 42,
         admission: Vec::new(),
+        rewards: RewardPolicy::default_for(false),
     };
     let mut wire = spec.to_proto();
     match args.privacy {
@@ -100,6 +101,7 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
             // A committee of up to 5 hospitals with t > c/2; weights capped at 1000 samples.
             let c = n.min(5);
             wire.privacy = v1::Privacy::Secagg.into();
+            wire.rewards = None;
             wire.min_participants = n.clamp(2, 3);
             wire.committee_size = c;
             wire.threshold = c / 2 + 1;
@@ -284,7 +286,8 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         .await?
         .into_inner();
     let out = dir.join("model-final.safetensors");
-    let (path, version) = export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
+    let (path, version, _) =
+        export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
     server.stop().await.context("coordinator")?;
     let failed = info
         .rounds

@@ -1,10 +1,12 @@
 //! One module per top-level command.
 
 pub mod bench;
+pub mod bench_ledger;
 pub mod data;
 pub mod demo;
 pub mod identity;
 pub mod job;
 pub mod join;
+pub mod ledger;
 pub mod model;
 pub mod serve;

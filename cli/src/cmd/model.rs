@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
-use conclave_participant::client::{connect, download_model, jobs_client, rounds_client};
+use conclave_crypto::Identity;
+use conclave_participant::client::{connect, download_model, jobs_client, rounds_client, sign};
 use conclave_proto::v1;
 
 use crate::CoordinatorArg;
@@ -33,6 +34,9 @@ pub enum Command {
         /// Output file; default: <job>-round<N>.<ext> in the current directory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Sign the export with this identity so the coordinator records it in the ledger.
+        #[arg(long)]
+        identity: Option<PathBuf>,
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },
@@ -44,9 +48,13 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         round,
         format,
         out,
+        identity,
         coordinator,
     } = command;
-    let (path, version) = export(
+    let identity = identity
+        .map(|p| Identity::load(&p).with_context(|| format!("loading identity {}", p.display())))
+        .transpose()?;
+    let (path, version, model_hash) = export(
         &coordinator.coordinator,
         &job,
         round,
@@ -55,6 +63,23 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     )
     .await?;
     printer.status(format!("exported model version {version} of job {job}"));
+    if let Some(identity) = identity {
+        let mut req = v1::RecordExportRequest {
+            job_id: job.clone(),
+            model_version: version,
+            model_hash: model_hash.to_vec(),
+            format: format!("{format:?}").to_lowercase(),
+            auth: None,
+        };
+        sign(&identity, &mut req);
+        let index = jobs_client(connect(&coordinator.coordinator).await?)
+            .record_export(req)
+            .await
+            .context("recording the export in the ledger")?
+            .into_inner()
+            .ledger_index;
+        printer.status(format!("recorded in the ledger as entry {index}"));
+    }
     printer.data(path.display().to_string());
     Ok(())
 }
@@ -83,14 +108,15 @@ fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u3
     }
 }
 
-/// Downloads a model version and writes it; returns the path and the version.
+/// Downloads a model version and writes it; returns the path, the version and the BLAKE3
+/// hash of its flat f32 parameters (checked against the coordinator's while downloading).
 pub async fn export(
     url: &str,
     job: &str,
     round: Option<u32>,
     format: ModelFormat,
     out: Option<&Path>,
-) -> anyhow::Result<(PathBuf, u32)> {
+) -> anyhow::Result<(PathBuf, u32, [u8; 32])> {
     let channel = connect(url).await?;
     let info = jobs_client(channel.clone())
         .get_job(v1::GetJobRequest { job_id: job.into() })
@@ -129,5 +155,6 @@ pub async fn export(
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    Ok((path, version))
+    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok((path, version, *blake3::hash(&bytes).as_bytes()))
 }

@@ -33,6 +33,19 @@ impl Jobs for JobsService {
         ))
     }
 
+    async fn record_export(
+        &self,
+        request: Request<v1::RecordExportRequest>,
+    ) -> Result<Response<v1::RecordExportResponse>, Status> {
+        let req = request.into_inner();
+        let state = Arc::clone(&self.state);
+        // A durable ledger append: off the async threads.
+        let ledger_index = tokio::task::spawn_blocking(move || state.record_export(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::RecordExportResponse { ledger_index }))
+    }
+
     async fn list_jobs(
         &self,
         _: Request<v1::ListJobsRequest>,

@@ -2,4 +2,5 @@
 //! errors into statuses (through `From<CoordinatorError> for Status`), and nothing else.
 
 pub mod jobs;
+pub mod ledger;
 pub mod rounds;

@@ -1,0 +1,241 @@
+//! Verification against tampering and protocol violations: each test builds a valid ledger
+//! (a plain and a secure-aggregation job, several rounds, rewards, an export), damages it the
+//! way an attacker with access to the database or the coordinator's key would, and checks
+//! that `verify_ledger` names exactly the damaged entry.
+
+use std::path::Path;
+
+use conclave_crypto::Identity;
+use conclave_ledger::sim::{PLAIN_JOB, SECAGG_JOB, SimJob};
+use conclave_ledger::verify::verify_ledger;
+use conclave_ledger::{Ledger, Payload};
+use conclave_proto::v1;
+use proptest::prelude::*;
+use rusqlite::{Connection, params};
+
+/// Builds a valid ledger at `path`; returns the coordinator key and the entry count.
+fn build(path: &Path) -> (Identity, u64) {
+    let coordinator = Identity::generate();
+    let ledger = Ledger::open(path).unwrap();
+    let mut b = ledger.batch(&coordinator, 1_700_000_000_000);
+    let mut plain = SimJob::create(&mut b, "j-plain", PLAIN_JOB, 3);
+    let mut secure = SimJob::create(&mut b, "j-secure", SECAGG_JOB, 5);
+    ledger.commit(b, &[]).unwrap();
+    for _ in 0..2 {
+        let mut b = ledger.batch(&coordinator, 1_700_000_001_000);
+        plain.round(&mut b);
+        secure.round(&mut b);
+        ledger.commit(b, &[]).unwrap();
+    }
+    let mut b = ledger.batch(&coordinator, 1_700_000_002_000);
+    let (hash, version) = secure.model_hash();
+    b.push(Payload::ModelExported(v1::ModelExported {
+        job_id: "j-secure".into(),
+        model_version: version,
+        model_hash: hash.to_vec(),
+        format: "safetensors".into(),
+        exported_by: secure.participants[0].participant_id().to_string(),
+    }));
+    let head = ledger.commit(b, &[]).unwrap();
+    (coordinator, head.len)
+}
+
+fn rows(path: &Path) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT idx, body, signature FROM ledger ORDER BY idx")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn first_bad(path: &Path) -> Option<u64> {
+    let ledger = Ledger::open_read_only(path).unwrap();
+    verify_ledger(&ledger, None)
+        .unwrap()
+        .problem
+        .map(|p| p.index)
+}
+
+#[test]
+fn a_valid_ledger_verifies_and_holds_draws_attestations_and_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let (coordinator, n) = build(&path);
+    let ledger = Ledger::open_read_only(&path).unwrap();
+    let report = verify_ledger(&ledger, Some(&coordinator.participant_id())).unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(report.verified, n);
+    assert_eq!(report.head, ledger.head().hash);
+    let mut kinds = std::collections::BTreeSet::new();
+    ledger
+        .for_each(|e| {
+            kinds.insert(e.kind());
+        })
+        .unwrap();
+    assert_eq!(kinds.len(), conclave_ledger::Kind::ALL.len(), "{kinds:?}");
+    // Pinning another coordinator key fails at entry 0.
+    let other = Identity::generate().participant_id();
+    let report = verify_ledger(&ledger, Some(&other)).unwrap();
+    assert_eq!(report.problem.unwrap().index, 0);
+}
+
+#[derive(Clone, Debug)]
+enum Damage {
+    FlipBodyByte { entry: usize, at: usize, bit: u8 },
+    FlipSignatureByte { entry: usize, at: usize },
+    Delete { entry: usize },
+    Swap { a: usize, b: usize },
+    ForgeSignature { entry: usize },
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    // Entry positions are taken modulo the ledger's length in the test.
+    prop_oneof![
+        (0usize..1000, 0usize..100_000, 0u8..8).prop_map(|(entry, at, bit)| Damage::FlipBodyByte {
+            entry,
+            at,
+            bit
+        }),
+        (0usize..1000, 0usize..64).prop_map(|(entry, at)| Damage::FlipSignatureByte { entry, at }),
+        (0usize..1000).prop_map(|entry| Damage::Delete { entry }),
+        (0usize..1000, 1usize..1000).prop_map(|(a, b)| Damage::Swap { a, b }),
+        (0usize..1000).prop_map(|entry| Damage::ForgeSignature { entry }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_damage_is_named_at_its_exact_index(d in damage()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let (_, n) = build(&path);
+        let n = n as usize;
+        let stored = rows(&path);
+        let conn = Connection::open(&path).unwrap();
+        let expected = match d {
+            Damage::FlipBodyByte { entry, at, bit } => {
+                let i = entry % n;
+                let mut body = stored[i].1.clone();
+                let at = at % body.len();
+                body[at] ^= 1 << bit;
+                conn.execute("UPDATE ledger SET body = ?1 WHERE idx = ?2", params![body, i as i64]).unwrap();
+                i
+            }
+            Damage::FlipSignatureByte { entry, at } => {
+                let i = entry % n;
+                let mut sig = stored[i].2.clone();
+                sig[at] ^= 0x40;
+                conn.execute("UPDATE ledger SET signature = ?1 WHERE idx = ?2", params![sig, i as i64]).unwrap();
+                i
+            }
+            Damage::Delete { entry } => {
+                // Deleting the last entry is a truncation: only a replica can tell (tested there).
+                let i = entry % (n - 1);
+                conn.execute("DELETE FROM ledger WHERE idx = ?1", params![i as i64]).unwrap();
+                i
+            }
+            Damage::Swap { a, b } => {
+                let a = a % n;
+                let b = (a + 1 + b % (n - 1)) % n;
+                let (lo, hi) = (a.min(b), a.max(b));
+                for (to, from) in [(lo, hi), (hi, lo)] {
+                    conn.execute(
+                        "UPDATE ledger SET body = ?1, signature = ?2 WHERE idx = ?3",
+                        params![stored[from].1, stored[from].2, to as i64],
+                    ).unwrap();
+                }
+                lo
+            }
+            Damage::ForgeSignature { entry } => {
+                // A valid signature, by a key that is not the coordinator's, on the true hash.
+                let i = entry % n;
+                let forger = Identity::generate();
+                let hash = conclave_ledger::entry::entry_hash(&stored[i].1);
+                conn.execute(
+                    "UPDATE ledger SET signature = ?1 WHERE idx = ?2",
+                    params![forger.sign(&hash).to_vec(), i as i64],
+                ).unwrap();
+                i
+            }
+        };
+        drop(conn);
+        prop_assert_eq!(first_bad(&path), Some(expected as u64), "{:?}", d);
+    }
+}
+
+/// Appends one entry, properly linked and signed by the coordinator, that breaks a rule.
+fn append_signed(path: &Path, coordinator: &Identity, payload: Payload) -> u64 {
+    let ledger = Ledger::open(path).unwrap();
+    let mut b = ledger.batch(coordinator, 1_700_000_003_000);
+    b.push(payload);
+    ledger.commit(b, &[]).unwrap().len - 1
+}
+
+#[test]
+fn a_coordinator_that_signs_a_wrong_committee_or_reward_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["committee", "seed", "reward", "statement", "export"] {
+        let path = dir.path().join(format!("{case}.db"));
+        let coordinator = Identity::generate();
+        let ledger = Ledger::open(&path).unwrap();
+        let mut b = ledger.batch(&coordinator, 1);
+        let mut secure = SimJob::create(&mut b, "j-s", SECAGG_JOB, 5);
+        secure.round(&mut b);
+        ledger.commit(b, &[]).unwrap();
+        // Round 2 built honestly, then one entry altered and signed again by the coordinator.
+        let mut b = ledger.batch(&coordinator, 2);
+        secure.round(&mut b);
+        let mut entries: Vec<Payload> = b.entries().iter().map(|e| e.payload().clone()).collect();
+        drop(b);
+        let target = entries
+            .iter()
+            .position(|p| {
+                matches!(
+                    (case, p),
+                    ("committee" | "seed", Payload::RoundOpened(_))
+                        | ("reward", Payload::Reward(_))
+                        | ("statement", Payload::RoundClosed(_))
+                )
+            })
+            .unwrap_or(entries.len());
+        match (case, entries.get_mut(target)) {
+            ("committee", Some(Payload::RoundOpened(r))) => r.committee.reverse(),
+            ("seed", Some(Payload::RoundOpened(r))) => r.draw_seed[0] ^= 1,
+            ("reward", Some(Payload::Reward(r))) => {
+                r.awards[0].amount += 1;
+                r.awards[1].amount -= 1;
+            }
+            ("statement", Some(Payload::RoundClosed(c))) => {
+                // Claims a member answered who did not attest: the statement hash changes.
+                c.statement.as_mut().unwrap().answering.pop();
+            }
+            ("export", None) => entries.push(Payload::ModelExported(v1::ModelExported {
+                job_id: "j-s".into(),
+                model_version: 9,
+                model_hash: vec![0; 32],
+                format: "pt".into(),
+                exported_by: secure.participants[0].participant_id().to_string(),
+            })),
+            other => panic!("no target for {case}: {other:?}"),
+        }
+        let start = ledger.head().len;
+        drop(ledger);
+        let mut bad_index = None;
+        for (i, p) in entries.into_iter().enumerate() {
+            let idx = append_signed(&path, &coordinator, p);
+            if i == target {
+                bad_index = Some(idx);
+            }
+        }
+        assert_eq!(
+            first_bad(&path),
+            bad_index,
+            "{case}: the altered entry (from {start}) is the first bad one"
+        );
+    }
+}

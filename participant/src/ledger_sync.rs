@@ -1,0 +1,96 @@
+//! `conclave ledger sync`: keeps a verified local replica of the coordinator's ledger. Every
+//! served entry must extend the replica's chain under the coordinator key it first saw and
+//! replay correctly; the first entry asked for is the replica's own last one, so a coordinator
+//! that rewrote or truncated what it served before is caught (see `conclave_ledger::replica`).
+
+use std::path::Path;
+
+use conclave_ledger::entry::MAX_ENTRY_BYTES;
+use conclave_ledger::replica::Replica;
+use conclave_ledger::{Entry, Head, LedgerError};
+use conclave_proto::MAX_MESSAGE_BYTES;
+use conclave_proto::v1::{self, ledger_client::LedgerClient};
+
+use crate::ParticipantError;
+use crate::client::connect;
+
+/// Entries checked and committed together.
+const BATCH: usize = 1024;
+
+/// What a sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Entries the replica held before.
+    pub before: u64,
+    /// Entries appended.
+    pub added: u64,
+    pub head: Head,
+    /// The coordinator key the replica follows.
+    pub signer: Option<String>,
+}
+
+/// Errors of a sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Connect(#[from] ParticipantError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the coordinator sent an undecodable entry: {0}")]
+    Decode(String),
+}
+
+/// Brings the replica at `replica` up to date with the coordinator at `url`. With `follow`,
+/// keeps going as entries are appended, calling `progress` after each commit, until the
+/// coordinator closes the stream.
+pub async fn sync(
+    url: &str,
+    replica: &Path,
+    follow: bool,
+    mut progress: impl FnMut(&SyncReport),
+) -> Result<SyncReport, SyncError> {
+    let (mut replica, opened) = tokio::task::block_in_place(|| Replica::open(replica))?;
+    let mut report = SyncReport {
+        before: replica.head().len,
+        added: 0,
+        head: replica.head(),
+        signer: opened.signer,
+    };
+    let channel = connect(url).await?;
+    let mut client = LedgerClient::new(channel)
+        .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .entries(v1::LedgerRequest {
+            from_index: replica.request_from(),
+            follow,
+        })
+        .await
+        .map_err(ParticipantError::rpc("Ledger.Entries"))?
+        .into_inner();
+    let mut pending: Vec<Entry> = Vec::new();
+    loop {
+        let next = stream
+            .message()
+            .await
+            .map_err(ParticipantError::rpc("Ledger.Entries"))?;
+        let done = next.is_none();
+        if let Some(wire) = next {
+            pending.push(Entry::from_wire(wire).map_err(|e| SyncError::Decode(e.to_string()))?);
+        }
+        if pending.len() >= BATCH || (follow && !pending.is_empty()) || done {
+            let batch = std::mem::take(&mut pending);
+            report.added += tokio::task::block_in_place(|| replica.apply(batch))?;
+            report.head = replica.head();
+            if report.signer.is_none() {
+                report.signer = replica.ledger().get(0)?.map(|e| e.signer().to_string());
+            }
+            progress(&report);
+        }
+        if done {
+            break;
+        }
+    }
+    replica.finish()?;
+    Ok(report)
+}
