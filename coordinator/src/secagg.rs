@@ -146,7 +146,7 @@ pub fn resume_round(
         .map_err(|e| CoordinatorError::Storage(format!("manifest of {}: {e}", upload.did)))?;
         let did = ParticipantId::parse(&upload.did)
             .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
-        let masked = crate::state::decode_u32(&payload);
+        let masked = conclave_aggregation::secagg::HashedVector::from_le_bytes(&payload);
         aggregator.accept(
             masked,
             conclave_aggregation::secagg::Manifest::from_wire(job_id, round.round, did, &wire)?,

@@ -10,6 +10,7 @@ use conclave_proto::v1::{
     jobs_server::JobsServer, ledger_server::LedgerServer, rounds_server::RoundsServer,
 };
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::{jobs::JobsService, ledger::LedgerService, rounds::RoundsService};
@@ -40,12 +41,21 @@ pub async fn serve(
     let rounds = RoundsServer::new(RoundsService { state })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Small request/response messages must not wait for Nagle's algorithm to meet the peer's
+    // delayed ACK (~40 ms a call on Linux).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    });
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(jobs)
         .add_service(rounds)
         .add_service(ledger)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             // Long-lived work streams would hold the graceful shutdown open forever.
             closing.close_streams();

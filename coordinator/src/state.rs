@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::fedavg::{self, WeightedUpdate};
 use conclave_aggregation::secagg::{
-    Approval, Manifest, ProtocolError, Reveal, RevealedShare, vector_hash,
+    Approval, HashedVector, Manifest, ProtocolError, Reveal, RevealedShare,
 };
 use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
@@ -386,7 +386,8 @@ impl Job {
                         .cloned()
                         .collect();
                     match sa.aggregator.propose(&answering) {
-                        Ok(_) => {
+                        Ok(st) => {
+                            tracing::info!(job = %self.record.id, round = round.round, uploads = st.uploads.len(), answering = st.answering.len(), "statement proposed");
                             sa.phase = Phase::Signing {
                                 deadline: now + phase_ms,
                             };
@@ -402,6 +403,7 @@ impl Job {
             }
             Phase::Signing { deadline } => {
                 if sa.aggregator.approved() {
+                    tracing::info!(job = %self.record.id, round = round.round, "statement approved: members reveal");
                     sa.phase = Phase::Revealing {
                         deadline: now + phase_ms,
                     };
@@ -557,6 +559,7 @@ impl Job {
         if let Some(bytes) = new_model {
             self.latest_model = Arc::new(bytes);
         }
+        tracing::info!(job = %self.record.id, round = round.round, model_version = self.record.model_version, status = ?self.record.rounds.iter().find(|r| r.round == round.round).map(|r| r.status), "round closed");
         store.drop_round_updates(&self.record.id, round.round)?;
         self.bump();
         Ok(self.open_round().map(|r| r.deadline_unix_ms))
@@ -1014,11 +1017,11 @@ impl State {
                 got: payload.len() as u64 / 4,
             });
         }
-        if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
-            return Err(CoordinatorError::HashMismatch);
-        }
         if let Some(manifest) = &ticket.manifest {
             return self.accept_masked(ticket, manifest, payload);
+        }
+        if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
+            return Err(CoordinatorError::HashMismatch);
         }
         decode_f32(payload)?;
         let staged = self.store.stage_update(
@@ -1075,11 +1078,15 @@ impl State {
         wire_manifest: &v1::SealedManifest,
         payload: &[u8],
     ) -> Result<(), CoordinatorError> {
-        let masked: Vec<u32> = decode_u32(payload);
+        // Decoded and hashed once, outside the lock. The header's payload hash of a masked
+        // vector is its manifest's vector hash.
+        let masked = HashedVector::from_le_bytes(payload);
+        if masked.hash() != &ticket.payload_hash {
+            return Err(CoordinatorError::HashMismatch);
+        }
         let manifest =
             Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), wire_manifest)?;
-        // Checked outside the lock: the vector matches the manifest the participant signed.
-        if vector_hash(&masked) != manifest.vector_hash {
+        if *masked.hash() != manifest.vector_hash {
             return Err(CoordinatorError::Protocol(ProtocolError::HashMismatch));
         }
         let did = ticket.did.as_str();

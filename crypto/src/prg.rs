@@ -109,6 +109,38 @@ pub fn add_mask(v: &mut [u32], seed: &Seed) {
     });
 }
 
+/// `v += Σ mask(seed)` over many seeds in Z_{2^32}, in one pass over `v`: each block of `v`
+/// stays in cache while every seed's keystream for it is added (the same result as calling
+/// [`add_mask`] per seed, with `v` streamed through memory once instead of once per seed).
+pub fn add_masks(v: &mut [u32], seeds: &[Seed]) {
+    apply_masks(v, seeds, u32::wrapping_add)
+}
+
+/// `v -= Σ mask(seed)` over many seeds, in one pass over `v`.
+pub fn sub_masks(v: &mut [u32], seeds: &[Seed]) {
+    apply_masks(v, seeds, u32::wrapping_sub)
+}
+
+fn apply_masks(v: &mut [u32], seeds: &[Seed], op: fn(u32, u32) -> u32) {
+    let mut streams: Vec<Stream> = seeds.iter().map(|s| Stream::new(MASK_CIPHER, s)).collect();
+    let mut words = [0u32; STEP];
+    for block in v.chunks_mut(STEP) {
+        let n = block.len();
+        for stream in &mut streams {
+            stream.write(bytemuck::cast_slice_mut(&mut words[..n]));
+            for (x, w) in block.iter_mut().zip(&words[..n]) {
+                *x = op(*x, u32::from_le(*w));
+            }
+        }
+    }
+}
+
+/// Calls `f(offset, words)` with the mask of `seed` in steps of up to 4096 words, without
+/// materialising it (e.g. to use a keystream as random bits).
+pub fn with_mask(seed: &Seed, len: usize, f: impl FnMut(usize, &[u32])) {
+    for_each_step(MASK_CIPHER, seed, len, f)
+}
+
 /// `v -= mask(seed)` in Z_{2^32}.
 pub fn sub_mask(v: &mut [u32], seed: &Seed) {
     let len = v.len();
@@ -172,6 +204,29 @@ mod tests {
     /// cross-checked with Python's `cryptography` (AES-ECB of the counter blocks):
     /// guards against a silent change of cipher, nonce or byte order, which would make
     /// participants and committee members of different versions disagree on masks.
+    #[test]
+    fn fused_masks_equal_one_by_one_and_cancel() {
+        let seeds: Vec<Seed> = (0..7).map(|_| Seed::random()).collect();
+        // Lengths around the step size, to cover partial blocks.
+        for len in [1, STEP - 1, STEP, STEP + 5, 3 * STEP + 17] {
+            let start: Vec<u32> = (0..len as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            let mut fused = start.clone();
+            add_masks(&mut fused, &seeds);
+            let mut one_by_one = start.clone();
+            for s in &seeds {
+                add_mask(&mut one_by_one, s);
+            }
+            assert_eq!(fused, one_by_one, "len {len}");
+            sub_masks(&mut fused, &seeds[..3]);
+            for s in &seeds[3..] {
+                sub_mask(&mut fused, s);
+            }
+            assert_eq!(fused, start, "len {len}");
+        }
+    }
+
     #[test]
     fn mask_known_answer() {
         let m = expand_mask(&Seed::from_bytes([0x42; 32]), 8);

@@ -134,7 +134,10 @@ pub fn upload_messages(
     num_samples: u64,
     delta: &[f32],
 ) -> Vec<v1::UploadChunk> {
-    let payload: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut payload = Vec::with_capacity(4 * delta.len());
+    for v in delta {
+        payload.extend_from_slice(&v.to_le_bytes());
+    }
     upload_stream(
         identity,
         job_id,
@@ -155,7 +158,10 @@ pub fn masked_upload_messages(
     masked: &[u32],
     manifest: v1::SealedManifest,
 ) -> Vec<v1::UploadChunk> {
-    let payload: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut payload = Vec::with_capacity(4 * masked.len());
+    for v in masked {
+        payload.extend_from_slice(&v.to_le_bytes());
+    }
     upload_stream(
         identity,
         job_id,
@@ -181,7 +187,11 @@ fn upload_stream(
         round,
         num_samples,
         dim: dim as u64,
-        payload_hash: blake3::hash(&payload).as_bytes().to_vec(),
+        // A masked vector's hash is already in its signed manifest: hashed once, not twice.
+        payload_hash: match &manifest {
+            Some(m) => m.vector_hash.clone(),
+            None => blake3::hash(&payload).as_bytes().to_vec(),
+        },
         manifest,
         auth: None,
     };

@@ -31,7 +31,7 @@ pub mod ledger_sync;
 mod runner;
 pub mod trainer;
 
-pub use duty::SecaggDuties;
+pub use duty::{MaskedUpload, SecaggDuties};
 pub use error::ParticipantError;
 pub use runner::{Event, ParticipantConfig, load_local_data, parse_device, run};
 pub use trainer::Metrics;

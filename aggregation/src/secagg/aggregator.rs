@@ -6,14 +6,18 @@ use std::collections::BTreeMap;
 use conclave_crypto::shamir::{self, Share};
 use conclave_crypto::{ParticipantId, prg};
 
-use super::messages::vector_hash;
-use super::{Approval, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement};
+use super::{
+    Approval, HashedVector, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement,
+};
 use crate::quantize::{ring_add, ring_sub};
 
-/// The coordinator's protocol state for one round.
+/// The coordinator's protocol state for one round. Masked vectors are summed as they are
+/// accepted (every accepted upload is in the one statement), so it holds one vector, not n.
 pub struct Aggregator {
     config: RoundConfig,
-    uploads: BTreeMap<ParticipantId, (Vec<u32>, Manifest)>,
+    uploads: BTreeMap<ParticipantId, Manifest>,
+    /// `Σ y_i` over the accepted uploads.
+    masked_sum: Vec<u32>,
     statement: Option<(Statement, [u8; 32])>,
     approvals: BTreeMap<ParticipantId, Approval>,
     reveals: BTreeMap<ParticipantId, Reveal>,
@@ -23,6 +27,7 @@ impl Aggregator {
     pub fn new(config: RoundConfig) -> Result<Self, ProtocolError> {
         config.validate()?;
         Ok(Self {
+            masked_sum: vec![0; config.len],
             config,
             uploads: BTreeMap::new(),
             statement: None,
@@ -32,20 +37,24 @@ impl Aggregator {
     }
 
     /// Accepts one participant's masked vector and manifest (before the statement).
-    pub fn accept(&mut self, masked: Vec<u32>, manifest: Manifest) -> Result<(), ProtocolError> {
+    pub fn accept(
+        &mut self,
+        masked: HashedVector,
+        manifest: Manifest,
+    ) -> Result<(), ProtocolError> {
         if self.statement.is_some() {
             return Err(ProtocolError::OutOfOrder(
                 "uploads are closed once a statement is proposed",
             ));
         }
         manifest.verify(&self.config)?;
-        if masked.len() != self.config.len {
+        if masked.values().len() != self.config.len {
             return Err(ProtocolError::Length {
-                got: masked.len(),
+                got: masked.values().len(),
                 expected: self.config.len,
             });
         }
-        if vector_hash(&masked) != manifest.vector_hash {
+        if *masked.hash() != manifest.vector_hash {
             return Err(ProtocolError::HashMismatch);
         }
         if self.uploads.contains_key(&manifest.participant) {
@@ -53,8 +62,8 @@ impl Aggregator {
                 manifest.participant.to_string(),
             ));
         }
-        self.uploads
-            .insert(manifest.participant.clone(), (masked, manifest));
+        ring_add(&mut self.masked_sum, masked.values());
+        self.uploads.insert(manifest.participant.clone(), manifest);
         Ok(())
     }
 
@@ -97,7 +106,7 @@ impl Aggregator {
             uploads: self
                 .uploads
                 .iter()
-                .map(|(id, (_, m))| (id.clone(), m.hash()))
+                .map(|(id, m)| (id.clone(), m.hash()))
                 .collect(),
             answering: positions
                 .iter()
@@ -115,7 +124,7 @@ impl Aggregator {
             .config
             .member_position(member)
             .ok_or_else(|| ProtocolError::NotMember(member.to_string()))?;
-        Ok(self.uploads.values().map(|(_, m)| m.view_for(k)).collect())
+        Ok(self.uploads.values().map(|m| m.view_for(k)).collect())
     }
 
     /// The proposed statement, if any.
@@ -190,15 +199,28 @@ impl Aggregator {
                 expected: self.config.len,
             });
         }
-        let absent = self.config.committee.len() - statement.answering.len();
-        let well_formed = reveal.shares.len() == statement.uploads.len() * absent
+        // One share per (upload, absent mask holder of that upload), no more, no other.
+        let is_absent = |k: usize| !statement.answering.contains(&self.config.committee[k].id);
+        let expected: usize = statement
+            .uploads
+            .iter()
+            .map(|(i, _)| {
+                self.config
+                    .mask_holders(i)
+                    .into_iter()
+                    .filter(|&k| is_absent(k))
+                    .count()
+            })
+            .sum();
+        let mut seen = std::collections::BTreeSet::new();
+        let well_formed = reveal.shares.len() == expected
             && reveal.shares.iter().all(|s| {
                 s.absent < self.config.committee.len()
-                    && !statement
-                        .answering
-                        .contains(&self.config.committee[s.absent].id)
+                    && is_absent(s.absent)
                     && s.share.index() as usize == pos + 1
                     && self.uploads.contains_key(&s.participant)
+                    && self.config.mask_holders(&s.participant).contains(&s.absent)
+                    && seen.insert((&s.participant, s.absent))
             });
         if !well_formed {
             return Err(ProtocolError::BadManifest(format!(
@@ -220,10 +242,7 @@ impl Aggregator {
                 "waiting for reveals from answering members",
             ));
         }
-        let mut sum = vec![0u32; self.config.len];
-        for (masked, _) in self.uploads.values() {
-            ring_add(&mut sum, masked);
-        }
+        let mut sum = self.masked_sum.clone();
         for reveal in self.reveals.values() {
             ring_sub(&mut sum, &reveal.partial);
         }
@@ -237,12 +256,15 @@ impl Aggregator {
                     .push(s.share.clone());
             }
         }
-        for ((participant, k), pieces) in &shares {
-            let seed = shamir::combine(pieces, self.config.threshold).map_err(|e| {
-                ProtocolError::Rebuild(format!("seed of {participant} for member {k}: {e}"))
-            })?;
-            prg::sub_mask(&mut sum, &seed);
-        }
+        let seeds = shares
+            .iter()
+            .map(|((participant, k), pieces)| {
+                shamir::combine(pieces, self.config.threshold).map_err(|e| {
+                    ProtocolError::Rebuild(format!("seed of {participant} for member {k}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        prg::sub_masks(&mut sum, &seeds);
         Ok(sum)
     }
 }

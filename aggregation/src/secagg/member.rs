@@ -13,11 +13,15 @@ use super::{Approval, MemberView, ProtocolError, Reveal, RevealedShare, RoundCon
 struct Signed {
     statement: Statement,
     hash: [u8; 32],
-    /// `seeds[u]`: `s_{i,me}` of the u-th upload of the statement.
+    /// `s_{i,me}` of every upload of the statement whose mask seeds this member holds.
     seeds: Vec<Seed>,
-    /// `shares[u][k]`: this member's share of `s_{i,k}` of the u-th upload.
-    shares: Vec<Vec<Share>>,
+    /// `shares[u]`: this member's share of `s_{i,k}` for each mask holder `k` of the u-th
+    /// upload, as `(k, share)` in holder order.
+    shares: Vec<Vec<(usize, Share)>>,
     approval: Approval,
+    /// `Σ_{i∈U} PRG(s_{i,me})`, once computed ([`Member::prepare_partial`]); kept private
+    /// until `t` approvals are shown.
+    partial: Option<Vec<u32>>,
 }
 
 /// A committee member's protocol state for one round.
@@ -120,7 +124,6 @@ impl Member {
         let me = self.position;
         let mut seeds = Vec::with_capacity(manifests.len());
         let mut shares = Vec::with_capacity(manifests.len());
-        let c = config.committee.len();
         for m in manifests {
             let i = &m.participant;
             let open_err = |what: &str| ProtocolError::Open(format!("{what} from {i}"));
@@ -128,20 +131,28 @@ impl Member {
                 seal::open(&self.identity, &config.box_info(i, me), b"", &m.sealed_box)
                     .map_err(|_| open_err("box"))?,
             );
-            if plain.len() != 32 + 33 * c {
+            let holders = config.mask_holders(i);
+            let holds = holders.contains(&me);
+            if plain.len() != config.box_len(holds) {
                 return Err(open_err("box of the wrong length"));
             }
-            seeds.push(Seed::from_bytes(plain[..32].try_into().expect("32 bytes")));
-            let mut row = Vec::with_capacity(c);
-            for piece in plain[32..].chunks_exact(33) {
+            let offset = if holds {
+                seeds.push(Seed::from_bytes(plain[..32].try_into().expect("32 bytes")));
+                32
+            } else {
+                0
+            };
+            let mut row = Vec::with_capacity(holders.len());
+            for (&k, piece) in holders.iter().zip(plain[offset..].chunks_exact(33)) {
                 if piece[0] as usize != me + 1 {
                     return Err(open_err("share with another member's index"));
                 }
                 let y: [u8; 32] = piece[1..].try_into().expect("33 bytes");
-                row.push(
+                row.push((
+                    k,
                     Share::from_parts(piece[0], y)
                         .map_err(|e| ProtocolError::Open(e.to_string()))?,
-                );
+                ));
             }
             shares.push(row);
         }
@@ -156,8 +167,23 @@ impl Member {
             seeds,
             shares,
             approval: approval.clone(),
+            partial: None,
         });
         Ok(approval)
+    }
+
+    /// Expands this member's partial sum for the signed statement ahead of [`Member::reveal`]
+    /// (e.g. while other members' approvals arrive). Releases nothing; does nothing before a
+    /// statement is signed or once done.
+    pub fn prepare_partial(&mut self) {
+        let len = self.config.len;
+        if let Some(signed) = &mut self.signed
+            && signed.partial.is_none()
+        {
+            let mut partial = vec![0u32; len];
+            prg::add_masks(&mut partial, &signed.seeds);
+            signed.partial = Some(partial);
+        }
     }
 
     /// Reveals this member's partial sum and its shares of the absent members' seeds, once
@@ -185,10 +211,9 @@ impl Member {
                 t: self.config.threshold,
             });
         }
-        let mut partial = vec![0u32; self.config.len];
-        for seed in &signed.seeds {
-            prg::add_mask(&mut partial, seed);
-        }
+        self.prepare_partial();
+        let signed = self.signed.as_mut().expect("checked above");
+        let partial = signed.partial.take().expect("prepared above");
         let answering: Vec<usize> = signed
             .statement
             .answering
@@ -197,11 +222,14 @@ impl Member {
             .collect();
         let mut shares = Vec::new();
         for (u, (participant, _)) in signed.statement.uploads.iter().enumerate() {
-            for k in (0..self.config.committee.len()).filter(|k| !answering.contains(k)) {
+            for (k, share) in signed.shares[u]
+                .iter()
+                .filter(|(k, _)| !answering.contains(k))
+            {
                 shares.push(RevealedShare {
                     participant: participant.clone(),
-                    absent: k,
-                    share: signed.shares[u][k].clone(),
+                    absent: *k,
+                    share: share.clone(),
                 });
             }
         }

@@ -9,6 +9,7 @@ const MANIFEST_CONTEXT: &str = "conclave 2026-11 secagg manifest v1";
 const STATEMENT_CONTEXT: &str = "conclave 2026-11 secagg statement v1";
 const VECTOR_CONTEXT: &str = "conclave 2026-11 secagg masked vector v1";
 const BOXES_CONTEXT: &str = "conclave 2026-11 secagg box for one member v1";
+const HOLDERS_CONTEXT: &str = "conclave 2026-11 secagg mask holders v1";
 
 /// What every party of a round agrees on before it starts (from the signed round plan).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,31 @@ impl RoundConfig {
         Ok(())
     }
 
+    /// The committee positions holding participant `i`'s mask seeds: `t` consecutive
+    /// positions (cyclically) from a start derived from the round and `i`. Masking with `t`
+    /// seeds rather than `c` keeps the threshold (any `t` members can rebuild every seed from
+    /// shares anyway, and fewer than `t` lack at least one seed) and cuts the mask work of
+    /// participants and members by a factor `t/c`. Sorted.
+    pub fn mask_holders(&self, i: &ParticipantId) -> Vec<usize> {
+        let c = self.committee.len();
+        let mut h = blake3::Hasher::new_derive_key(HOLDERS_CONTEXT);
+        put_bytes(&mut h, self.job_id.as_bytes());
+        h.update(&self.round.to_le_bytes());
+        put_bytes(&mut h, i.as_str().as_bytes());
+        let digest = h.finalize();
+        let start = (u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
+            % c as u64) as usize;
+        let mut holders: Vec<usize> = (0..self.threshold).map(|d| (start + d) % c).collect();
+        holders.sort_unstable();
+        holders
+    }
+
+    /// Bytes of the plaintext of participant `i`'s box for member `k`: its seed if it holds
+    /// one, then its share (index byte + 32 bytes) of each of `i`'s `t` seeds.
+    pub(crate) fn box_len(&self, holds_seed: bool) -> usize {
+        32 * holds_seed as usize + 33 * self.threshold
+    }
+
     /// HPKE `info` of the box participant `i` seals to member `k`.
     pub(crate) fn box_info(&self, i: &ParticipantId, k: usize) -> Vec<u8> {
         format!("conclave/secagg/box/{}/{}/{i}/{k}", self.job_id, self.round).into_bytes()
@@ -84,12 +110,62 @@ impl RoundConfig {
 
 /// BLAKE3 of a masked ring vector (little-endian words), as signed in a [`Manifest`].
 pub fn vector_hash(v: &[u32]) -> [u8; 32] {
+    if cfg!(target_endian = "little") {
+        return vector_hash_le_bytes(bytemuck::cast_slice(v));
+    }
     let mut h = blake3::Hasher::new_derive_key(VECTOR_CONTEXT);
-    for chunk in v.chunks(16 * 1024) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|w| w.to_le_bytes()).collect();
-        h.update(&bytes);
+    let mut buf = [0u8; 4 * 4096];
+    for chunk in v.chunks(4096) {
+        for (b, w) in buf.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&w.to_le_bytes());
+        }
+        h.update(&buf[..4 * chunk.len()]);
     }
     *h.finalize().as_bytes()
+}
+
+/// [`vector_hash`] of the vector whose little-endian bytes are `bytes` (as uploaded).
+pub fn vector_hash_le_bytes(bytes: &[u8]) -> [u8; 32] {
+    *blake3::Hasher::new_derive_key(VECTOR_CONTEXT)
+        .update(bytes)
+        .finalize()
+        .as_bytes()
+}
+
+/// A masked vector with its [`vector_hash`], computed once when it is built (so a coordinator
+/// hashes each upload once, outside its locks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashedVector {
+    values: Vec<u32>,
+    hash: [u8; 32],
+}
+
+impl HashedVector {
+    pub fn new(values: Vec<u32>) -> Self {
+        let hash = vector_hash(&values);
+        Self { values, hash }
+    }
+
+    /// Decodes little-endian words (a trailing partial word is ignored), hashing the bytes.
+    pub fn from_le_bytes(bytes: &[u8]) -> Self {
+        let whole = &bytes[..bytes.len() / 4 * 4];
+        let values = whole
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Self {
+            values,
+            hash: vector_hash_le_bytes(whole),
+        }
+    }
+
+    pub fn values(&self) -> &[u32] {
+        &self.values
+    }
+
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
 }
 
 fn put_bytes(h: &mut blake3::Hasher, b: &[u8]) {

@@ -21,7 +21,8 @@ mod wire;
 pub use aggregator::Aggregator;
 pub use member::Member;
 pub use messages::{
-    Approval, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement, vector_hash,
+    Approval, HashedVector, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement,
+    vector_hash, vector_hash_le_bytes,
 };
 pub use participant::contribute;
 

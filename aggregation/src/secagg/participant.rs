@@ -6,13 +6,16 @@ use zeroize::Zeroizing;
 use super::{Manifest, ProtocolError, RoundConfig};
 
 /// Masks `quantized` for the round: returns the masked vector `y_i` for the coordinator and the
-/// signed [`Manifest`]: one HPKE box per committee member `k` holding the seed `s_ik` and `k`'s
-/// share of every seed `s_ij`. Every seed is fresh; nothing secret is kept.
+/// signed [`Manifest`]. The mask is `Σ_{j∈H} PRG(s_ij)` over the `t` mask holders `H` of
+/// [`RoundConfig::mask_holders`]; each committee member `k` gets one HPKE box with `s_ik` if
+/// `k ∈ H`, and `k`'s share of every `s_ij`, `j ∈ H`. Every seed is fresh; nothing secret is
+/// kept.
 pub fn contribute(
     config: &RoundConfig,
     identity: &Identity,
-    quantized: &[u32],
+    quantized: impl Into<Vec<u32>>,
 ) -> Result<(Vec<u32>, Manifest), ProtocolError> {
+    let quantized: Vec<u32> = quantized.into();
     config.validate()?;
     if quantized.len() != config.len {
         return Err(ProtocolError::Length {
@@ -25,19 +28,20 @@ pub fn contribute(
         return Err(ProtocolError::UnknownParticipant(me.to_string()));
     }
     let c = config.committee.len();
-    let mut masked = quantized.to_vec();
-    // plaintexts[k]: s_ik, then member k's share of s_ij for every j (index byte + 32 bytes).
+    let holders = config.mask_holders(&me);
+    let mut masked = quantized;
+    // plaintexts[k]: s_ik if k holds one, then k's share of s_ij for every holder j (index
+    // byte + 32 bytes), in holder order.
     let mut plaintexts: Vec<Zeroizing<Vec<u8>>> = (0..c)
-        .map(|_| Zeroizing::new(Vec::with_capacity(32 + 33 * c)))
+        .map(|k| Zeroizing::new(Vec::with_capacity(config.box_len(holders.contains(&k)))))
         .collect();
-    for plaintext in plaintexts.iter_mut() {
-        let seed = Seed::random();
-        prg::add_mask(&mut masked, &seed);
-        plaintext.extend_from_slice(seed.expose());
+    let seeds: Vec<Seed> = holders.iter().map(|_| Seed::random()).collect();
+    prg::add_masks(&mut masked, &seeds);
+    for (&j, seed) in holders.iter().zip(&seeds) {
+        plaintexts[j].extend_from_slice(seed.expose());
     }
-    for j in 0..c {
-        let seed = Seed::from_bytes(plaintexts[j][..32].try_into().expect("32 bytes"));
-        let shares = shamir::split(&seed, config.threshold, c)
+    for seed in &seeds {
+        let shares = shamir::split(seed, config.threshold, c)
             .map_err(|e| ProtocolError::BadConfig(e.to_string()))?;
         for (k, share) in shares.iter().enumerate() {
             plaintexts[k].push(share.index());

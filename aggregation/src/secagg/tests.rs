@@ -55,8 +55,8 @@ fn run_round(
     {
         let q = vector(i, w.config.len);
         ring_add(&mut expected, &q);
-        let (masked, manifest) = contribute(&w.config, p, &q)?;
-        agg.accept(masked, manifest)?;
+        let (masked, manifest) = contribute(&w.config, p, q.as_slice())?;
+        agg.accept(HashedVector::new(masked), manifest)?;
     }
     let c = w.config.committee.len();
     let answering: Vec<ParticipantId> = (0..c)
@@ -127,8 +127,8 @@ fn a_member_dropping_after_signing_fails_the_round() {
     let w = world(4, 3, 2, 2, 8);
     let mut agg = Aggregator::new(w.config.clone()).unwrap();
     for p in &w.people {
-        let (masked, manifest) = contribute(&w.config, p, &vector(0, 8)).unwrap();
-        agg.accept(masked, manifest).unwrap();
+        let (masked, manifest) = contribute(&w.config, p, vector(0, 8)).unwrap();
+        agg.accept(HashedVector::new(masked), manifest).unwrap();
     }
     let all: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
     let statement = agg.propose(&all).unwrap();
@@ -157,7 +157,7 @@ fn a_member_dropping_after_signing_fails_the_round() {
 #[test]
 fn malicious_coordinator_gets_nothing_for_a_single_upload() {
     let w = world(5, 3, 2, 3, 16);
-    let (masked, manifest) = contribute(&w.config, &w.people[4], &vector(4, 16)).unwrap();
+    let (masked, manifest) = contribute(&w.config, &w.people[4], vector(4, 16)).unwrap();
     let statement = Statement {
         job_id: w.config.job_id.clone(),
         round: w.config.round,
@@ -179,7 +179,7 @@ fn malicious_coordinator_gets_nothing_for_a_single_upload() {
     }
     // The aggregator refuses to propose it too.
     let mut agg = Aggregator::new(w.config.clone()).unwrap();
-    agg.accept(masked, manifest).unwrap();
+    agg.accept(HashedVector::new(masked), manifest).unwrap();
     assert!(matches!(
         agg.propose(&statement.answering),
         Err(ProtocolError::TooFewUploads { .. })
@@ -194,7 +194,7 @@ fn malicious_coordinator_showing_different_statements_gets_nothing() {
         .people
         .iter()
         .enumerate()
-        .map(|(i, p)| contribute(&w.config, p, &vector(i, 16)).unwrap())
+        .map(|(i, p)| contribute(&w.config, p, vector(i, 16)).unwrap())
         .collect();
     let all_members: Vec<ParticipantId> =
         w.people[..5].iter().map(|p| p.participant_id()).collect();
@@ -283,7 +283,7 @@ fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
         .people
         .iter()
         .enumerate()
-        .map(|(i, p)| contribute(&w.config, p, &vector(i, 8)).unwrap())
+        .map(|(i, p)| contribute(&w.config, p, vector(i, 8)).unwrap())
         .collect();
     let mut uploads: Vec<_> = contributions
         .iter()
@@ -368,7 +368,7 @@ fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
 fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
     let w = world(3, 3, 2, 2, 64 * 1024);
     let zeros = vec![0u32; w.config.len];
-    let (masked, manifest) = contribute(&w.config, &w.people[0], &zeros).unwrap();
+    let (masked, manifest) = contribute(&w.config, &w.people[0], zeros.as_slice()).unwrap();
     let bytes: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut counts = [0f64; 256];
     for b in &bytes {
@@ -408,4 +408,25 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
             );
         }
     }
+}
+
+#[test]
+fn mask_holders_are_t_distinct_members_spread_evenly() {
+    let w = world(300, 10, 6, 2, 8);
+    let mut load = [0usize; 10];
+    for p in &w.people {
+        let h = w.config.mask_holders(&p.participant_id());
+        assert_eq!(h.len(), 6);
+        assert!(h.windows(2).all(|x| x[0] < x[1]) && h[5] < 10, "{h:?}");
+        assert_eq!(
+            h,
+            w.config.mask_holders(&p.participant_id()),
+            "deterministic"
+        );
+        for k in h {
+            load[k] += 1;
+        }
+    }
+    // Each member holds seeds of about 300·6/10 = 180 participants.
+    assert!(load.iter().all(|&l| (130..=230).contains(&l)), "{load:?}");
 }

@@ -231,7 +231,7 @@ mod tests {
             RoundConfig::from_plan("j", 2, &config.to_plan([1; 32])).unwrap(),
             config
         );
-        let (_, manifest) = contribute(&config, &people[0], &[1, 2, 3, 4, 5]).unwrap();
+        let (_, manifest) = contribute(&config, &people[0], [1, 2, 3, 4, 5]).unwrap();
         let back =
             Manifest::from_wire("j", 2, people[0].participant_id(), &manifest.to_wire()).unwrap();
         assert_eq!(back, manifest);

@@ -83,6 +83,8 @@ struct RoundStats {
     /// Committee members among the participants who left after uploading.
     committee_dropped: usize,
     seconds: f64,
+    /// CPU time of the whole process (all parties) during the round, where the OS tells.
+    cpu_seconds: Option<f64>,
     upload_bytes: usize,
     committee_cpu: Duration,
     dim: usize,
@@ -156,6 +158,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         clients.push((client, identity));
     }
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let mut tasks = Vec::with_capacity(n);
     // The others upload only once every leaver is gone, so that the coordinator already
     // counts the leavers out when the last upload arrives and it picks who answers.
@@ -230,7 +233,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         }));
     }
     // Wait for the coordinator to hold the new model (or give up on a failed round).
-    let (seconds, info) = loop {
+    let (seconds, cpu_seconds, info) = loop {
         let info = jobs
             .get_job(v1::GetJobRequest {
                 job_id: job.clone(),
@@ -238,7 +241,10 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             .await?
             .into_inner();
         if info.model_version == 1 {
-            break (started.elapsed().as_secs_f64(), info);
+            let cpu = process_cpu_seconds()
+                .zip(cpu_before)
+                .map(|(after, before)| after - before);
+            break (started.elapsed().as_secs_f64(), cpu, info);
         }
         if info
             .rounds
@@ -268,10 +274,22 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     Ok(RoundStats {
         committee_dropped,
         seconds,
+        cpu_seconds,
         upload_bytes,
         committee_cpu,
         dim,
     })
+}
+
+/// User + system CPU seconds of this process so far (Linux: /proc/self/stat).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux configuration Rust targets.
+    Some(ticks / 100.0)
 }
 
 pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
@@ -308,6 +326,8 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             "upload_bytes_per_participant": secagg.upload_bytes,
             "plain_upload_bytes_per_participant": plain.upload_bytes,
             "committee_cpu_s": secagg.committee_cpu.as_secs_f64(),
+            "secagg_process_cpu_s": secagg.cpu_seconds,
+            "plain_process_cpu_s": plain.cpu_seconds,
             "committee_dropped": secagg.committee_dropped,
         })
         .to_string(),
