@@ -5,9 +5,9 @@
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
-use conclave_aggregation::secagg::{Aggregator, ProtocolError, RoundConfig};
+use conclave_aggregation::secagg::{Aggregator, ProtocolError, RoundConfig, sign_plan};
 use conclave_crypto::committee::{draw_committee, draw_seed};
-use conclave_crypto::{ParticipantId, PublicIdentity};
+use conclave_crypto::{Identity, ParticipantId, PublicIdentity};
 use conclave_proto::v1;
 
 use crate::CoordinatorError;
@@ -41,9 +41,8 @@ pub struct SecaggRound {
 /// How long a resumed round waits for committee members to reconnect.
 const RESUME_GRACE_MS: u64 = 5_000;
 
-/// Draws the committee and sets up the round. `head` stands for the ledger head in the draw
-/// seed (DESIGN.md step 1): until the ledger exists it is the hash of the round's base model,
-/// which every participant receives and can check.
+/// Draws the committee from the ledger `head` (DESIGN.md step 1: the hash of the entry before
+/// the round's opening) and sets up the round, with its plan signed by `coordinator`.
 pub fn open_round(
     spec: &JobSpec,
     job_id: &str,
@@ -51,6 +50,7 @@ pub fn open_round(
     head: &[u8; 32],
     participants: &[ParticipantRecord],
     previous_committee: &[ParticipantId],
+    coordinator: &Identity,
 ) -> Result<SecaggRound, CoordinatorError> {
     let settings = spec
         .secagg()
@@ -97,7 +97,8 @@ pub fn open_round(
         min_participants: spec.min_participants as usize,
         len,
     };
-    let plan = config.to_plan(seed);
+    let mut plan = config.to_plan(seed);
+    sign_plan(&mut plan, job_id, round, coordinator);
     Ok(SecaggRound {
         round,
         aggregator: Aggregator::new(config)?,

@@ -54,6 +54,8 @@ struct Job {
     secagg: Option<SecaggRound>,
     /// Open work streams per participant: committee members with none are not asked to answer.
     connected: HashMap<String, usize>,
+    /// The coordinator's did:key (shown in the job's info).
+    coordinator: String,
 }
 
 /// What a participant's work stream has already been sent.
@@ -237,6 +239,7 @@ impl Job {
                 &head,
                 &self.record.participants,
                 &previous,
+                batch.signer(),
             ) {
                 Ok(sa) => {
                     record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
@@ -344,6 +347,7 @@ impl Job {
                 .filter_map(|&version| self.evaluation(version))
                 .collect(),
             created_unix_ms: r.created_unix_ms,
+            coordinator: self.coordinator.clone(),
         }
     }
 }
@@ -619,6 +623,7 @@ impl State {
                 wake: Arc::new(Notify::new()),
                 secagg: None,
                 connected: HashMap::new(),
+                coordinator: store.identity().participant_id().to_string(),
                 record,
             };
             let secagg = job
@@ -724,6 +729,7 @@ impl State {
             wake: Arc::new(Notify::new()),
             secagg: None,
             connected: HashMap::new(),
+            coordinator: self.store.identity().participant_id().to_string(),
         };
         jobs.insert(id.clone(), job);
         drop(jobs);

@@ -84,6 +84,11 @@ impl Batch<'_> {
         self.next.hash
     }
 
+    /// Who signs the batch's entries.
+    pub fn signer(&self) -> &Identity {
+        self.signer
+    }
+
     /// The hash of the last entry so far (the ledger head once committed).
     pub fn head(&self) -> Hash {
         self.next.hash

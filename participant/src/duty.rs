@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::secagg::{
-    Approval, Member, MemberView, RoundConfig, Statement, contribute,
+    Approval, Member, MemberView, RoundConfig, Statement, contribute, verify_plan,
 };
-use conclave_crypto::Identity;
+use conclave_crypto::{Identity, ParticipantId};
 use conclave_proto::v1;
 
 use crate::client::{Client, masked_upload_messages};
@@ -72,6 +72,8 @@ pub struct SecaggDuties {
     identity: Arc<Identity>,
     members: HashMap<u32, Member>,
     committee_time: Duration,
+    /// The coordinator key round plans must be signed by.
+    coordinator: Option<ParticipantId>,
 }
 
 impl SecaggDuties {
@@ -80,7 +82,13 @@ impl SecaggDuties {
             identity,
             members: HashMap::new(),
             committee_time: Duration::ZERO,
+            coordinator: None,
         }
+    }
+
+    /// Acts only on round plans signed by this coordinator key (pinned at join).
+    pub fn pin_coordinator(&mut self, coordinator: ParticipantId) {
+        self.coordinator = Some(coordinator);
     }
 
     /// Time spent checking, signing and revealing as a committee member so far.
@@ -125,6 +133,9 @@ impl SecaggDuties {
                 "coordinator sent a secure-aggregation plan for a plain job".into(),
             )
         })?;
+        if let Some(coordinator) = &self.coordinator {
+            verify_plan(plan, job_id, round, coordinator)?;
+        }
         let config = RoundConfig::from_plan(job_id, round, plan)?;
         let weight = num_samples.min(settings.quant.max_samples());
         let (rc, id) = (config.clone(), Arc::clone(&self.identity));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_aggregation::{JobSpec, Normalization};
-use conclave_crypto::Identity;
+use conclave_crypto::{Identity, ParticipantId};
 use conclave_datasets::{Table, TableSchema, load_table};
 use conclave_proto::v1::work_item::Item;
 use tch::Device;
@@ -160,7 +160,13 @@ pub async fn run(
         let (spec, config) = (Arc::clone(&spec), config.clone());
         blocking(move || load_local_data(&spec, &config, seed)).await?
     };
-    client.join(&config.job_id).await?;
+    let joined = client.join(&config.job_id).await?;
+    // Round plans must be signed by the key the coordinator named at join (the key that
+    // also signs its ledger).
+    let coordinator = ParticipantId::parse(&joined.coordinator).map_err(|e| {
+        ParticipantError::Config(format!("the coordinator did not name a valid key: {e}"))
+    })?;
+    duties.pin_coordinator(coordinator);
     emit(
         &events,
         Event::Joined {

@@ -25,8 +25,11 @@ async fn scripted(
     mut gate: watch::Receiver<bool>,
 ) -> Result<(), ParticipantError> {
     let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
-    client.join(&job).await?;
+    let info = client.join(&job).await?;
     let mut duties = SecaggDuties::new(identity);
+    // Plans after the restart must still carry the coordinator's signature (its key is kept
+    // in its data directory).
+    duties.pin_coordinator(conclave_crypto::ParticipantId::parse(&info.coordinator).unwrap());
     for _ in 0..100 {
         let Ok(mut work) = client.work(&job).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -18,6 +18,8 @@ mod messages;
 mod participant;
 mod wire;
 
+pub use wire::{sign_plan, verify_plan};
+
 pub use aggregator::Aggregator;
 pub use member::Member;
 pub use messages::{

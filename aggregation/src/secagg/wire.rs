@@ -3,7 +3,7 @@
 //! value.
 
 use conclave_crypto::shamir::Share;
-use conclave_crypto::{ParticipantId, PublicIdentity};
+use conclave_crypto::{Identity, ParticipantId, PublicIdentity};
 use conclave_proto::v1;
 
 use super::{Approval, Manifest, MemberView, ProtocolError, RevealedShare, RoundConfig, Statement};
@@ -35,8 +35,47 @@ fn keys_to_wire(p: &PublicIdentity) -> v1::PublicKeys {
     }
 }
 
+/// Key-derivation context of what a coordinator signs of a round plan.
+const PLAN_CONTEXT: &str = "conclave 2026-11 secagg round plan v1";
+
+/// The 32 bytes a coordinator signs for `plan` (its signature field ignored) in `job_id`'s
+/// round `round`.
+fn plan_digest(job_id: &str, round: u32, plan: &v1::SecaggPlan) -> [u8; 32] {
+    use prost::Message;
+    let mut unsigned = plan.clone();
+    unsigned.signature.clear();
+    let mut h = blake3::Hasher::new_derive_key(PLAN_CONTEXT);
+    h.update(&(job_id.len() as u64).to_le_bytes());
+    h.update(job_id.as_bytes());
+    h.update(&round.to_le_bytes());
+    h.update(&unsigned.encode_to_vec());
+    *h.finalize().as_bytes()
+}
+
+/// Signs a round plan as the coordinator.
+pub fn sign_plan(plan: &mut v1::SecaggPlan, job_id: &str, round: u32, coordinator: &Identity) {
+    plan.coordinator = coordinator.participant_id().to_string();
+    plan.signature = coordinator.sign(&plan_digest(job_id, round, plan)).to_vec();
+}
+
+/// Checks that `plan` for `job_id`'s round `round` is signed by `coordinator`.
+pub fn verify_plan(
+    plan: &v1::SecaggPlan,
+    job_id: &str,
+    round: u32,
+    coordinator: &ParticipantId,
+) -> Result<(), ProtocolError> {
+    let bad = || ProtocolError::BadSignature(format!("round plan (coordinator {coordinator})"));
+    if plan.coordinator != coordinator.as_str() {
+        return Err(bad());
+    }
+    coordinator
+        .verify(&plan_digest(job_id, round, plan), &plan.signature)
+        .map_err(|_| bad())
+}
+
 impl RoundConfig {
-    /// The wire plan of this round (with the seed that drew its committee).
+    /// The wire plan of this round (with the seed that drew its committee), unsigned.
     pub fn to_plan(&self, draw_seed: [u8; 32]) -> v1::SecaggPlan {
         v1::SecaggPlan {
             participants: self.participants.iter().map(keys_to_wire).collect(),
@@ -45,6 +84,8 @@ impl RoundConfig {
             min_participants: self.min_participants as u32,
             len: self.len as u64,
             draw_seed: draw_seed.to_vec(),
+            coordinator: String::new(),
+            signature: Vec::new(),
         }
     }
 
@@ -250,5 +291,34 @@ mod tests {
         let mut plan = config.to_plan([1; 32]);
         plan.committee[0].sealing_key.pop();
         assert!(RoundConfig::from_plan("j", 2, &plan).is_err());
+    }
+
+    #[test]
+    fn a_plan_is_acted_on_only_with_the_pinned_coordinators_signature_for_its_round() {
+        let people: Vec<Arc<Identity>> = (0..3).map(|_| Arc::new(Identity::generate())).collect();
+        let config = RoundConfig {
+            job_id: "j".into(),
+            round: 2,
+            participants: people.iter().map(|p| p.public()).collect(),
+            committee: people[..2].iter().map(|p| p.public()).collect(),
+            threshold: 2,
+            min_participants: 2,
+            len: 5,
+        };
+        let coordinator = Identity::generate();
+        let pinned = coordinator.participant_id();
+        let mut plan = config.to_plan([1; 32]);
+        assert!(verify_plan(&plan, "j", 2, &pinned).is_err(), "unsigned");
+        sign_plan(&mut plan, "j", 2, &coordinator);
+        verify_plan(&plan, "j", 2, &pinned).unwrap();
+        // The same plan replayed for another round or job, or edited, or signed by another key.
+        assert!(verify_plan(&plan, "j", 3, &pinned).is_err());
+        assert!(verify_plan(&plan, "k", 2, &pinned).is_err());
+        let mut swapped = plan.clone();
+        swapped.committee.swap(0, 1);
+        assert!(verify_plan(&swapped, "j", 2, &pinned).is_err());
+        let mut other = plan.clone();
+        sign_plan(&mut other, "j", 2, &Identity::generate());
+        assert!(verify_plan(&other, "j", 2, &pinned).is_err());
     }
 }

@@ -147,6 +147,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
 
     let dropped = (args.dropout * n as f64).round() as usize;
     let mut clients = Vec::with_capacity(n);
+    let mut coordinator = None;
     let mut leavers = Vec::new();
     for i in 0..n {
         let identity = Arc::new(Identity::generate());
@@ -154,7 +155,8 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             leavers.push(identity.participant_id().to_string());
         }
         let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
-        client.join(&job).await?;
+        let info = client.join(&job).await?;
+        coordinator = conclave_crypto::ParticipantId::parse(&info.coordinator).ok();
         clients.push((client, identity));
     }
     let started = Instant::now();
@@ -167,10 +169,14 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     for (i, (mut client, identity)) in clients.into_iter().enumerate() {
         let (job, spec) = (job.clone(), Arc::clone(&spec));
         let (left_tx, mut left_rx) = (Arc::clone(&left_tx), left_rx.clone());
+        let coordinator = coordinator.clone();
         let leaves = i < dropped;
         tasks.push(tokio::spawn(async move {
             let mut work = client.work(&job).await?;
             let mut duties = SecaggDuties::new(identity);
+            if let Some(c) = coordinator {
+                duties.pin_coordinator(c);
+            }
             let mut bytes = 0;
             let mut left = false;
             while let Some(item) = work.next().await {
