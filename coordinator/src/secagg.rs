@@ -147,7 +147,7 @@ pub fn resume_round(
         .map_err(|e| CoordinatorError::Storage(format!("manifest of {}: {e}", upload.did)))?;
         let did = ParticipantId::parse(&upload.did)
             .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
-        let masked = conclave_aggregation::secagg::HashedVector::from_le_bytes(&payload);
+        let masked = conclave_aggregation::secagg::HashedBytes::new(&payload);
         aggregator.accept(
             masked,
             conclave_aggregation::secagg::Manifest::from_wire(job_id, round.round, did, &wire)?,

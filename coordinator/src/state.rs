@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::fedavg::{self, WeightedUpdate};
 use conclave_aggregation::secagg::{
-    Approval, HashedVector, Manifest, ProtocolError, Reveal, RevealedShare,
+    Approval, HashedBytes, Manifest, ProtocolError, Reveal, RevealedShare,
 };
 use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
@@ -1086,7 +1086,7 @@ impl State {
     ) -> Result<(), CoordinatorError> {
         // Decoded and hashed once, outside the lock. The header's payload hash of a masked
         // vector is its manifest's vector hash.
-        let masked = HashedVector::from_le_bytes(payload);
+        let masked = HashedBytes::new(payload);
         if masked.hash() != &ticket.payload_hash {
             return Err(CoordinatorError::HashMismatch);
         }

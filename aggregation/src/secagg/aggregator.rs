@@ -7,9 +7,9 @@ use conclave_crypto::shamir::{self, Share};
 use conclave_crypto::{ParticipantId, prg};
 
 use super::{
-    Approval, HashedVector, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement,
+    Approval, HashedBytes, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement,
 };
-use crate::quantize::{ring_add, ring_sub};
+use crate::quantize::ring_sub;
 
 /// The coordinator's protocol state for one round. Masked vectors are summed as they are
 /// accepted (every accepted upload is in the one statement), so it holds one vector, not n.
@@ -39,7 +39,7 @@ impl Aggregator {
     /// Accepts one participant's masked vector and manifest (before the statement).
     pub fn accept(
         &mut self,
-        masked: HashedVector,
+        masked: HashedBytes<'_>,
         manifest: Manifest,
     ) -> Result<(), ProtocolError> {
         if self.statement.is_some() {
@@ -48,9 +48,9 @@ impl Aggregator {
             ));
         }
         manifest.verify(&self.config)?;
-        if masked.values().len() != self.config.len {
+        if masked.len() != self.config.len {
             return Err(ProtocolError::Length {
-                got: masked.values().len(),
+                got: masked.len(),
                 expected: self.config.len,
             });
         }
@@ -62,7 +62,7 @@ impl Aggregator {
                 manifest.participant.to_string(),
             ));
         }
-        ring_add(&mut self.masked_sum, masked.values());
+        masked.add_to(&mut self.masked_sum);
         self.uploads.insert(manifest.participant.clone(), manifest);
         Ok(())
     }

@@ -132,40 +132,62 @@ pub fn vector_hash_le_bytes(bytes: &[u8]) -> [u8; 32] {
         .as_bytes()
 }
 
-/// A masked vector with its [`vector_hash`], computed once when it is built (so a coordinator
-/// hashes each upload once, outside its locks).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HashedVector {
-    values: Vec<u32>,
+/// A masked vector as uploaded (little-endian words, borrowed, not copied) with its
+/// [`vector_hash`], computed once when it is built: a coordinator hashes each upload once,
+/// outside its locks, and adds it to the sum without decoding it into a second buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashedBytes<'a> {
+    bytes: &'a [u8],
     hash: [u8; 32],
 }
 
-impl HashedVector {
-    pub fn new(values: Vec<u32>) -> Self {
-        let hash = vector_hash(&values);
-        Self { values, hash }
-    }
-
-    /// Decodes little-endian words (a trailing partial word is ignored), hashing the bytes.
-    pub fn from_le_bytes(bytes: &[u8]) -> Self {
-        let whole = &bytes[..bytes.len() / 4 * 4];
-        let values = whole
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+impl<'a> HashedBytes<'a> {
+    /// Hashes little-endian words (a trailing partial word is left out).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        let bytes = &bytes[..bytes.len() / 4 * 4];
         Self {
-            values,
-            hash: vector_hash_le_bytes(whole),
+            bytes,
+            hash: vector_hash_le_bytes(bytes),
         }
     }
 
-    pub fn values(&self) -> &[u32] {
-        &self.values
+    /// Number of words.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// `acc += self` in Z_{2^32}, word by word (`acc` must have `len()` words).
+    pub fn add_to(&self, acc: &mut [u32]) {
+        // Aligned on a little-endian machine (the usual case): add the words in place.
+        if cfg!(target_endian = "little")
+            && let Ok(words) = bytemuck::try_cast_slice::<u8, u32>(self.bytes)
+        {
+            for (a, w) in acc.iter_mut().zip(words) {
+                *a = a.wrapping_add(*w);
+            }
+            return;
+        }
+        for (a, w) in acc.iter_mut().zip(self.bytes.chunks_exact(4)) {
+            *a = a.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        }
     }
 
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
+}
+
+/// The little-endian bytes of a ring vector (as uploaded).
+pub fn le_bytes(v: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * v.len());
+    for w in v {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 fn put_bytes(h: &mut blake3::Hasher, b: &[u8]) {

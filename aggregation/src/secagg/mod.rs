@@ -23,8 +23,8 @@ pub use wire::{sign_plan, verify_plan};
 pub use aggregator::Aggregator;
 pub use member::Member;
 pub use messages::{
-    Approval, HashedVector, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement,
-    vector_hash, vector_hash_le_bytes,
+    Approval, HashedBytes, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement,
+    le_bytes, vector_hash, vector_hash_le_bytes,
 };
 pub use participant::contribute;
 

@@ -56,7 +56,7 @@ fn run_round(
         let q = vector(i, w.config.len);
         ring_add(&mut expected, &q);
         let (masked, manifest) = contribute(&w.config, p, q.as_slice())?;
-        agg.accept(HashedVector::new(masked), manifest)?;
+        agg.accept(HashedBytes::new(&le_bytes(&masked)), manifest)?;
     }
     let c = w.config.committee.len();
     let answering: Vec<ParticipantId> = (0..c)
@@ -128,7 +128,8 @@ fn a_member_dropping_after_signing_fails_the_round() {
     let mut agg = Aggregator::new(w.config.clone()).unwrap();
     for p in &w.people {
         let (masked, manifest) = contribute(&w.config, p, vector(0, 8)).unwrap();
-        agg.accept(HashedVector::new(masked), manifest).unwrap();
+        agg.accept(HashedBytes::new(&le_bytes(&masked)), manifest)
+            .unwrap();
     }
     let all: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
     let statement = agg.propose(&all).unwrap();
@@ -179,7 +180,8 @@ fn malicious_coordinator_gets_nothing_for_a_single_upload() {
     }
     // The aggregator refuses to propose it too.
     let mut agg = Aggregator::new(w.config.clone()).unwrap();
-    agg.accept(HashedVector::new(masked), manifest).unwrap();
+    agg.accept(HashedBytes::new(&le_bytes(&masked)), manifest)
+        .unwrap();
     assert!(matches!(
         agg.propose(&statement.answering),
         Err(ProtocolError::TooFewUploads { .. })

@@ -159,6 +159,12 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         coordinator = conclave_crypto::ParticipantId::parse(&info.coordinator).ok();
         clients.push((client, identity));
     }
+    // The simulated participants share this machine's cores. In plain mode their CPU work
+    // runs on the runtime's worker threads, one per core; the secure participants' masking
+    // runs on blocking threads, so it is held to one per core too: a hundred at once would
+    // only thrash the caches, and finished uploads could not stream in while others compute.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mask_slots = Arc::new(tokio::sync::Semaphore::new(cores));
     let started = Instant::now();
     let cpu_before = process_cpu_seconds();
     let mut tasks = Vec::with_capacity(n);
@@ -170,6 +176,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         let (job, spec) = (job.clone(), Arc::clone(&spec));
         let (left_tx, mut left_rx) = (Arc::clone(&left_tx), left_rx.clone());
         let coordinator = coordinator.clone();
+        let mask_slots = Arc::clone(&mask_slots);
         let leaves = i < dropped;
         tasks.push(tokio::spawn(async move {
             let mut work = client.work(&job).await?;
@@ -189,10 +196,10 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                         let delta = synthetic_update(dim, 0.5);
                         bytes = match &task.secagg {
                             Some(_) => {
-                                duties
-                                    .upload(&mut client, &spec, &job, &task, delta, 100)
-                                    .await?
-                                    .1
+                                let slot = mask_slots.acquire().await?;
+                                let masked = duties.mask(&spec, &job, &task, delta, 100).await?;
+                                drop(slot);
+                                client.send_upload(masked.messages).await?.1
                             }
                             None => {
                                 client
