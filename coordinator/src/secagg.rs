@@ -3,6 +3,8 @@
 //! their manifests are on disk before they are acknowledged; a restarted coordinator resumes
 //! the round from them ([`resume_round`]).
 
+use std::collections::HashSet;
+
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
 use conclave_aggregation::secagg::{Aggregator, ProtocolError, RoundConfig, sign_plan};
@@ -36,6 +38,8 @@ pub struct SecaggRound {
     /// No statement before this time (unix ms): after a restart, members need a moment to
     /// reconnect before the coordinator decides who answers.
     pub not_before: u64,
+    /// Members whose attestation for this round is in the ledger (one each, ever).
+    pub attested: HashSet<String>,
 }
 
 /// How long a resumed round waits for committee members to reconnect.
@@ -107,7 +111,22 @@ pub fn open_round(
         phase: Phase::Collecting,
         committee,
         not_before: 0,
+        attested: HashSet::new(),
     })
+}
+
+/// The members whose attestation for a job's round is already in the ledger.
+fn attested(store: &Store, job_id: &str, round: u32) -> Result<HashSet<String>, CoordinatorError> {
+    let mut out = HashSet::new();
+    store.ledger().for_each(|e| {
+        if let conclave_ledger::Payload::CommitteeAttestation(a) = e.payload()
+            && a.job_id == job_id
+            && a.round == round
+        {
+            out.insert(a.member.clone());
+        }
+    })?;
+    Ok(out)
 }
 
 impl From<ProtocolError> for CoordinatorError {
@@ -161,5 +180,6 @@ pub fn resume_round(
         phase: Phase::Collecting,
         committee,
         not_before: crate::state::now_ms() + RESUME_GRACE_MS,
+        attested: attested(store, job_id, round.round)?,
     })
 }

@@ -232,6 +232,12 @@ impl Job {
                 })
                 .unwrap_or_default();
             let head = batch.head();
+            // The seed is recorded even if the draw fails, so the ledger shows why.
+            record.draw_seed = hex::encode(conclave_crypto::committee::draw_seed(
+                &head,
+                &self.record.id,
+                round,
+            ));
             match secagg::open_round(
                 &self.spec,
                 &self.record.id,
@@ -710,14 +716,14 @@ impl State {
             evaluations: BTreeMap::new(),
             finished: false,
         };
+        // Under the jobs lock: every append happens there, so the ledger has one order.
+        let mut jobs = self.lock();
         let mut batch = self.store.batch(record.created_unix_ms);
         batch.push(Payload::JobCreated(v1::JobCreated {
             job_id: id.clone(),
             spec: Some(spec.to_proto()),
             model_hash: blake3::hash(&latest_model).as_bytes().to_vec(),
         }));
-        // Under the jobs lock: every append happens there, so the ledger has one order.
-        let mut jobs = self.lock();
         self.store.commit(Some(&record), batch)?;
         let job = Job {
             spec,
@@ -1197,6 +1203,16 @@ impl State {
                 job.consume_nonce(&did, &nonce)?;
                 return Ok(());
             }
+            if sa.attested.contains(did.as_str()) {
+                // Recorded before a restart (a member re-sends its approval of the same
+                // statement): it counts again, the ledger keeps its one attestation.
+                job.consume_nonce(&did, &nonce)?;
+                job.secagg_round(req.round)?
+                    .aggregator
+                    .add_approval(approval)?;
+                job.bump();
+                return Ok(());
+            }
             let mut batch = store.batch(now_ms());
             batch.push(Payload::CommitteeAttestation(v1::CommitteeAttestation {
                 job_id: req.job_id.clone(),
@@ -1207,9 +1223,9 @@ impl State {
             }));
             job.consume_nonce(&did, &nonce)?;
             store.commit(None, batch)?;
-            job.secagg_round(req.round)?
-                .aggregator
-                .add_approval(approval)?;
+            let sa = job.secagg_round(req.round)?;
+            sa.attested.insert(did.to_string());
+            sa.aggregator.add_approval(approval)?;
             job.bump();
             Ok(())
         })

@@ -267,8 +267,7 @@ impl Ledger {
         }
         tx.commit()?;
         *head = next;
-        drop(head);
-        drop(conn);
+        // Under the head lock, so followers never see the count go backwards.
         if !entries.is_empty() {
             self.appended.send_replace(next.len);
         }

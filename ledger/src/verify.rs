@@ -197,28 +197,31 @@ impl Verifier {
 fn first_bad_signature(entries: &[Entry], signer: &ParticipantId) -> Option<Problem> {
     let key = signer.verifying_key();
     entries.par_chunks(SIG_BATCH).find_map_first(|batch| {
-        if let Some(e) = batch.iter().find(|e| e.signer() != signer.as_str()) {
-            return Some(Problem {
-                index: e.index(),
-                reason: format!("signed by {}, not by the coordinator {signer}", e.signer()),
-            });
+        if batch.iter().all(|e| e.signer() == signer.as_str()) {
+            let messages: Vec<&[u8]> = batch.iter().map(|e| &e.hash()[..]).collect();
+            let signatures: Vec<ed25519_dalek::Signature> = batch
+                .iter()
+                .map(|e| ed25519_dalek::Signature::from_bytes(e.signature()))
+                .collect();
+            let keys = vec![*key; batch.len()];
+            if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+                return None;
+            }
         }
-        let messages: Vec<&[u8]> = batch.iter().map(|e| &e.hash()[..]).collect();
-        let signatures: Vec<ed25519_dalek::Signature> = batch
-            .iter()
-            .map(|e| ed25519_dalek::Signature::from_bytes(e.signature()))
-            .collect();
-        let keys = vec![*key; batch.len()];
-        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-            return None;
-        }
-        batch
-            .iter()
-            .find(|e| signer.verify(e.hash(), e.signature()).is_err())
-            .map(|e| Problem {
+        // Something in this batch is wrong: name the first entry, in order, that is.
+        batch.iter().find_map(|e| {
+            let reason = if e.signer() != signer.as_str() {
+                format!("signed by {}, not by the coordinator {signer}", e.signer())
+            } else if signer.verify(e.hash(), e.signature()).is_err() {
+                "signature does not verify".to_string()
+            } else {
+                return None;
+            };
+            Some(Problem {
                 index: e.index(),
-                reason: "signature does not verify".into(),
+                reason,
             })
+        })
     })
 }
 

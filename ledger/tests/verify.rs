@@ -239,3 +239,37 @@ fn a_coordinator_that_signs_a_wrong_committee_or_reward_is_caught() {
         );
     }
 }
+
+#[test]
+fn the_earliest_of_two_bad_signatures_in_one_batch_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    build(&path);
+    let stored = rows(&path);
+    let conn = Connection::open(&path).unwrap();
+    // Entry 3: a corrupted signature. Entry 5: replaced by an entry a forger signed in its
+    // own name, linked correctly to entry 4.
+    let mut sig = stored[3].2.clone();
+    sig[10] ^= 1;
+    conn.execute(
+        "UPDATE ledger SET signature = ?1 WHERE idx = 3",
+        params![sig],
+    )
+    .unwrap();
+    let original = conclave_ledger::Entry::from_parts(stored[5].1.clone(), &stored[5].2).unwrap();
+    let forger = Identity::generate();
+    let forged = conclave_ledger::Entry::create(
+        &forger,
+        5,
+        original.prev_hash(),
+        original.time_unix_ms(),
+        original.payload().clone(),
+    );
+    conn.execute(
+        "UPDATE ledger SET body = ?1, signature = ?2 WHERE idx = 5",
+        params![forged.bytes(), &forged.signature()[..]],
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(first_bad(&path), Some(3));
+}
