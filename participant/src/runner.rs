@@ -310,19 +310,35 @@ pub async fn run(
                     Err(e) => return Err(e),
                 }
             }
+            // A committee call that fails (e.g. the coordinator restarted in between) is not
+            // fatal: the member keeps its state, and a resumed round sends its tasks again.
             Some(Item::Sign(task)) => {
-                let event = duties.sign(&mut client, &config.job_id, task).await?;
-                if let Event::CommitteeRefused { round, reason } = &event {
-                    tracing::warn!(round, reason, "committee request refused");
+                let round = task.round;
+                match duties.sign(&mut client, &config.job_id, task).await {
+                    Ok(event) => {
+                        if let Event::CommitteeRefused { round, reason } = &event {
+                            tracing::warn!(round, reason, "committee request refused");
+                        }
+                        emit(&events, event);
+                    }
+                    Err(e) => {
+                        tracing::warn!(round, error = %e, "could not approve; waiting for the coordinator to ask again")
+                    }
                 }
-                emit(&events, event);
             }
             Some(Item::Reveal(task)) => {
-                let event = duties.reveal(&mut client, &config.job_id, task).await?;
-                if let Event::CommitteeRefused { round, reason } = &event {
-                    tracing::warn!(round, reason, "committee request refused");
+                let round = task.round;
+                match duties.reveal(&mut client, &config.job_id, task).await {
+                    Ok(event) => {
+                        if let Event::CommitteeRefused { round, reason } = &event {
+                            tracing::warn!(round, reason, "committee request refused");
+                        }
+                        emit(&events, event);
+                    }
+                    Err(e) => {
+                        tracing::warn!(round, error = %e, "could not reveal; waiting for the coordinator to ask again")
+                    }
                 }
-                emit(&events, event);
             }
             Some(Item::Done(done)) => {
                 emit(

@@ -23,6 +23,7 @@ async fn scripted(
     spec: Arc<JobSpec>,
     delta: Vec<f32>,
     mut gate: watch::Receiver<bool>,
+    mut reveal_gate: watch::Receiver<bool>,
 ) -> Result<(), ParticipantError> {
     let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
     let info = client.join(&job).await?;
@@ -45,11 +46,15 @@ async fn scripted(
                         .upload(&mut client, &spec, &job, &task, delta.clone(), 100)
                         .await?;
                 }
+                // As the participant runner: a failed committee call waits for the next ask.
                 Some(Item::Sign(task)) => {
-                    duties.sign(&mut client, &job, task).await?;
+                    let _ = duties.sign(&mut client, &job, task).await;
                 }
                 Some(Item::Reveal(task)) => {
-                    duties.reveal(&mut client, &job, task).await?;
+                    while !*reveal_gate.borrow_and_update() {
+                        reveal_gate.changed().await.expect("gate kept open");
+                    }
+                    let _ = duties.reveal(&mut client, &job, task).await;
                 }
                 Some(Item::Done(_)) => return Ok(()),
                 _ => {}
@@ -92,6 +97,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
             spec,
             delta.clone(),
             gate,
+            open.clone(),
         )));
     }
     // Two uploads acknowledged, then the coordinator stops.
@@ -136,4 +142,74 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
         );
     }
     second.stop().await;
+}
+
+/// The coordinator restarts after the committee approved the statement but before it
+/// revealed: the resumed round proposes the same statement, the members' repeated approvals
+/// count again without a second attestation in the ledger, and the ledger still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_repeated_after_a_restart_are_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestCoordinator::start(dir.path()).await;
+    let url = first.url.clone();
+    let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
+    let job = first.launch(&spec).await;
+    let dim = first.info(&job).await.dim as usize;
+    let open = watch::channel(true).1;
+    let reveals = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let delta: Vec<f32> = (0..dim).map(|k| ((i + k) % 3) as f32 * 0.01).collect();
+        let (url, job, spec) = (url.clone(), job.clone(), Arc::clone(&spec));
+        tasks.push(tokio::spawn(scripted(
+            url,
+            Arc::new(Identity::generate()),
+            job,
+            spec,
+            delta,
+            open.clone(),
+            reveals.1.clone(),
+        )));
+    }
+    // Wait until t = 2 attestations are in the ledger, then stop the coordinator.
+    let attestations = |ledger: &conclave_ledger::Ledger| {
+        let mut n = std::collections::BTreeMap::<String, usize>::new();
+        ledger
+            .for_each(|e| {
+                if let conclave_ledger::Payload::CommitteeAttestation(a) = e.payload() {
+                    *n.entry(a.member.clone()).or_default() += 1;
+                }
+            })
+            .unwrap();
+        n
+    };
+    let started = std::time::Instant::now();
+    while attestations(first.state.ledger()).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no approvals");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+
+    let second = TestCoordinator::restart(dir.path(), &url).await;
+    reveals.0.send(true).unwrap();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("participants finish")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(second.info(&job).await.model_version, 1);
+    let ledger = second.state.ledger();
+    assert!(
+        attestations(ledger).values().all(|&n| n == 1),
+        "one attestation per member: {:?}",
+        attestations(ledger)
+    );
+    let report = conclave_ledger::verify::verify_ledger(ledger, None).unwrap();
+    assert_eq!(report.problem, None);
+    second.stop().await;
+    // And the coordinator starts again on that ledger.
+    let third = TestCoordinator::restart(dir.path(), &url).await;
+    third.stop().await;
 }
