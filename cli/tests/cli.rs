@@ -27,6 +27,42 @@ fn repo(path: &str) -> PathBuf {
 /// Kills the coordinator process when the test ends, pass or fail.
 struct Server(Child);
 
+impl Server {
+    /// `conclave serve` on 127.0.0.1:`port` with its data in `data_dir`.
+    fn start(port: u16, data_dir: &str) -> Self {
+        Server(
+            conclave()
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                    data_dir,
+                ])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// Runs `args` until it succeeds (the coordinator may still be starting), for up to 20 s.
+fn once_up(args: &[&str]) -> Output {
+    let started = Instant::now();
+    loop {
+        let out = run(args);
+        if out.status.success() {
+            return out;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "coordinator did not come up: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -157,19 +193,7 @@ fn separate_processes_train_and_export_like_the_readme() {
     let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _server = Server(
-        conclave()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                &d("coordinator"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = Server::start(port, &d("coordinator"));
     // Write a 2-round, 2-hospital version of the example job.
     let job_file = d("job.toml");
     let example = std::fs::read_to_string(repo("examples/wdbc-job.toml")).unwrap();
@@ -180,19 +204,8 @@ fn separate_processes_train_and_export_like_the_readme() {
             .replace("start_participants = 3", "start_participants = 2"),
     )
     .unwrap();
-    let started = Instant::now();
-    let job = loop {
-        let out = run(&["job", "launch", &job_file, "--coordinator", &url]);
-        if out.status.success() {
-            break text(&out.stdout).trim().to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "coordinator did not come up: {}",
-            text(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let launched = once_up(&["job", "launch", &job_file, "--coordinator", &url]);
+    let job = text(&launched.stdout).trim().to_string();
     for (input, stem) in [
         ("datasets/data/wdbc_train.csv", "train"),
         ("datasets/data/wdbc_test.csv", "test"),
@@ -447,21 +460,7 @@ fn separate_processes_train_and_export_like_the_readme() {
 fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
-    let serve = |port: u16| {
-        Server(
-            conclave()
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--data-dir",
-                    &d("c"),
-                ])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let serve = |port: u16| Server::start(port, &d("c"));
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = serve(port);
@@ -472,19 +471,9 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
         "name = \"crash\"\nrounds = 1\nmin_participants = 2\nstart_participants = 100000\nprivacy = \"plain\"\n[model]\nkind = \"logistic_regression\"\n[data]\nfeatures = [\"a\"]\nlabel = \"y\"\n",
     )
     .unwrap();
+    let launched = once_up(&["job", "launch", &job_file, "--coordinator", &url]);
+    let job = text(&launched.stdout).trim().to_string();
     let started = Instant::now();
-    let job = loop {
-        let out = run(&["job", "launch", &job_file, "--coordinator", &url]);
-        if out.status.success() {
-            break text(&out.stdout).trim().to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{}",
-            text(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
 
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -541,27 +530,16 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let port = free_port();
     let _server = serve(port);
     let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    let status = loop {
-        let out = run(&[
-            "job",
-            "status",
-            &job,
-            "--coordinator",
-            &url,
-            "--format",
-            "json",
-        ]);
-        if out.status.success() {
-            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{}",
-            text(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let out = once_up(&[
+        "job",
+        "status",
+        &job,
+        "--coordinator",
+        &url,
+        "--format",
+        "json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let joined = status["participants"].as_array().unwrap().len();
     assert!(joined >= acked.len(), "{joined} < {}", acked.len());
 }

@@ -88,6 +88,21 @@ pub struct UploadTicket {
     pub manifest: Option<v1::SealedManifest>,
 }
 
+impl UploadTicket {
+    /// The ledger entry that records this upload as accepted (`manifest_hash` empty for a
+    /// plain upload; a masked upload's sample count is 0, checked with its header).
+    fn accepted_entry(&self, manifest_hash: Vec<u8>) -> Payload {
+        Payload::UpdateAccepted(v1::UpdateAccepted {
+            job_id: self.job.clone(),
+            round: self.round,
+            participant: self.did.to_string(),
+            num_samples: self.num_samples,
+            payload_hash: self.payload_hash.to_vec(),
+            manifest_hash,
+        })
+    }
+}
+
 /// The coordinator's state.
 pub struct State {
     store: Store,
@@ -1063,14 +1078,7 @@ impl State {
                 UploadPart::Payload,
             )?;
             let mut batch = store.batch(now_ms());
-            batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
-                job_id: ticket.job.clone(),
-                round: ticket.round,
-                participant: ticket.did.to_string(),
-                num_samples: ticket.num_samples,
-                payload_hash: ticket.payload_hash.to_vec(),
-                manifest_hash: Vec::new(),
-            }));
+            batch.push(ticket.accepted_entry(Vec::new()));
             store.commit(Some(&record), batch)?;
             job.record = record;
             job.bump();
@@ -1160,14 +1168,7 @@ impl State {
                 UploadPart::Manifest,
             )?;
             let mut batch = store.batch(now_ms());
-            batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
-                job_id: ticket.job.clone(),
-                round: ticket.round,
-                participant: ticket.did.to_string(),
-                num_samples: 0,
-                payload_hash: ticket.payload_hash.to_vec(),
-                manifest_hash: manifest.hash().to_vec(),
-            }));
+            batch.push(ticket.accepted_entry(manifest.hash().to_vec()));
             store.commit(Some(&record), batch)?;
             job.record = record;
             // Checked above; this cannot fail but for a bug, and the upload is on disk either way.

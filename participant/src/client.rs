@@ -158,17 +158,13 @@ pub fn masked_upload_messages(
     masked: &[u32],
     manifest: v1::SealedManifest,
 ) -> Vec<v1::UploadChunk> {
-    let mut payload = Vec::with_capacity(4 * masked.len());
-    for v in masked {
-        payload.extend_from_slice(&v.to_le_bytes());
-    }
     upload_stream(
         identity,
         job_id,
         round,
         0,
         masked.len(),
-        payload,
+        conclave_aggregation::secagg::le_bytes(masked),
         Some(manifest),
     )
 }
@@ -304,19 +300,6 @@ impl Client {
         Ok(resp
             .map_err(ParticipantError::rpc("UploadUpdate"))?
             .into_inner())
-    }
-
-    /// Uploads a masked ring vector and its manifest (secure aggregation); returns the
-    /// receipt and the encoded bytes sent.
-    pub async fn upload_masked(
-        &mut self,
-        job_id: &str,
-        round: u32,
-        masked: &[u32],
-        manifest: v1::SealedManifest,
-    ) -> Result<(v1::UploadReceipt, usize), ParticipantError> {
-        let messages = masked_upload_messages(&self.identity, job_id, round, masked, manifest);
-        self.send_upload(messages).await
     }
 
     /// Sends a prepared upload stream; returns the receipt and the encoded bytes sent.

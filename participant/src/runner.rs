@@ -138,6 +138,28 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Reports what a committee duty came to. A refusal is an event; a call that failed (e.g. the
+/// coordinator restarted in between) is only logged: the member keeps its state and waits for
+/// the resumed round to ask again.
+fn committee_outcome(
+    events: &Option<UnboundedSender<Event>>,
+    round: u32,
+    duty: &str,
+    outcome: Result<Event, ParticipantError>,
+) {
+    match outcome {
+        Ok(event) => {
+            if let Event::CommitteeRefused { round, reason } = &event {
+                tracing::warn!(round, reason, "committee request refused");
+            }
+            emit(events, event);
+        }
+        Err(e) => {
+            tracing::warn!(round, duty, error = %e, "committee call failed; waiting for the coordinator to ask again")
+        }
+    }
+}
+
 /// Runs a participant until its job finishes. Returns the final model version.
 pub async fn run(
     config: ParticipantConfig,
@@ -310,35 +332,15 @@ pub async fn run(
                     Err(e) => return Err(e),
                 }
             }
-            // A committee call that fails (e.g. the coordinator restarted in between) is not
-            // fatal: the member keeps its state, and a resumed round sends its tasks again.
             Some(Item::Sign(task)) => {
                 let round = task.round;
-                match duties.sign(&mut client, &config.job_id, task).await {
-                    Ok(event) => {
-                        if let Event::CommitteeRefused { round, reason } = &event {
-                            tracing::warn!(round, reason, "committee request refused");
-                        }
-                        emit(&events, event);
-                    }
-                    Err(e) => {
-                        tracing::warn!(round, error = %e, "could not approve; waiting for the coordinator to ask again")
-                    }
-                }
+                let done = duties.sign(&mut client, &config.job_id, task).await;
+                committee_outcome(&events, round, "approve", done);
             }
             Some(Item::Reveal(task)) => {
                 let round = task.round;
-                match duties.reveal(&mut client, &config.job_id, task).await {
-                    Ok(event) => {
-                        if let Event::CommitteeRefused { round, reason } = &event {
-                            tracing::warn!(round, reason, "committee request refused");
-                        }
-                        emit(&events, event);
-                    }
-                    Err(e) => {
-                        tracing::warn!(round, error = %e, "could not reveal; waiting for the coordinator to ask again")
-                    }
-                }
+                let done = duties.reveal(&mut client, &config.job_id, task).await;
+                committee_outcome(&events, round, "reveal", done);
             }
             Some(Item::Done(done)) => {
                 emit(

@@ -65,14 +65,21 @@ async fn scripted(
     Err(ParticipantError::StreamEnded)
 }
 
+/// A coordinator in `dir` with a one-round secure job for three participants (c = 3, t = 2);
+/// returns it, the job's spec and id, and the model's dimension.
+async fn secure_job(dir: &std::path::Path) -> (TestCoordinator, Arc<JobSpec>, String, usize) {
+    let coordinator = TestCoordinator::start(dir).await;
+    let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
+    let job = coordinator.launch(&spec).await;
+    let dim = coordinator.info(&job).await.dim as usize;
+    (coordinator, spec, job, dim)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_round_resumes_after_a_coordinator_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TestCoordinator::start(dir.path()).await;
+    let (first, spec, job, dim) = secure_job(dir.path()).await;
     let url = first.url.clone();
-    let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
-    let job = first.launch(&spec).await;
-    let dim = first.info(&job).await.dim as usize;
 
     let deltas: Vec<Vec<f32>> = (0..3)
         .map(|i| {
@@ -89,12 +96,11 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
         } else {
             closed.1.clone()
         };
-        let (url, job, spec) = (url.clone(), job.clone(), Arc::clone(&spec));
         tasks.push(tokio::spawn(scripted(
-            url,
+            url.clone(),
             Arc::new(Identity::generate()),
-            job,
-            spec,
+            job.clone(),
+            Arc::clone(&spec),
             delta.clone(),
             gate,
             open.clone(),
@@ -150,22 +156,18 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_repeated_after_a_restart_are_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TestCoordinator::start(dir.path()).await;
+    let (first, spec, job, dim) = secure_job(dir.path()).await;
     let url = first.url.clone();
-    let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
-    let job = first.launch(&spec).await;
-    let dim = first.info(&job).await.dim as usize;
     let open = watch::channel(true).1;
     let reveals = watch::channel(false);
     let mut tasks = Vec::new();
     for i in 0..3 {
         let delta: Vec<f32> = (0..dim).map(|k| ((i + k) % 3) as f32 * 0.01).collect();
-        let (url, job, spec) = (url.clone(), job.clone(), Arc::clone(&spec));
         tasks.push(tokio::spawn(scripted(
-            url,
+            url.clone(),
             Arc::new(Identity::generate()),
-            job,
-            spec,
+            job.clone(),
+            Arc::clone(&spec),
             delta,
             open.clone(),
             reveals.1.clone(),

@@ -256,18 +256,24 @@ mod tests {
     use super::*;
     use crate::secagg::contribute;
 
-    #[test]
-    fn messages_round_trip_through_the_wire() {
+    /// Round 2 of job "j": three participants, the first `c` on the committee, t = 2.
+    fn round_of_three(c: usize) -> (Vec<Arc<Identity>>, RoundConfig) {
         let people: Vec<Arc<Identity>> = (0..3).map(|_| Arc::new(Identity::generate())).collect();
         let config = RoundConfig {
             job_id: "j".into(),
             round: 2,
             participants: people.iter().map(|p| p.public()).collect(),
-            committee: people.iter().map(|p| p.public()).collect(),
+            committee: people[..c].iter().map(|p| p.public()).collect(),
             threshold: 2,
             min_participants: 2,
             len: 5,
         };
+        (people, config)
+    }
+
+    #[test]
+    fn messages_round_trip_through_the_wire() {
+        let (people, config) = round_of_three(3);
         assert_eq!(
             RoundConfig::from_plan("j", 2, &config.to_plan([1; 32])).unwrap(),
             config
@@ -295,16 +301,7 @@ mod tests {
 
     #[test]
     fn a_plan_is_acted_on_only_with_the_pinned_coordinators_signature_for_its_round() {
-        let people: Vec<Arc<Identity>> = (0..3).map(|_| Arc::new(Identity::generate())).collect();
-        let config = RoundConfig {
-            job_id: "j".into(),
-            round: 2,
-            participants: people.iter().map(|p| p.public()).collect(),
-            committee: people[..2].iter().map(|p| p.public()).collect(),
-            threshold: 2,
-            min_participants: 2,
-            len: 5,
-        };
+        let (_, config) = round_of_three(2);
         let coordinator = Identity::generate();
         let pinned = coordinator.participant_id();
         let mut plan = config.to_plan([1; 32]);
