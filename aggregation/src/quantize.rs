@@ -14,6 +14,9 @@
 use conclave_crypto::Seed;
 use rand::Rng;
 
+/// Largest magnitude an encoded coordinate is computed with (it never gets near it).
+const I32_BOUND: f64 = (i32::MAX - 1) as f64;
+
 /// Smallest scale accepted: coarser than 2^-12 per unit of update would lose the update.
 pub const MIN_SCALE: f64 = 4096.0;
 
@@ -122,14 +125,25 @@ impl QuantParams {
                 max: self.max_samples,
             });
         }
-        if let Some(index) = delta.iter().position(|v| !v.is_finite()) {
+        // One pass for the norm, in eight independent lanes (a single running sum is one long
+        // chain of dependent additions; lanes vectorise and give the same result every time).
+        // A non-finite value makes the norm non-finite; only then is it looked for.
+        let mut lanes = [0f64; 8];
+        let mut blocks = delta.chunks_exact(8);
+        for block in &mut blocks {
+            for (lane, &x) in lanes.iter_mut().zip(block) {
+                *lane += x as f64 * x as f64;
+            }
+        }
+        for (lane, &x) in lanes.iter_mut().zip(blocks.remainder()) {
+            *lane += x as f64 * x as f64;
+        }
+        let norm = lanes.iter().sum::<f64>().sqrt();
+        if !norm.is_finite()
+            && let Some(index) = delta.iter().position(|v| !v.is_finite())
+        {
             return Err(QuantError::NonFinite { index });
         }
-        let norm = delta
-            .iter()
-            .map(|&x| (x as f64) * (x as f64))
-            .sum::<f64>()
-            .sqrt();
         // Clipping in f32 can overshoot by an ulp or so; allow that, nothing more.
         if norm > self.clip as f64 * (1.0 + 1e-5) {
             return Err(QuantError::NotClipped {
@@ -139,8 +153,9 @@ impl QuantParams {
         }
         let factor = self.scale * num_samples as f64 / self.max_samples as f64;
         // Rounding noise: 32 uniform bits per element from the AES-CTR stream of a seed drawn
-        // from `rng` (≈ 9 GB/s, against ~1 GB/s for one f64 draw per element from `rng`).
-        // The noise is streamed in blocks, never held whole.
+        // from `rng` (≈ 15 GB/s, against ~1 GB/s for one f64 draw per element from `rng`).
+        // The noise is streamed in blocks, never held whole, and this loop is compiled with
+        // the mask stream's vector instructions (`prg::with_mask`).
         let mut out = vec![0u32; delta.len() + 1];
         let seed = Seed::from_bytes(rng.random());
         conclave_crypto::prg::with_mask(&seed, delta.len(), |offset, noise| {
@@ -149,14 +164,16 @@ impl QuantParams {
                 .iter_mut()
                 .zip(&delta[offset..offset + n]);
             for ((o, &x), &r) in block.zip(noise) {
-                let v = x as f64 * factor;
-                // floor(v) without a libm call: |v| < 2^31 here (the clip bound), so the
-                // truncating cast is exact and only negative non-integers need a step down.
-                let t = v as i64;
-                let floor = t - ((t as f64) > v) as i64;
+                // |v| < 2^31 by the clip bound; the clamp only makes that local knowledge.
+                let v = (x as f64 * factor).clamp(-I32_BOUND, I32_BOUND);
+                // floor(v) without a libm call: the truncating cast to i32 is exact and only
+                // negative non-integers need a step down. All of it vectorises.
+                // SAFETY: `v` is finite (every element is: the norm is) and within i32.
+                let t: i32 = unsafe { v.to_int_unchecked() };
+                let floor = t - ((t as f64) > v) as i32;
                 // Round up with probability v - floor (to 2^-32).
                 let up = (r as f64) < (v - floor as f64) * 4_294_967_296.0;
-                *o = (floor + up as i64) as i32 as u32;
+                *o = floor.wrapping_add(up as i32) as u32;
             }
         });
         out[delta.len()] = num_samples as u32;
@@ -206,8 +223,8 @@ pub fn ring_sub(acc: &mut [u32], v: &[u32]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn refuses_settings_that_could_wrap() {
@@ -286,6 +303,34 @@ mod tests {
         /// For any participants at the bounds (every update at full clip norm, every
         /// coordinate on one axis, maximal sample counts), the ring sum decodes to the
         /// weighted mean within quantization error, and never wraps.
+        #[test]
+        fn encode_equals_the_scalar_definition(
+            values in proptest::collection::vec(-1.0f32..1.0, 1..300),
+            clip in 0.01f32..100.0,
+            samples in 1u64..1000,
+            seed in any::<u64>(),
+        ) {
+            let q = QuantParams::new(clip, 1000, 10).unwrap();
+            let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            // Some integral and negative values: the floor's edge cases.
+            let delta: Vec<f32> = values.iter().enumerate().map(|(i, x)| match i % 7 {
+                0 => 0.0,
+                1 => -(x.abs()) * clip * 0.9 / norm,
+                _ => x * clip * 0.9 / norm,
+            }).collect();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let got = q.encode(&delta, samples, &mut rng.clone()).unwrap();
+            // The definition: floor(v) + [r < frac(v)·2^32], with r the noise stream's word.
+            let noise = conclave_crypto::prg::expand_mask(&Seed::from_bytes(rng.random()), delta.len());
+            let factor = q.scale() * samples as f64 / 1000.0;
+            for (k, (&x, &r)) in delta.iter().zip(&noise).enumerate() {
+                let v = x as f64 * factor;
+                let up = (r as f64) < (v - v.floor()) * 4_294_967_296.0;
+                prop_assert_eq!(got[k], (v.floor() as i64 + up as i64) as i32 as u32, "element {}", k);
+            }
+            prop_assert_eq!(got[delta.len()], samples as u32);
+        }
+
         #[test]
         fn worst_case_sums_do_not_wrap(p in 1u32..64, clip in 0.01f32..100.0, max_samples in 1u64..10_000, sign in any::<bool>(), seed in any::<u64>()) {
             let Ok(q) = QuantParams::new(clip, max_samples, p) else { return Ok(()); };

@@ -134,17 +134,18 @@ pub fn upload_messages(
     num_samples: u64,
     delta: &[f32],
 ) -> Vec<v1::UploadChunk> {
-    let mut payload = Vec::with_capacity(4 * delta.len());
-    for v in delta {
-        payload.extend_from_slice(&v.to_le_bytes());
-    }
+    let payload: std::borrow::Cow<'_, [u8]> = if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(delta).into()
+    } else {
+        delta.iter().flat_map(|v| v.to_le_bytes()).collect()
+    };
     upload_stream(
         identity,
         job_id,
         round,
         num_samples,
         delta.len(),
-        payload,
+        &payload,
         None,
     )
 }
@@ -158,24 +159,31 @@ pub fn masked_upload_messages(
     masked: &[u32],
     manifest: v1::SealedManifest,
 ) -> Vec<v1::UploadChunk> {
+    let payload: std::borrow::Cow<'_, [u8]> = if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(masked).into()
+    } else {
+        conclave_aggregation::secagg::le_bytes(masked).into()
+    };
     upload_stream(
         identity,
         job_id,
         round,
         0,
         masked.len(),
-        conclave_aggregation::secagg::le_bytes(masked),
+        &payload,
         Some(manifest),
     )
 }
 
+/// Header and data chunks of an upload. The payload (little-endian words) is borrowed and
+/// copied once, into the chunks.
 fn upload_stream(
     identity: &Identity,
     job_id: &str,
     round: u32,
     num_samples: u64,
     dim: usize,
-    payload: Vec<u8>,
+    payload: &[u8],
     manifest: Option<v1::SealedManifest>,
 ) -> Vec<v1::UploadChunk> {
     let mut header = v1::UploadHeader {
@@ -186,7 +194,7 @@ fn upload_stream(
         // A masked vector's hash is already in its signed manifest: hashed once, not twice.
         payload_hash: match &manifest {
             Some(m) => m.vector_hash.clone(),
-            None => blake3::hash(&payload).as_bytes().to_vec(),
+            None => blake3::hash(payload).as_bytes().to_vec(),
         },
         manifest,
         auth: None,

@@ -183,6 +183,9 @@ impl<'a> HashedBytes<'a> {
 
 /// The little-endian bytes of a ring vector (as uploaded).
 pub fn le_bytes(v: &[u32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        return bytemuck::cast_slice(v).to_vec();
+    }
     let mut out = Vec::with_capacity(4 * v.len());
     for w in v {
         out.extend_from_slice(&w.to_le_bytes());
