@@ -17,10 +17,23 @@ BIN=./target/release/conclave
     set -- $run
     echo "== demo --device $1 --model $2"
     start=$(date +%s%N)
-    "$BIN" demo --device "$1" --model "$2" --rounds 20 --data-dir "$OUT/demo-$1-$2" 2>&1 | grep -E "coordinator at|final|error" 
+    "$BIN" demo --device "$1" --model "$2" --rounds 20 --data-dir "/tmp/demo-$1-$2" 2>&1 | grep -E "coordinator at|final|error" 
     end=$(date +%s%N)
     echo "wall: $(( (end - start) / 1000000 )) ms"
   done
   echo "== --device cuda:7 (absent) must fail clearly"
   "$BIN" demo --device cuda:7 --rounds 1 2>&1 | tail -1
+  # The CPU side of the same machine: another CPU model for the mask code's instruction-level
+  # dispatch (carry the crypto test binary as ./.device/crypto-tests), and the secure round
+  # with more cores than the 2-core development machine has.
+  lscpu | grep -E "Model name|^CPU\(s\)"
+  echo "AES/AVX-512 flags: $(grep -o -w -E 'aes|vaes|avx2|avx512f|avx512dq|avx512bw|avx512vl' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  if [ -x ./.device/crypto-tests ]; then
+    echo "== crypto unit tests (mask dispatch, KATs)"
+    ./.device/crypto-tests --test-threads 4 2>&1 | grep -E "test result|FAILED|panicked"
+  fi
+  for i in 1 2 3; do
+    echo "== bench secagg 100 x 1M, c=10, t=6 (run $i)"
+    "$BIN" bench secagg --participants 100 --dim 1000000 --committee 10 --threshold 6 2>/dev/null | tail -1
+  done
 } 2>&1 | tee "$OUT/report.txt"

@@ -1153,19 +1153,14 @@ impl State {
                     num_samples: 0,
                     payload_hash: hex::encode(ticket.payload_hash),
                 });
-            store.commit_update(
-                &staged_payload,
+            store.commit_updates(
+                &[
+                    (&staged_payload, UploadPart::Payload),
+                    (&staged_manifest, UploadPart::Manifest),
+                ],
                 &ticket.job,
                 ticket.round,
                 did,
-                UploadPart::Payload,
-            )?;
-            store.commit_update(
-                &staged_manifest,
-                &ticket.job,
-                ticket.round,
-                did,
-                UploadPart::Manifest,
             )?;
             let mut batch = store.batch(now_ms());
             batch.push(ticket.accepted_entry(manifest.hash().to_vec()));

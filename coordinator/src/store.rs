@@ -253,9 +253,28 @@ impl Store {
         did: &str,
         kind: UploadPart,
     ) -> Result<(), CoordinatorError> {
-        let path = self.update_path(job, round, did, kind);
-        fs::rename(staged, &path)?;
-        sync_dir(&path)
+        self.commit_updates(&[(staged, kind)], job, round, did)
+    }
+
+    /// Moves several staged parts of one participant's update to their final names, with
+    /// one directory sync for all of them (they live in the same directory).
+    pub fn commit_updates(
+        &self,
+        staged: &[(&Path, UploadPart)],
+        job: &str,
+        round: u32,
+        did: &str,
+    ) -> Result<(), CoordinatorError> {
+        let mut last = None;
+        for &(from, kind) in staged {
+            let path = self.update_path(job, round, did, kind);
+            fs::rename(from, &path)?;
+            last = Some(path);
+        }
+        match last {
+            Some(path) => sync_dir(&path),
+            None => Ok(()),
+        }
     }
 
     /// Reads an accepted update.
