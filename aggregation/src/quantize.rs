@@ -139,10 +139,16 @@ impl QuantParams {
             *lane += x as f64 * x as f64;
         }
         let norm = lanes.iter().sum::<f64>().sqrt();
-        if !norm.is_finite()
-            && let Some(index) = delta.iter().position(|v| !v.is_finite())
-        {
-            return Err(QuantError::NonFinite { index });
+        if !norm.is_finite() {
+            return Err(match delta.iter().position(|v| !v.is_finite()) {
+                Some(index) => QuantError::NonFinite { index },
+                // Not reachable (squares of finite f32s cannot overflow an f64 sum), but a
+                // non-finite norm must never reach the rounding below.
+                None => QuantError::NotClipped {
+                    norm,
+                    clip: self.clip,
+                },
+            });
         }
         // Clipping in f32 can overshoot by an ulp or so; allow that, nothing more.
         if norm > self.clip as f64 * (1.0 + 1e-5) {

@@ -27,6 +27,10 @@ struct Cli {
     /// Print more logs (-v: info, -vv: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// For https:// coordinators: trust only the CA certificate(s) in this PEM file (e.g. the
+    /// consortium's own CA). Without it, the system's certificate store is used.
+    #[arg(long, global = true, env = "CONCLAVE_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +107,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if let Some(path) = &cli.tls_ca {
+            trust_ca(path)?;
+        }
         match cli.command {
             Command::Serve(args) => cmd::serve::run(args, &printer).await,
             Command::Identity(c) => cmd::identity::run(c, &printer),
@@ -125,6 +132,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--tls-ca`: the CA certificates every https:// connection of this process must chain to.
+fn trust_ca(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let pem =
+        std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?;
+    conclave_participant::tls::trust_only(&pem)
+        .with_context(|| format!("--tls-ca {}", path.display()))?;
+    Ok(())
 }
 
 /// A path argument that must exist.

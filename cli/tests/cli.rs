@@ -70,6 +70,54 @@ impl Drop for Server {
     }
 }
 
+/// Writes a version of the example job for 2 hospitals and `rounds` rounds to `path`.
+fn two_hospital_job(path: &str, rounds: u32) -> String {
+    let example = std::fs::read_to_string(repo("examples/wdbc-job.toml")).unwrap();
+    std::fs::write(
+        path,
+        example
+            .replace("rounds = 20", &format!("rounds = {rounds}"))
+            .replace("start_participants = 3", "start_participants = 2"),
+    )
+    .unwrap();
+    path.to_string()
+}
+
+/// Waits for every hospital process; each must succeed and print `version`, the job's final
+/// model version.
+fn each_finishes_at(hospitals: Vec<Child>, version: &str) {
+    for h in hospitals {
+        let out = h.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), version, "final model version");
+    }
+}
+
+/// Splits the shipped WDBC train and test files into `parts` hospitals' files in `out_dir`
+/// (`train-1.csv`, `test-1.csv`, ...).
+fn partition_wdbc(out_dir: &str, parts: u32) {
+    for (input, stem) in [
+        ("datasets/data/wdbc_train.csv", "train"),
+        ("datasets/data/wdbc_test.csv", "test"),
+    ] {
+        let out = run(&[
+            "data",
+            "partition",
+            "--input",
+            repo(input).to_str().unwrap(),
+            "--label",
+            "diagnosis",
+            "--parts",
+            &parts.to_string(),
+            "--out-dir",
+            out_dir,
+            "--stem",
+            stem,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -194,38 +242,10 @@ fn separate_processes_train_and_export_like_the_readme() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _server = Server::start(port, &d("coordinator"));
-    // Write a 2-round, 2-hospital version of the example job.
-    let job_file = d("job.toml");
-    let example = std::fs::read_to_string(repo("examples/wdbc-job.toml")).unwrap();
-    std::fs::write(
-        &job_file,
-        example
-            .replace("rounds = 20", "rounds = 2")
-            .replace("start_participants = 3", "start_participants = 2"),
-    )
-    .unwrap();
+    let job_file = two_hospital_job(&d("job.toml"), 2);
     let launched = once_up(&["job", "launch", &job_file, "--coordinator", &url]);
     let job = text(&launched.stdout).trim().to_string();
-    for (input, stem) in [
-        ("datasets/data/wdbc_train.csv", "train"),
-        ("datasets/data/wdbc_test.csv", "test"),
-    ] {
-        let out = run(&[
-            "data",
-            "partition",
-            "--input",
-            repo(input).to_str().unwrap(),
-            "--label",
-            "diagnosis",
-            "--parts",
-            "2",
-            "--out-dir",
-            &d("sites"),
-            "--stem",
-            stem,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    partition_wdbc(&d("sites"), 2);
 
     // A hospital whose export has a broken cell is told where, and is not admitted.
     let broken = d("broken.csv");
@@ -280,11 +300,7 @@ fn separate_processes_train_and_export_like_the_readme() {
                 .unwrap(),
         );
     }
-    for h in hospitals {
-        let out = h.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), "2", "final model version");
-    }
+    each_finishes_at(hospitals, "2");
 
     let out = run(&[
         "job",
@@ -542,4 +558,178 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let joined = status["participants"].as_array().unwrap().len();
     assert!(joined >= acked.len(), "{joined} < {}", acked.len());
+}
+
+/// A coordinator's CA and its server certificate (for 127.0.0.1 and localhost), as PEM.
+struct TestPki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Conclave test consortium CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    TestPki {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// Over TLS, the coordinator talks to clients that trust its CA (`--tls-ca`, or the system
+/// store via SSL_CERT_FILE), and to no one else: not to clients trusting another CA, not in
+/// plaintext. A whole job runs over it: joins, the secure round, the ledger sync. Bad TLS
+/// files stop `conclave serve` with the reason.
+#[test]
+fn tls_coordinator_talks_only_to_clients_that_trust_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let pki = test_pki();
+    let other = test_pki();
+    std::fs::write(d("ca.pem"), &pki.ca).unwrap();
+    std::fs::write(d("other-ca.pem"), &other.ca).unwrap();
+    std::fs::write(d("cert.pem"), &pki.cert).unwrap();
+    std::fs::write(d("key.pem"), &pki.key).unwrap();
+    std::fs::set_permissions(d("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Bad TLS settings stop the coordinator before it listens, naming the reason.
+    let refused = |extra: &[&str], reason: &str| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data = d("refused");
+        let out = run(&[&["serve", "--listen", &listen, "--data-dir", &data], extra].concat());
+        assert!(!out.status.success(), "served with {extra:?}");
+        assert!(text(&out.stderr).contains(reason), "{}", text(&out.stderr));
+    };
+    refused(&["--tls-cert", &d("cert.pem")], "--tls-key");
+    for (file, content, mode, reason) in [
+        ("shared-key.pem", &pki.key, 0o644, "chmod 600"),
+        ("not-a-key.pem", &pki.cert, 0o600, "no PEM private key"),
+    ] {
+        std::fs::write(d(file), content).unwrap();
+        std::fs::set_permissions(d(file), std::fs::Permissions::from_mode(mode)).unwrap();
+        refused(
+            &["--tls-cert", &d("cert.pem"), "--tls-key", &d(file)],
+            reason,
+        );
+    }
+
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _server = Server(
+        conclave()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", &d("coordinator")])
+            .args(["--tls-cert", &d("cert.pem"), "--tls-key", &d("key.pem")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let job_file = two_hospital_job(&d("job.toml"), 1);
+    let ca = d("ca.pem");
+    let launched = once_up(&[
+        "job",
+        "launch",
+        &job_file,
+        "--coordinator",
+        &url,
+        "--tls-ca",
+        &ca,
+    ]);
+    let job = text(&launched.stdout).trim().to_string();
+
+    // No one else gets an answer.
+    let status = |url: &str, extra: &[&str], ssl_cert_file: &str| {
+        conclave()
+            .args(["job", "status", &job, "--coordinator", url])
+            .args(extra)
+            .env("SSL_CERT_FILE", ssl_cert_file)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap()
+    };
+    let plaintext = status(&format!("http://127.0.0.1:{port}"), &[], &d("other-ca.pem"));
+    assert!(!plaintext.status.success(), "plaintext was answered");
+    let other_ca = d("other-ca.pem");
+    for (extra, ssl_cert_file) in [
+        (vec!["--tls-ca", other_ca.as_str()], ca.as_str()),
+        (vec![], other_ca.as_str()),
+    ] {
+        let out = status(&url, &extra, ssl_cert_file);
+        assert!(
+            !out.status.success(),
+            "answered a client that trusts another CA"
+        );
+        assert!(
+            text(&out.stderr).contains("certificate"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = status(&url, &["--tls-ca", &job_file], &ca);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no PEM certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The system store (here SSL_CERT_FILE) is used when --tls-ca is not given.
+    let out = status(&url, &[], &ca);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A whole job over TLS.
+    partition_wdbc(&d("sites"), 2);
+    let hospitals: Vec<Child> = (1..=2)
+        .map(|i| {
+            let identity = d(&format!("h{i}.identity"));
+            assert!(
+                run(&["identity", "new", "--out", &identity])
+                    .status
+                    .success()
+            );
+            conclave()
+                .args([
+                    "join",
+                    "--coordinator",
+                    &url,
+                    "--tls-ca",
+                    &ca,
+                    "--job",
+                    &job,
+                ])
+                .args(["--identity", &identity])
+                .args(["--data", &d(&format!("sites/train-{i}.csv"))])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    each_finishes_at(hospitals, "1");
+    let out = run(&[
+        "ledger",
+        "sync",
+        "--coordinator",
+        &url,
+        "--tls-ca",
+        &ca,
+        "--replica",
+        &d("replica.db"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["ledger", "verify", "--ledger", &d("replica.db")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

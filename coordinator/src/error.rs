@@ -54,6 +54,8 @@ pub enum CoordinatorError {
     JobFinished(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("aggregation: {0}")]
     Aggregation(#[from] AggregationError),
     #[error("secure aggregation: {0}")]
@@ -81,7 +83,7 @@ impl CoordinatorError {
             ChunkTooLarge { .. } => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
             JobFull { .. } => Code::FailedPrecondition,
-            Storage(_) | Aggregation(_) => Code::Internal,
+            Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,
             Protocol(p) => match p {
                 ProtocolError::NotMember(_)
                 | ProtocolError::UnknownParticipant(_)

@@ -22,7 +22,8 @@ pub mod server;
 mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use error::CoordinatorError;
-pub use server::{LocalServer, serve};
+pub use server::{LocalServer, serve, serve_with_tls};
 pub use state::State;

@@ -25,6 +25,22 @@ pub async fn serve(
     state: Arc<State>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CoordinatorError> {
+    serve_with_tls(listener, state, None, shutdown).await
+}
+
+/// As [`serve`], over TLS when `tls` is given (see [`crate::tls::server_config`]).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CoordinatorError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| CoordinatorError::Tls(conclave_proto::error_chain(&e)))?;
+    }
     state.start_drivers();
     let closing = Arc::clone(&state);
     let jobs = JobsServer::new(JobsService {
@@ -50,7 +66,7 @@ pub async fn serve(
             }
         })
     });
-    tonic::transport::Server::builder()
+    builder
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(jobs)
         .add_service(rounds)

@@ -14,13 +14,28 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::ParticipantError;
 
-/// Opens a gRPC channel to a coordinator URL such as `http://127.0.0.1:50051`.
+/// Opens a gRPC channel to a coordinator URL such as `http://127.0.0.1:50051`, or
+/// `https://coordinator.example:50051` over TLS (trusting what [`crate::tls`] says).
 pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
-    let err = |e: &dyn std::fmt::Display| ParticipantError::Connect {
+    let err = |e: &dyn std::error::Error| ParticipantError::Connect {
         url: url.into(),
-        message: e.to_string(),
+        message: conclave_proto::error_chain(e),
     };
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| err(&e))?;
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| err(&e))?;
+    match endpoint.uri().scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            endpoint = endpoint
+                .tls_config(crate::tls::client_config())
+                .map_err(|e| err(&e))?
+        }
+        _ => {
+            return Err(ParticipantError::Connect {
+                url: url.into(),
+                message: "the URL must start with http:// or https://".into(),
+            });
+        }
+    }
     endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)

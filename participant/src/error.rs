@@ -5,6 +5,8 @@
 pub enum ParticipantError {
     #[error("cannot connect to coordinator {url}: {message}")]
     Connect { url: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("coordinator refused {call}: {status}")]
     Rpc {
         call: &'static str,

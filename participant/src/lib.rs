@@ -29,6 +29,7 @@ mod duty;
 mod error;
 pub mod ledger_sync;
 mod runner;
+pub mod tls;
 pub mod trainer;
 
 pub use duty::{MaskedUpload, SecaggDuties};

@@ -120,3 +120,41 @@ mod tests {
         assert!(!work.signing_bytes().ends_with(&bytes[33..]));
     }
 }
+
+/// An error and its sources joined with ": ", each message once. A gRPC transport error alone
+/// says only "transport error"; the reason (an untrusted certificate, a refused connection) is
+/// in its sources, which often repeat each other.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let message = s.to_string();
+        if !out.contains(&message) {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(&'static str, #[source] Option<Box<E>>);
+
+    #[test]
+    fn joins_sources_once_each() {
+        let inner = E("invalid peer certificate: UnknownIssuer", None);
+        let mid = E(
+            "invalid peer certificate: UnknownIssuer",
+            Some(Box::new(inner)),
+        );
+        let top = E("transport error", Some(Box::new(mid)));
+        assert_eq!(
+            super::error_chain(&top),
+            "transport error: invalid peer certificate: UnknownIssuer"
+        );
+    }
+}
