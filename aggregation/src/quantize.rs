@@ -14,8 +14,13 @@
 use conclave_crypto::Seed;
 use rand::Rng;
 
-/// Largest magnitude an encoded coordinate is computed with (it never gets near it).
+/// Largest magnitude an encoded coordinate is computed with (the scale keeps a single
+/// coordinate below 2^31 / P; this bound is what makes the cast below sound on its own).
 const I32_BOUND: f64 = (i32::MAX - 1) as f64;
+
+/// Relative slack over the clip norm that `encode` accepts (f32 clipping can overshoot by an
+/// ulp or so); the scale is chosen for the norm with this slack.
+const CLIP_SLACK: f64 = 1e-5;
 
 /// Smallest scale accepted: coarser than 2^-12 per unit of update would lose the update.
 pub const MIN_SCALE: f64 = 4096.0;
@@ -77,8 +82,9 @@ impl QuantParams {
             });
         }
         let p = max_participants as f64;
-        // S·P·C + P ≤ 2^31 - 1, with a margin of one unit per participant for f64 rounding.
-        let scale = ((i32::MAX as f64 - 2.0 * p) / (p * clip as f64)).floor();
+        // S·P·C' + P ≤ 2^31 - 1, with C' the largest norm `encode` accepts (the clip bound
+        // plus its f32 slack) and a margin of one unit per participant for f64 rounding.
+        let scale = ((i32::MAX as f64 - 2.0 * p) / (p * clip as f64 * (1.0 + CLIP_SLACK))).floor();
         if scale < MIN_SCALE {
             return Err(QuantError::TooCoarse {
                 participants: max_participants,
@@ -151,7 +157,7 @@ impl QuantParams {
             });
         }
         // Clipping in f32 can overshoot by an ulp or so; allow that, nothing more.
-        if norm > self.clip as f64 * (1.0 + 1e-5) {
+        if norm > self.clip as f64 * (1.0 + CLIP_SLACK) {
             return Err(QuantError::NotClipped {
                 norm,
                 clip: self.clip,
@@ -170,8 +176,10 @@ impl QuantParams {
                 .iter_mut()
                 .zip(&delta[offset..offset + n]);
             for ((o, &x), &r) in block.zip(noise) {
-                // |v| < 2^31 by the clip bound; the clamp only makes that local knowledge.
-                let v = (x as f64 * factor).clamp(-I32_BOUND, I32_BOUND);
+                // |v| ≤ S·C' < 2^31 by the scale; the bounds make the cast below sound
+                // whatever reaches it (max/min also map a NaN to a bound, unlike clamp).
+                #[allow(clippy::manual_clamp)] // clamp would keep a NaN; max/min do not
+                let v = (x as f64 * factor).max(-I32_BOUND).min(I32_BOUND);
                 // floor(v) without a libm call: the truncating cast to i32 is exact and only
                 // negative non-integers need a step down. All of it vectorises.
                 // SAFETY: `v` is finite (every element is: the norm is) and within i32.
@@ -306,9 +314,7 @@ mod tests {
     }
 
     proptest! {
-        /// For any participants at the bounds (every update at full clip norm, every
-        /// coordinate on one axis, maximal sample counts), the ring sum decodes to the
-        /// weighted mean within quantization error, and never wraps.
+        /// `encode` is exactly the stochastic rounding it documents, element by element.
         #[test]
         fn encode_equals_the_scalar_definition(
             values in proptest::collection::vec(-1.0f32..1.0, 1..300),
@@ -337,15 +343,23 @@ mod tests {
             prop_assert_eq!(got[delta.len()], samples as u32);
         }
 
+        /// For any participants at the bounds (every update at the largest norm accepted, every
+        /// coordinate on one axis, maximal sample counts), the ring sum decodes to the
+        /// weighted mean within quantization error, and never wraps.
         #[test]
         fn worst_case_sums_do_not_wrap(p in 1u32..64, clip in 0.01f32..100.0, max_samples in 1u64..10_000, sign in any::<bool>(), seed in any::<u64>()) {
             let Ok(q) = QuantParams::new(clip, max_samples, p) else { return Ok(()); };
             let mut rng = StdRng::seed_from_u64(seed);
-            let x = if sign { clip } else { -clip };
+            // The largest |Δ[0]| encode accepts: the clip norm plus its slack.
+            let mut top = (clip as f64 * (1.0 + CLIP_SLACK)) as f32;
+            if top as f64 > clip as f64 * (1.0 + CLIP_SLACK) {
+                top = top.next_down();
+            }
+            let x = if sign { top } else { -top };
             let dim = 3;
             let mut sum = vec![0u32; dim + 1];
             for _ in 0..p {
-                // All mass on coordinate 0: |Δ[0]| = clip, the largest a coordinate can be.
+                // All mass on coordinate 0, the largest a coordinate can be.
                 let delta = [x, 0.0, 0.0];
                 ring_add(&mut sum, &q.encode(&delta, max_samples, &mut rng).unwrap());
             }

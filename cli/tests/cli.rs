@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 fn conclave() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conclave"));
     cmd.env_remove("CONCLAVE_COORDINATOR")
+        .env_remove("CONCLAVE_TLS_CA")
         .env("CONCLAVE_LOG", "warn");
     cmd
 }
@@ -560,67 +561,118 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     assert!(joined >= acked.len(), "{joined} < {}", acked.len());
 }
 
-/// A coordinator's CA and its server certificate (for 127.0.0.1 and localhost), as PEM.
-struct TestPki {
-    ca: String,
-    cert: String,
-    key: String,
+/// A test certificate authority that issues server certificates.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
-fn test_pki() -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Conclave test consortium CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    TestPki {
-        ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
+impl TestCa {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Conclave test consortium CA");
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
     }
+
+    /// A server certificate for `names` (DNS names or IP addresses) and its key, as PEM.
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Runs `args` and returns its output; fails the test if it has not ended within `secs`
+/// (a `conclave serve` that wrongly accepts its settings would otherwise hang the test).
+fn run_within(args: &[&str], secs: u64) -> Output {
+    let mut child = conclave()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("conclave {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Writes a key file with the given mode.
+fn write_key(path: &str, pem: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `conclave serve` over TLS on 127.0.0.1:`port`.
+fn serve_tls(port: u16, data_dir: &str, cert: &str, key: &str) -> Server {
+    Server(
+        conclave()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", data_dir, "--tls-cert", cert, "--tls-key", key])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Over TLS, the coordinator talks to clients that trust its CA (`--tls-ca`, or the system
 /// store via SSL_CERT_FILE), and to no one else: not to clients trusting another CA, not in
-/// plaintext. A whole job runs over it: joins, the secure round, the ledger sync. Bad TLS
-/// files stop `conclave serve` with the reason.
+/// plaintext; and a client refuses a certificate from its CA issued for another name. A whole
+/// job runs over it: joins, the secure round, the ledger sync. Bad TLS files (no key, a shared
+/// key, a certificate for a key, another certificate's key) stop `conclave serve` with the
+/// reason.
 #[test]
 fn tls_coordinator_talks_only_to_clients_that_trust_it() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
-    let pki = test_pki();
-    let other = test_pki();
-    std::fs::write(d("ca.pem"), &pki.ca).unwrap();
-    std::fs::write(d("other-ca.pem"), &other.ca).unwrap();
-    std::fs::write(d("cert.pem"), &pki.cert).unwrap();
-    std::fs::write(d("key.pem"), &pki.key).unwrap();
-    std::fs::set_permissions(d("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ca, other) = (TestCa::new(), TestCa::new());
+    std::fs::write(d("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(d("other-ca.pem"), &other.pem).unwrap();
+    let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]);
+    std::fs::write(d("cert.pem"), &cert).unwrap();
+    write_key(&d("key.pem"), &key, 0o600);
 
     // Bad TLS settings stop the coordinator before it listens, naming the reason.
     let refused = |extra: &[&str], reason: &str| {
         let listen = format!("127.0.0.1:{}", free_port());
         let data = d("refused");
-        let out = run(&[&["serve", "--listen", &listen, "--data-dir", &data], extra].concat());
+        let args = [&["serve", "--listen", &listen, "--data-dir", &data], extra].concat();
+        let out = run_within(&args, 20);
         assert!(!out.status.success(), "served with {extra:?}");
         assert!(text(&out.stderr).contains(reason), "{}", text(&out.stderr));
     };
     refused(&["--tls-cert", &d("cert.pem")], "--tls-key");
+    let (_, stranger_key) = ca.issue(&["127.0.0.1"]);
     for (file, content, mode, reason) in [
-        ("shared-key.pem", &pki.key, 0o644, "chmod 600"),
-        ("not-a-key.pem", &pki.cert, 0o600, "no PEM private key"),
+        ("shared-key.pem", &key, 0o644, "chmod 600"),
+        ("not-a-key.pem", &cert, 0o600, "no PEM private key"),
+        (
+            "stranger-key.pem",
+            &stranger_key,
+            0o600,
+            "does not go with the certificate",
+        ),
     ] {
-        std::fs::write(d(file), content).unwrap();
-        std::fs::set_permissions(d(file), std::fs::Permissions::from_mode(mode)).unwrap();
+        write_key(&d(file), content, mode);
         refused(
             &["--tls-cert", &d("cert.pem"), "--tls-key", &d(file)],
             reason,
@@ -629,17 +681,46 @@ fn tls_coordinator_talks_only_to_clients_that_trust_it() {
 
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
-    let _server = Server(
-        conclave()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--data-dir", &d("coordinator")])
-            .args(["--tls-cert", &d("cert.pem"), "--tls-key", &d("key.pem")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _server = serve_tls(port, &d("coordinator"), &d("cert.pem"), &d("key.pem"));
+    // A certificate from the trusted CA, but for another name.
+    let (misnamed, misnamed_key) = ca.issue(&["coordinator.other.example"]);
+    std::fs::write(d("misnamed.pem"), &misnamed).unwrap();
+    write_key(&d("misnamed-key.pem"), &misnamed_key, 0o600);
+    let misnamed_port = free_port();
+    let _misnamed_server = serve_tls(
+        misnamed_port,
+        &d("misnamed-coordinator"),
+        &d("misnamed.pem"),
+        &d("misnamed-key.pem"),
     );
     let job_file = two_hospital_job(&d("job.toml"), 1);
     let ca = d("ca.pem");
+    // The misnamed coordinator is up once it refuses for the name (and not for being down).
+    let started = Instant::now();
+    loop {
+        let misnamed_url = format!("https://127.0.0.1:{misnamed_port}");
+        let out = run(&[
+            "job",
+            "list",
+            "--coordinator",
+            &misnamed_url,
+            "--tls-ca",
+            &ca,
+        ]);
+        assert!(
+            !out.status.success(),
+            "answered under a certificate for another name"
+        );
+        if text(&out.stderr).contains("certificate") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let launched = once_up(&[
         "job",
         "launch",
@@ -679,6 +760,14 @@ fn tls_coordinator_talks_only_to_clients_that_trust_it() {
             text(&out.stderr)
         );
     }
+    // With a CA named, plaintext is refused before connecting, except to loopback.
+    let out = status("http://192.0.2.1:50051", &["--tls-ca", &ca], &ca);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("use https://"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = status(&url, &["--tls-ca", &job_file], &ca);
     assert!(!out.status.success());
     assert!(

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod crosscheck;
 mod error;
 mod secagg;
 pub mod server;

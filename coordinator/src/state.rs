@@ -601,7 +601,7 @@ impl State {
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
         let store = Store::open(data_dir)?;
         // A coordinator never builds on a ledger that does not verify.
-        let report = conclave_ledger::verify::verify_ledger(
+        let (report, ledger_jobs) = conclave_ledger::verify::verify_ledger_jobs(
             store.ledger(),
             Some(&store.identity().participant_id()),
         )?;
@@ -613,8 +613,17 @@ impl State {
                 p.reason
             )));
         }
+        let records = store.load_jobs()?;
+        let disagreements = crate::crosscheck::disagreements(&records, &ledger_jobs);
+        if !disagreements.is_empty() {
+            return Err(CoordinatorError::Storage(format!(
+                "the job records in {} disagree with the ledger: {}",
+                data_dir.display(),
+                disagreements.join("; ")
+            )));
+        }
         let mut jobs = BTreeMap::new();
-        for record in store.load_jobs()? {
+        for record in records {
             let wire = hex::decode(&record.spec)
                 .ok()
                 .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok())

@@ -26,6 +26,12 @@ pub enum TlsError {
         "{path} is readable by group or others (mode {mode:o}): a TLS private key must be private (chmod 600)"
     )]
     KeyNotPrivate { path: String, mode: u32 },
+    #[error("{key} does not go with the certificate in {cert}: {reason}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// Reads `cert` (PEM chain, leaf first) and `key` (PEM private key, mode 0600 or stricter) and
@@ -48,17 +54,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsErro
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: name(cert) });
     }
+    // The mode is checked on the handle the key is then read from.
+    let read_err = |source| TlsError::Read {
+        path: name(key),
+        source,
+    };
+    let mut file = std::fs::File::open(key).map_err(read_err)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(key)
-            .map_err(|source| TlsError::Read {
-                path: name(key),
-                source,
-            })?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(TlsError::KeyNotPrivate {
                 path: name(key),
@@ -66,12 +71,23 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsErro
             });
         }
     }
-    let key_pem = zeroize::Zeroizing::new(read(key)?);
+    let mut key_pem = zeroize::Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(&mut file, &mut key_pem).map_err(read_err)?;
     PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
         path: name(key),
         reason: e.to_string(),
     })?;
-    Ok(ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &*key_pem)))
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &*key_pem));
+    // Built once here so that a key that does not match the certificate is refused now,
+    // naming the files, rather than when the server starts.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| TlsError::Mismatch {
+            cert: name(cert),
+            key: name(key),
+            reason: conclave_proto::error_chain(&e),
+        })?;
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -116,6 +132,12 @@ mod tests {
             matches!(shared, TlsError::KeyNotPrivate { mode: 0o640, .. }),
             "{shared}"
         );
+        // Another certificate's key.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(p("key.pem"), other.signing_key.serialize_pem()).unwrap();
+        mode(0o600);
+        let mismatch = server_config(&p("cert.pem"), &p("key.pem")).unwrap_err();
+        assert!(matches!(mismatch, TlsError::Mismatch { .. }), "{mismatch}");
         // A certificate where the key should be is not a key.
         std::fs::write(p("key.pem"), pair.cert.pem()).unwrap();
         mode(0o600);

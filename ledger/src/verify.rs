@@ -52,6 +52,20 @@ pub fn verify_ledger(
     ledger: &Ledger,
     signer: Option<&ParticipantId>,
 ) -> Result<Report, LedgerError> {
+    Ok(verify_all(ledger, signer)?.report())
+}
+
+/// As [`verify_ledger`], with what the replay holds of every job at the end (meaningful when
+/// the report has no problem): what a coordinator's own job records must agree with.
+pub fn verify_ledger_jobs(
+    ledger: &Ledger,
+    signer: Option<&ParticipantId>,
+) -> Result<(Report, BTreeMap<String, JobSummary>), LedgerError> {
+    let v = verify_all(ledger, signer)?;
+    Ok((v.report(), v.jobs()))
+}
+
+fn verify_all(ledger: &Ledger, signer: Option<&ParticipantId>) -> Result<Verifier, LedgerError> {
     let mut v = Verifier::new(signer.cloned());
     let mut from = 0;
     loop {
@@ -62,7 +76,30 @@ pub fn verify_ledger(
             break;
         }
     }
-    Ok(v.report())
+    Ok(v)
+}
+
+/// One job as the ledger tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Participants admitted (did:key).
+    pub admitted: BTreeSet<String>,
+    /// BLAKE3 of each model version's parameters; index = version.
+    pub model_hashes: Vec<Vec<u8>>,
+    /// The last round opened (0: none yet).
+    pub last_round: u32,
+    /// The round still open, if any.
+    pub open_round: Option<OpenRound>,
+    pub finished: bool,
+}
+
+/// A round opened and not yet closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenRound {
+    pub round: u32,
+    pub participants: BTreeSet<String>,
+    /// Participants whose update was accepted.
+    pub uploaded: BTreeSet<String>,
 }
 
 /// An incremental verifier: feed it rows in order.
@@ -175,6 +212,28 @@ impl Verifier {
         }
         self.problem = problems.into_iter().min_by_key(|p| p.index);
         self.problem.is_some()
+    }
+
+    /// Every job as replayed so far.
+    pub fn jobs(&self) -> BTreeMap<String, JobSummary> {
+        self.replay
+            .jobs
+            .iter()
+            .map(|(id, job)| {
+                let summary = JobSummary {
+                    admitted: job.admitted.clone(),
+                    model_hashes: job.model_hashes.clone(),
+                    last_round: job.last_round,
+                    open_round: job.open.as_ref().map(|(round, state)| OpenRound {
+                        round: *round,
+                        participants: state.participants.iter().cloned().collect(),
+                        uploaded: state.uploads.keys().cloned().collect(),
+                    }),
+                    finished: job.finished,
+                };
+                (id.clone(), summary)
+            })
+            .collect()
     }
 
     /// The verification result so far.

@@ -23,6 +23,14 @@ pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
     };
     let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| err(&e))?;
     match endpoint.uri().scheme_str() {
+        Some("http") if crate::tls::ca_given() && !is_loopback(endpoint.uri().host()) => {
+            return Err(ParticipantError::Connect {
+                url: url.into(),
+                message: "--tls-ca is set but the URL is http://: use https:// (plaintext is \
+                          only allowed to a loopback address)"
+                    .into(),
+            });
+        }
         Some("http") => {}
         Some("https") => {
             endpoint = endpoint
@@ -42,6 +50,19 @@ pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
         .connect()
         .await
         .map_err(|e| err(&e))
+}
+
+/// Whether a URL host is this machine (`localhost`, 127.0.0.0/8, `[::1]`).
+fn is_loopback(host: Option<&str>) -> bool {
+    match host {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 /// A `Jobs` client with the project's message-size limits.

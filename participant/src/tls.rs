@@ -25,16 +25,33 @@ pub fn trust_only(pem: &[u8]) -> Result<usize, ParticipantError> {
             "no PEM certificate found (expected \"-----BEGIN CERTIFICATE-----\")".into(),
         ));
     }
+    // Each must be a usable trust anchor: a certificate the TLS stack would silently drop
+    // would leave nothing trusted and every connection failing for an unclear reason.
+    for (i, cert) in certs.iter().enumerate() {
+        webpki::anchor_from_trusted_cert(cert).map_err(|e| {
+            ParticipantError::Tls(format!(
+                "certificate {} is not a usable CA certificate: {e}",
+                i + 1
+            ))
+        })?;
+    }
     TRUSTED
         .set(Certificate::from_pem(pem))
         .map_err(|_| ParticipantError::Tls("trusted CA certificates were already set".into()))?;
     Ok(certs.len())
 }
 
-/// The TLS settings of an `https://` connection.
+/// Whether [`trust_only`] was called: the user asked for TLS to a named CA.
+pub(crate) fn ca_given() -> bool {
+    TRUSTED.get().is_some()
+}
+
+/// The TLS settings of an `https://` connection. The handshake has its own deadline: the TCP
+/// connect timeout does not cover a server that accepts and then stalls.
 pub(crate) fn client_config() -> ClientTlsConfig {
-    match TRUSTED.get() {
+    let config = match TRUSTED.get() {
         Some(ca) => ClientTlsConfig::new().ca_certificate(ca.clone()),
         None => ClientTlsConfig::new().with_native_roots(),
-    }
+    };
+    config.timeout(std::time::Duration::from_secs(10))
 }

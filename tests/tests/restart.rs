@@ -55,3 +55,71 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     assert!(v0.iter().zip(&v1).all(|(x, y)| (y - x + 0.5).abs() < 1e-6));
     second.stop().await;
 }
+
+/// A job record changed behind the coordinator's back (a participant or an accepted upload
+/// deleted, a model hash or the finished flag changed) no longer matches the ledger: the coordinator refuses to start on
+/// it, naming the job, rather than resume from it and sign entries its verifier rejects. Put
+/// back, it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestCoordinator::start(dir.path()).await;
+    let job = first.launch(&wdbc_job(2, 2, 600)).await;
+    let dim = first.info(&job).await.dim as usize;
+    let mut a = client(&first, Arc::new(Identity::generate())).await;
+    a.join(&job).await.unwrap();
+    client(&first, Arc::new(Identity::generate()))
+        .await
+        .join(&job)
+        .await
+        .unwrap();
+    a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap();
+    first.stop().await;
+    drop(a);
+
+    let db = rusqlite::Connection::open(dir.path().join("conclave.db")).unwrap();
+    let key = format!("job/{job}");
+    let original: Vec<u8> = db
+        .query_row("SELECT value FROM state WHERE key = ?1", [&key], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 4] = [
+        ("participants", |r| {
+            r["participants"].as_array_mut().unwrap().pop();
+        }),
+        ("open round 1", |r| {
+            r["rounds"][0]["uploads"].as_array_mut().unwrap().clear();
+        }),
+        ("model versions", |r| {
+            r["model_hashes"][0] = "00".repeat(32).into()
+        }),
+        ("finished", |r| r["finished"] = true.into()),
+    ];
+    for (what, edit) in edits {
+        let mut record: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        edit(&mut record);
+        db.execute(
+            "UPDATE state SET value = ?1 WHERE key = ?2",
+            rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
+        )
+        .unwrap();
+        let err = conclave_coordinator::State::open(dir.path())
+            .err()
+            .expect("a coordinator started on a record the ledger contradicts")
+            .to_string();
+        assert!(
+            err.contains("disagree with the ledger") && err.contains(&job) && err.contains(what),
+            "{err}"
+        );
+    }
+    db.execute(
+        "UPDATE state SET value = ?1 WHERE key = ?2",
+        rusqlite::params![original, &key],
+    )
+    .unwrap();
+    let second = TestCoordinator::start(dir.path()).await;
+    assert_eq!(second.info(&job).await.rounds[0].uploaded.len(), 1);
+    second.stop().await;
+}
