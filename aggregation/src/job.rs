@@ -822,4 +822,46 @@ optimizer = "adam"
             ["model.kind", "training.learning_rate"]
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A job spec as it arrives over the wire, with bytes flipped or cut short, is either
+        /// refused or accepted as a job that passes every check (what `from_proto` returns is
+        /// always re-encodable and valid): never a panic, never a half-checked job.
+        #[test]
+        fn mutated_wire_job_specs_are_refused_or_fully_valid(
+            secagg in proptest::prelude::any::<bool>(),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255),
+                1..6,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+        ) {
+            use prost::Message;
+            let text = if secagg {
+                GOOD.replace(
+                    "privacy = \"plain\"",
+                    "privacy = \"secagg\"\nclip_norm = 1.0\nmax_samples = 1000",
+                )
+            } else {
+                GOOD.to_string()
+            };
+            let spec = JobSpec::from_toml(&text).unwrap();
+            let mut bytes = spec.to_proto().encode_to_vec();
+            for (at, flip) in &edits {
+                let i = at.index(bytes.len());
+                bytes[i] ^= flip;
+            }
+            if let Some(at) = cut {
+                bytes.truncate(at.index(bytes.len() + 1));
+            }
+            if let Ok(wire) = v1::JobSpec::decode(&bytes[..])
+                && let Ok(job) = JobSpec::from_proto(&wire)
+            {
+                let again = JobSpec::from_proto(&job.to_proto());
+                proptest::prop_assert!(again.is_ok(), "accepted job does not re-validate: {:?}", again.err());
+            }
+        }
+    }
 }

@@ -254,7 +254,7 @@ mod tests {
     use conclave_crypto::Identity;
 
     use super::*;
-    use crate::secagg::contribute;
+    use crate::secagg::{Member, contribute};
 
     /// Round 2 of job "j": three participants, the first `c` on the committee, t = 2.
     fn round_of_three(c: usize) -> (Vec<Arc<Identity>>, RoundConfig) {
@@ -317,5 +317,110 @@ mod tests {
         let mut other = plan.clone();
         sign_plan(&mut other, "j", 2, &Identity::generate());
         assert!(verify_plan(&other, "j", 2, &pinned).is_err());
+    }
+
+    /// Applies byte edits, then optionally cuts the bytes short.
+    fn mutate(
+        mut bytes: Vec<u8>,
+        edits: &[(proptest::sample::Index, u8)],
+        cut: Option<proptest::sample::Index>,
+    ) -> Vec<u8> {
+        if !bytes.is_empty() {
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] ^= value | 1;
+            }
+        }
+        if let Some(at) = cut {
+            bytes.truncate(at.index(bytes.len() + 1));
+        }
+        bytes
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever a malicious coordinator or a broken link makes of the bytes of a round
+        /// plan, a manifest, a member's view, a statement, an approval or a revealed share,
+        /// decoding and acting on them (a member checking a statement and its views, then
+        /// revealing on approvals) returns a value or an error: it never panics. One message is
+        /// mutated per case; the others are the valid ones, so later steps are reached.
+        #[test]
+        fn mutated_wire_messages_are_refused_not_panicked_on(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+            which in 0..6usize,
+        ) {
+            use prost::Message;
+            // One message is mutated per case, so the steps after it see valid input.
+            let mutate = |kind: usize, bytes: Vec<u8>| {
+                if kind == which { mutate(bytes, &edits, cut) } else { bytes }
+            };
+            let (people, config) = round_of_three(3);
+            let plan = config.to_plan([1; 32]);
+            let bytes = mutate(0, plan.encode_to_vec());
+            if let Ok(p) = v1::SecaggPlan::decode(&bytes[..]) {
+                let _ = RoundConfig::from_plan("j", 2, &p);
+            }
+            let mut uploads: Vec<Manifest> = people
+                .iter()
+                .map(|p| contribute(&config, p, [1, 2, 3, 4, 5]).unwrap().1)
+                .collect();
+            // A statement and its views list uploads by participant.
+            uploads.sort_by(|a, b| a.participant.cmp(&b.participant));
+            let bytes = mutate(1, uploads[0].to_wire().encode_to_vec());
+            if let Ok(m) = v1::SealedManifest::decode(&bytes[..])
+                && let Ok(m) = Manifest::from_wire("j", 2, uploads[0].participant.clone(), &m)
+            {
+                let _ = m.verify(&config);
+            }
+            let statement = Statement {
+                job_id: "j".into(),
+                round: 2,
+                uploads: uploads.iter().map(|m| (m.participant.clone(), m.hash())).collect(),
+                answering: config.committee.iter().map(|m| m.id.clone()).collect(),
+            };
+            let bytes = mutate(2, statement.to_wire().encode_to_vec());
+            let statement = v1::Statement::decode(&bytes[..])
+                .ok()
+                .and_then(|s| Statement::from_wire("j", 2, &s).ok())
+                .unwrap_or(statement);
+            // Member 1 checks the (maybe mutated) statement with one mutated view.
+            let mut views: Vec<MemberView> = uploads.iter().map(|m| m.view_for(1)).collect();
+            let bytes = mutate(3, views[0].to_wire().encode_to_vec());
+            if let Ok(v) = v1::MemberView::decode(&bytes[..])
+                && let Ok(v) = MemberView::from_wire("j", 2, &v)
+            {
+                views[0] = v;
+            }
+            let mut member = Member::new(config.clone(), Arc::clone(&people[1])).unwrap();
+            let signed = member.sign_statement(&statement, &views);
+            if which != 2 && which != 3 {
+                proptest::prop_assert!(signed.is_ok(), "valid statement and views were refused: {:?}", signed.as_ref().err());
+            }
+            if let Ok(approval) = signed {
+                let bytes = mutate(4, approval.to_wire().encode_to_vec());
+                let mut approvals = vec![approval];
+                if let Ok(a) = v1::Approval::decode(&bytes[..])
+                    && let Ok(a) = Approval::from_wire(&a)
+                {
+                    approvals.push(a);
+                }
+                let _ = member.reveal(&approvals);
+            }
+            let share = v1::RevealedShare {
+                participant: people[2].participant_id().to_string(),
+                absent: 1,
+                index: 2,
+                value: vec![7; 32],
+            };
+            let bytes = mutate(5, share.encode_to_vec());
+            if let Ok(s) = v1::RevealedShare::decode(&bytes[..]) {
+                let _ = RevealedShare::from_wire(&s);
+            }
+        }
     }
 }
