@@ -129,12 +129,6 @@ fn main() -> std::process::ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            // What an http:// client sees from a TLS port: TLS bytes read as HTTP/2 frames.
-            if e.chain()
-                .any(|c| c.to_string().contains("frame with invalid size"))
-            {
-                eprintln!("hint: the coordinator may be serving TLS: use an https:// URL");
-            }
             std::process::ExitCode::FAILURE
         }
     }
