@@ -182,7 +182,7 @@ impl QuantParams {
                 let v = (x as f64 * factor).max(-I32_BOUND).min(I32_BOUND);
                 // floor(v) without a libm call: the truncating cast to i32 is exact and only
                 // negative non-integers need a step down. All of it vectorises.
-                // SAFETY: `v` is finite (every element is: the norm is) and within i32.
+                // SAFETY: the max/min above leave `v` a number within ±I32_BOUND, in i32.
                 let t: i32 = unsafe { v.to_int_unchecked() };
                 let floor = t - ((t as f64) > v) as i32;
                 // Round up with probability v - floor (to 2^-32).

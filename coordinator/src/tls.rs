@@ -38,13 +38,10 @@ pub enum TlsError {
 /// returns the server's TLS configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
     let name = |p: &Path| p.display().to_string();
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: name(p),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: name(cert),
+        source,
+    })?;
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadCertificate {

@@ -170,18 +170,13 @@ pub fn upload_messages(
     num_samples: u64,
     delta: &[f32],
 ) -> Vec<v1::UploadChunk> {
-    let payload: std::borrow::Cow<'_, [u8]> = if cfg!(target_endian = "little") {
-        bytemuck::cast_slice(delta).into()
-    } else {
-        delta.iter().flat_map(|v| v.to_le_bytes()).collect()
-    };
     upload_stream(
         identity,
         job_id,
         round,
         num_samples,
         delta.len(),
-        &payload,
+        &le_words(delta),
         None,
     )
 }
@@ -195,20 +190,26 @@ pub fn masked_upload_messages(
     masked: &[u32],
     manifest: v1::SealedManifest,
 ) -> Vec<v1::UploadChunk> {
-    let payload: std::borrow::Cow<'_, [u8]> = if cfg!(target_endian = "little") {
-        bytemuck::cast_slice(masked).into()
-    } else {
-        conclave_aggregation::secagg::le_bytes(masked).into()
-    };
     upload_stream(
         identity,
         job_id,
         round,
         0,
         masked.len(),
-        &payload,
+        &le_words(masked),
         Some(manifest),
     )
+}
+
+/// The little-endian bytes of 4-byte words (`f32` updates, `u32` ring vectors) as uploaded:
+/// borrowed on a little-endian machine, converted on a big-endian one.
+fn le_words<T: bytemuck::Pod>(words: &[T]) -> std::borrow::Cow<'_, [u8]> {
+    let words: &[u32] = bytemuck::cast_slice(words);
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(words).into()
+    } else {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
 }
 
 /// Header and data chunks of an upload. The payload (little-endian words) is borrowed and

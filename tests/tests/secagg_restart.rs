@@ -67,6 +67,17 @@ async fn scripted(
 
 /// A coordinator in `dir` with a one-round secure job for three participants (c = 3, t = 2);
 /// returns it, the job's spec and id, and the model's dimension.
+/// Waits for every scripted participant; each must end without error within a minute.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<Result<(), ParticipantError>>>) {
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("participants finish")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 async fn secure_job(dir: &std::path::Path) -> (TestCoordinator, Arc<JobSpec>, String, usize) {
     let coordinator = TestCoordinator::start(dir).await;
     let spec = Arc::new(wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10));
@@ -125,13 +136,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     assert_eq!(after.rounds[0].state, v1::RoundState::Open as i32);
     // The third participant uploads; the round completes with all three.
     closed.0.send(true).unwrap();
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("participants finish")
-            .unwrap()
-            .unwrap();
-    }
+    finish(tasks).await;
     let info = second.info(&job).await;
     assert_eq!(info.model_version, 1);
     assert_eq!(info.rounds[0].uploaded.len(), 3);
@@ -194,13 +199,7 @@ async fn approvals_repeated_after_a_restart_are_recorded_once() {
 
     let second = TestCoordinator::restart(dir.path(), &url).await;
     reveals.0.send(true).unwrap();
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("participants finish")
-            .unwrap()
-            .unwrap();
-    }
+    finish(tasks).await;
     assert_eq!(second.info(&job).await.model_version, 1);
     let ledger = second.state.ledger();
     assert!(
