@@ -89,6 +89,24 @@ impl TestCoordinator {
             .unwrap()
             .into_inner()
     }
+
+    /// The job once it holds model `version`. A round closes on the coordinator's driver
+    /// task, just after the upload that completes it is acknowledged, so callers wait for it;
+    /// panics if it has not happened within 30 s.
+    pub async fn wait_for_model(&self, job: &str, version: u32) -> v1::JobInfo {
+        let started = std::time::Instant::now();
+        loop {
+            let info = self.info(job).await;
+            if info.model_version >= version {
+                return info;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "job {job} never reached model version {version}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A logistic-regression job on the shipped breast-cancer data.

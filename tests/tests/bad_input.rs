@@ -277,7 +277,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     assert_eq!(coordinator.info(&job).await.rounds[0].uploaded.len(), 1);
     // Bob's upload completes round 1; a late upload for it is refused.
     b.upload(&job, 1, 30, &good).await.unwrap();
-    let info = coordinator.info(&job).await;
+    let info = coordinator.wait_for_model(&job, 1).await;
     assert_eq!(info.model_version, 1);
     assert_eq!(
         a.upload(&job, 1, 10, &good).await.unwrap_err().code(),

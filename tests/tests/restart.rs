@@ -46,7 +46,7 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     );
     let mut b = client(&second, Arc::clone(&bob)).await;
     b.upload(&job, 1, 30, &vec![-1.0; dim]).await.unwrap();
-    let info = second.info(&job).await;
+    let info = second.wait_for_model(&job, 1).await;
     assert_eq!(info.model_version, 1);
     let mut rounds = second.rounds().await;
     let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
