@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
         threshold: 6,
         min_participants: 2,
         len: DIM + 1,
+        plan_hash: [0; 32],
     };
     let quantized = quant.encode(&delta, 100, &mut rand::rng()).expect("encode");
 

@@ -14,6 +14,9 @@ use crate::quantize::QuantParams;
 /// Largest model a job may declare, in parameters.
 pub const MAX_MODEL_PARAMS: u64 = 500_000_000;
 
+/// Largest sample count one participant may claim for one update or evaluation.
+pub const MAX_SAMPLES: u64 = 1 << 40;
+
 /// How a round protects updates (DESIGN.md, "A round", step 3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Privacy {
@@ -129,8 +132,12 @@ pub struct JobSpec {
     pub start_participants: u32,
     pub round_deadline_secs: u32,
     pub privacy: Privacy,
-    /// L2 bound on each participant's update; `None` leaves updates unclipped.
+    /// L2 bound on each participant's update; `None` leaves updates unclipped (plain only).
+    /// The coordinator refuses plain uploads above it.
     pub clip_norm: Option<f32>,
+    /// The most samples one participant's update may count for: plain uploads claiming more
+    /// are refused; in secagg it is also the weight cap of the encoding (required there).
+    pub max_samples: Option<u64>,
     pub seed: u64,
     /// Identities allowed to join; empty means open admission.
     pub admission: Vec<ParticipantId>,
@@ -259,6 +266,7 @@ impl JobSpec {
                 None
             }
         };
+        p.range("max_samples", wire.max_samples, 0, MAX_SAMPLES);
         if !wire.clip_norm.is_finite() || wire.clip_norm < 0.0 {
             p.add(
                 "clip_norm",
@@ -306,6 +314,7 @@ impl JobSpec {
                     round_deadline_secs: wire.round_deadline_secs,
                     privacy,
                     clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
+                    max_samples: (wire.max_samples > 0).then_some(wire.max_samples),
                     seed: wire.seed,
                     admission,
                     rewards,
@@ -617,7 +626,7 @@ impl JobSpec {
             admission: self.admission.iter().map(|id| id.to_string()).collect(),
             committee_size: self.secagg().map_or(0, |s| s.committee_size),
             threshold: self.secagg().map_or(0, |s| s.threshold),
-            max_samples: self.secagg().map_or(0, |s| s.quant.max_samples()),
+            max_samples: self.max_samples.unwrap_or(0),
             max_participants: self.secagg().map_or(0, |s| s.quant.max_participants()),
             rewards: Some(v1::RewardPolicy {
                 pool_per_round: self.rewards.pool_per_round,

@@ -18,9 +18,10 @@ use rand::Rng;
 /// coordinate below 2^31 / P; this bound is what makes the cast below sound on its own).
 const I32_BOUND: f64 = (i32::MAX - 1) as f64;
 
-/// Relative slack over the clip norm that `encode` accepts (f32 clipping can overshoot by an
-/// ulp or so); the scale is chosen for the norm with this slack.
-const CLIP_SLACK: f64 = 1e-5;
+/// Relative slack over the clip norm that `encode` (and a coordinator checking a plain upload)
+/// accepts: f32 clipping can overshoot by an ulp or so. The scale is chosen for the norm with
+/// this slack.
+pub const CLIP_SLACK: f64 = 1e-5;
 
 /// Smallest scale accepted: coarser than 2^-12 per unit of update would lose the update.
 pub const MIN_SCALE: f64 = 4096.0;
@@ -54,6 +55,8 @@ pub enum QuantError {
     Length { got: usize, expected: usize },
     #[error("sum of sample counts is 0: nothing to decode")]
     NoSamples,
+    #[error("the unmasked sum is out of the bounds {uploads} clipped uploads allow: {what}")]
+    OutOfBounds { uploads: usize, what: String },
 }
 
 /// The encoding all parties of a round agree on.
@@ -194,9 +197,19 @@ impl QuantParams {
         Ok(out)
     }
 
-    /// Decodes a ring sum of encodings into `(Σ n_i Δ_i / Σ n_i, Σ n_i)`: the sample-weighted
-    /// mean update and the total sample count.
-    pub fn decode_mean(&self, sum: &[u32], dim: usize) -> Result<(Vec<f32>, u64), QuantError> {
+    /// Decodes a ring sum of `uploads` encodings into `(Σ n_i Δ_i / Σ n_i, Σ n_i)`: the
+    /// sample-weighted mean update and the total sample count. Refuses a sum that honest
+    /// encodings could not add up to — a total outside `uploads..=uploads·M`, or an L2 norm
+    /// above `S·C'·Σn_i/M + uploads·√dim` (each update is clipped to `C'`, weighted by
+    /// `n_i/M`, and rounded by less than one unit per coordinate) — so one participant cannot
+    /// push the model further than a clipped update could. Within those bounds a lie is not
+    /// detected (that needs per-upload range proofs; DESIGN.md, "Bounds on one participant").
+    pub fn decode_mean(
+        &self,
+        sum: &[u32],
+        dim: usize,
+        uploads: usize,
+    ) -> Result<(Vec<f32>, u64), QuantError> {
         if sum.len() != dim + 1 {
             return Err(QuantError::Length {
                 got: sum.len(),
@@ -206,6 +219,31 @@ impl QuantParams {
         let total = sum[dim] as u64;
         if total == 0 {
             return Err(QuantError::NoSamples);
+        }
+        let out_of_bounds = |what: String| QuantError::OutOfBounds { uploads, what };
+        let most = uploads as u64 * self.max_samples;
+        if total < uploads as u64 || total > most {
+            return Err(out_of_bounds(format!(
+                "{total} samples in all, not between {uploads} and {most}"
+            )));
+        }
+        let mut lanes = [0f64; 8];
+        for block in sum[..dim].chunks(8) {
+            for (lane, &q) in lanes.iter_mut().zip(block) {
+                let v = q as i32 as f64;
+                *lane += v * v;
+            }
+        }
+        let norm = lanes.iter().sum::<f64>().sqrt();
+        let bound = self.scale * self.clip as f64 * (1.0 + CLIP_SLACK) * total as f64
+            / self.max_samples as f64
+            + uploads as f64 * (dim as f64).sqrt();
+        // f64 rounding of the norm and bound: far below one unit.
+        if norm > bound * (1.0 + 1e-9) + 1e-6 {
+            return Err(out_of_bounds(format!(
+                "L2 norm {norm:.0} above {bound:.0} (in units of 1/{:.0})",
+                self.scale
+            )));
         }
         // Σ S·(n_i/M)·Δ_i / (S·Σn_i/M) = Σ n_i Δ_i / Σ n_i
         let denom = self.scale * total as f64 / self.max_samples as f64;
@@ -363,10 +401,49 @@ mod tests {
                 let delta = [x, 0.0, 0.0];
                 ring_add(&mut sum, &q.encode(&delta, max_samples, &mut rng).unwrap());
             }
-            let (mean, total) = q.decode_mean(&sum, dim).unwrap();
+            let (mean, total) = q.decode_mean(&sum, dim, p as usize).unwrap();
             prop_assert_eq!(total, p as u64 * max_samples);
             let tolerance = 2.0 * max_samples as f64 / (q.scale() * total as f64) * p as f64;
             prop_assert!((mean[0] as f64 - x as f64).abs() <= tolerance.max(1e-6) + (x.abs() as f64) * 1e-6, "{} vs {x}", mean[0]);
+        }
+    }
+
+    proptest! {
+        /// Honest sums of any clipped updates pass the bound check; a sum one participant
+        /// pushed by more than a clipped update could — any coordinate moved by a large
+        /// amount, or the count slot out of range — fails it.
+        #[test]
+        fn sums_out_of_bounds_are_refused(
+            p in 1u32..20, clip in 0.01f32..10.0, max_samples in 1u64..1000,
+            values in proptest::collection::vec(-1.0f32..1.0, 1..50), seed in any::<u64>(),
+            at in any::<proptest::sample::Index>(), push in 1u32..(1 << 31),
+        ) {
+            let Ok(q) = QuantParams::new(clip, max_samples, p) else { return Ok(()); };
+            let mut rng = StdRng::seed_from_u64(seed);
+            let dim = values.len();
+            let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            let delta: Vec<f32> = values.iter().map(|x| x * clip / norm).collect();
+            let mut sum = vec![0u32; dim + 1];
+            for _ in 0..p {
+                ring_add(&mut sum, &q.encode(&delta, max_samples, &mut rng).unwrap());
+            }
+            prop_assert!(q.decode_mean(&sum, dim, p as usize).is_ok());
+            // Fewer uploads than the count says is also refused (the count slot lies).
+            if max_samples > 1 {
+                prop_assert!(q.decode_mean(&sum, dim, 1).is_err() || p == 1);
+            }
+            // One coordinate pushed far beyond what p clipped updates can reach.
+            let k = at.index(dim);
+            let reach = (q.scale() * clip as f64 * p as f64 * 2.0 + p as f64 * 8.0) as u64;
+            if (push as u64) > reach && (push as u64) < (1u64 << 32) - reach {
+                let mut bad = sum.clone();
+                bad[k] = bad[k].wrapping_add(push);
+                let refused = matches!(q.decode_mean(&bad, dim, p as usize), Err(QuantError::OutOfBounds { .. }));
+                prop_assert!(refused);
+            }
+            let mut bad = sum.clone();
+            bad[dim] = (p as u64 * max_samples + 1).min(u32::MAX as u64) as u32;
+            prop_assert!(q.decode_mean(&bad, dim, p as usize).is_err());
         }
     }
 }

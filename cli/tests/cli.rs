@@ -505,7 +505,7 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
                     else {
                         return;
                     };
-                    match c.join(&job).await {
+                    match c.join(&job, false).await {
                         Ok(_) => acked.lock().unwrap().push(did),
                         Err(_) => return,
                     }

@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use conclave_aggregation::secagg::plan_digest;
 use conclave_ledger::verify::JobSummary;
+use conclave_proto::v1;
+use prost::Message;
 
 use crate::store::{JobRecord, RoundStatus};
 
@@ -34,13 +37,41 @@ pub fn disagreements(records: &[JobRecord], ledger: &BTreeMap<String, JobSummary
 
 fn job_disagreements(record: &JobRecord, ledger: &JobSummary) -> Vec<String> {
     let mut out = Vec::new();
+    // The job spec (privacy mode and settings included) is the one the ledger created.
+    if hex::decode(&record.spec).ok().as_deref() != Some(&ledger.spec[..]) {
+        out.push("the job spec differs from the one in its job_created entry".into());
+    }
     let admitted: BTreeSet<String> = record.participants.iter().map(|p| p.did.clone()).collect();
-    if admitted != ledger.admitted {
+    let in_ledger: BTreeSet<String> = ledger.admitted.keys().cloned().collect();
+    if admitted != in_ledger {
         out.push(format!(
             "{} participants recorded, {} admitted in the ledger",
             admitted.len(),
-            ledger.admitted.len()
+            in_ledger.len()
         ));
+    }
+    for p in &record.participants {
+        if let Some(key) = ledger.admitted.get(&p.did)
+            && hex::encode(key) != p.sealing_key
+        {
+            out.push(format!(
+                "{}'s sealing key differs from its admission",
+                p.did
+            ));
+        }
+    }
+    let draw = &ledger.draw;
+    let open_pool = draw
+        .open_attempt
+        .as_ref()
+        .map(|(a, pool)| (*a, pool.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
+    let excluded: BTreeSet<&String> = record.draw.excluded.iter().collect();
+    if record.draw.open != open_pool
+        || record.draw.next_attempt != draw.next_attempt
+        || excluded != draw.excluded.iter().collect()
+        || record.draw.entropy != draw.entropy.map(hex::encode)
+    {
+        out.push("the committee draw differs from the ledger's draw entries".into());
     }
     let hashes: Vec<String> = ledger.model_hashes.iter().map(hex::encode).collect();
     if record.model_hashes != hashes || record.model_version as usize + 1 != hashes.len() {
@@ -82,9 +113,32 @@ fn job_disagreements(record: &JobRecord, ledger: &JobSummary) -> Vec<String> {
                     l.uploaded.len()
                 ));
             }
+            if r.committee != l.committee
+                || hex::decode(&r.draw_seed).ok() != Some(l.draw_seed.clone())
+            {
+                out.push(format!(
+                    "open round {}: the committee or draw seed differs from its round_opened entry",
+                    r.round
+                ));
+            }
+            if !r.plan.is_empty()
+                && plan_digest_of(&record.id, r.round, &r.plan) != Some(l.plan_hash.clone())
+            {
+                out.push(format!(
+                    "open round {}: the stored round plan is not the one its round_opened entry names",
+                    r.round
+                ));
+            }
         }
         (Some(r), None) => out.push(format!("round {} is open in the record only", r.round)),
         (None, Some(l)) => out.push(format!("round {} is open in the ledger only", l.round)),
     }
     out
+}
+
+/// The digest of a stored round plan (hex protobuf), if it decodes.
+fn plan_digest_of(job_id: &str, round: u32, plan: &str) -> Option<Vec<u8>> {
+    let bytes = hex::decode(plan).ok()?;
+    let plan = v1::SecaggPlan::decode(bytes.as_slice()).ok()?;
+    Some(plan_digest(job_id, round, &plan).to_vec())
 }

@@ -22,6 +22,18 @@ pub enum CoordinatorError {
     BadAuth(String),
     #[error("nonce already used by {0}: replayed request refused")]
     Replay(String),
+    #[error(
+        "request signed at {signed} (unix ms), the coordinator's clock says {now}: more than {max} ms apart (check the clock)"
+    )]
+    ClockSkew { signed: u64, now: u64, max: u64 },
+    #[error(
+        "request signed at {signed} (unix ms), before this coordinator started at {started}: sign it again"
+    )]
+    SignedBeforeStart { signed: u64, started: u64 },
+    #[error("update has L2 norm {norm}, above the job's clip_norm {clip}")]
+    NotClipped { norm: f64, clip: f32 },
+    #[error("{got} samples claimed, more than the job's max_samples {max}")]
+    TooManySamples { got: u64, max: u64 },
     #[error("{did} is not on job {job}'s admission list")]
     NotAdmitted { job: String, did: String },
     #[error("{did} has not joined job {job}")]
@@ -74,8 +86,12 @@ impl CoordinatorError {
             | InvalidRequest(_)
             | WrongLength { .. }
             | NonFinite { .. }
+            | NotClipped { .. }
+            | TooManySamples { .. }
             | HashMismatch => Code::InvalidArgument,
-            BadAuth(_) | Replay(_) => Code::Unauthenticated,
+            BadAuth(_) | Replay(_) | ClockSkew { .. } => Code::Unauthenticated,
+            // The client signs again and retries.
+            SignedBeforeStart { .. } => Code::Aborted,
             NotAdmitted { .. } | NotJoined { .. } => Code::PermissionDenied,
             KeyMismatch { .. } | DuplicateUpload { .. } | DuplicateReport { .. } => {
                 Code::AlreadyExists
@@ -93,12 +109,14 @@ impl CoordinatorError {
                 ProtocolError::OutOfOrder(_)
                 | ProtocolError::AlreadyProposed
                 | ProtocolError::AlreadySigned
+                | ProtocolError::Complained(_)
                 | ProtocolError::NotApproved { .. }
                 | ProtocolError::TooFewUploads { .. }
                 | ProtocolError::TooFewMembers { .. } => Code::FailedPrecondition,
                 ProtocolError::BadConfig(_) | ProtocolError::Rebuild(_) => Code::Internal,
                 ProtocolError::WrongRound { .. }
                 | ProtocolError::HashMismatch
+                | ProtocolError::OtherPlan(_)
                 | ProtocolError::Length { .. }
                 | ProtocolError::BadManifest(_)
                 | ProtocolError::Open(_) => Code::InvalidArgument,

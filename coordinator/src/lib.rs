@@ -16,8 +16,12 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
+mod committee;
 mod crosscheck;
+mod draw;
 mod error;
+mod job;
 mod secagg;
 pub mod server;
 mod service;

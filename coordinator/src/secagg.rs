@@ -1,15 +1,18 @@
 //! The coordinator's part in a secure-aggregation round: drawing the committee, holding the
 //! [`Aggregator`] state machine, and the phase the round is in. Accepted masked uploads and
-//! their manifests are on disk before they are acknowledged; a restarted coordinator resumes
-//! the round from them ([`resume_round`]).
+//! their manifests are on disk before they are acknowledged, and complaints and attestations
+//! are in the ledger; a restarted coordinator resumes the round from them ([`resume_round`]).
 
 use std::collections::HashSet;
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
-use conclave_aggregation::secagg::{Aggregator, ProtocolError, RoundConfig, sign_plan};
-use conclave_crypto::committee::{draw_committee, draw_seed};
+use conclave_aggregation::secagg::{
+    Aggregator, Complaint, HashedBytes, ProtocolError, RoundConfig, sign_plan,
+};
+use conclave_crypto::committee::draw_committee;
 use conclave_crypto::{Identity, ParticipantId, PublicIdentity};
+use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1;
 
 use crate::CoordinatorError;
@@ -21,6 +24,8 @@ use prost::Message;
 pub enum Phase {
     /// Accepting masked uploads until all arrive or the round deadline.
     Collecting,
+    /// Members open every upload's box and complain about those they cannot use.
+    Checking { deadline: u64 },
     /// The statement is out; waiting for `t` member approvals.
     Signing { deadline: u64 },
     /// Approved; waiting for every answering member's reveal.
@@ -40,18 +45,20 @@ pub struct SecaggRound {
     pub not_before: u64,
     /// Members whose attestation for this round is in the ledger (one each, ever).
     pub attested: HashSet<String>,
+    /// Members that reported their check of the uploads (those can answer).
+    pub checked: HashSet<String>,
 }
 
 /// How long a resumed round waits for committee members to reconnect.
 const RESUME_GRACE_MS: u64 = 5_000;
 
-/// Draws the committee from the ledger `head` (DESIGN.md step 1: the hash of the entry before
-/// the round's opening) and sets up the round, with its plan signed by `coordinator`.
+/// Draws the committee with `seed` (DESIGN.md step 1: from the job's draw entropy) from every
+/// admitted participant and sets up the round, with its plan signed by `coordinator`.
 pub fn open_round(
     spec: &JobSpec,
     job_id: &str,
     round: u32,
-    head: &[u8; 32],
+    seed: [u8; 32],
     participants: &[ParticipantRecord],
     previous_committee: &[ParticipantId],
     coordinator: &Identity,
@@ -75,7 +82,6 @@ pub fn open_round(
     };
     let publics: Vec<PublicIdentity> = participants.iter().map(parse).collect::<Result<_, _>>()?;
     let ids: Vec<ParticipantId> = publics.iter().map(|p| p.id.clone()).collect();
-    let seed = draw_seed(head, job_id, round);
     let committee = draw_committee(
         &seed,
         &ids,
@@ -100,9 +106,12 @@ pub fn open_round(
         threshold: settings.threshold as usize,
         min_participants: spec.min_participants as usize,
         len,
+        plan_hash: [0; 32],
     };
     let mut plan = config.to_plan(seed);
     sign_plan(&mut plan, job_id, round, coordinator);
+    // The config as every participant will parse it from the signed plan.
+    let config = RoundConfig::from_plan(job_id, round, &plan)?;
     Ok(SecaggRound {
         round,
         aggregator: Aggregator::new(config)?,
@@ -112,21 +121,8 @@ pub fn open_round(
         committee,
         not_before: 0,
         attested: HashSet::new(),
+        checked: HashSet::new(),
     })
-}
-
-/// The members whose attestation for a job's round is already in the ledger.
-fn attested(store: &Store, job_id: &str, round: u32) -> Result<HashSet<String>, CoordinatorError> {
-    let mut out = HashSet::new();
-    store.ledger().for_each(|e| {
-        if let conclave_ledger::Payload::CommitteeAttestation(a) = e.payload()
-            && a.job_id == job_id
-            && a.round == round
-        {
-            out.insert(a.member.clone());
-        }
-    })?;
-    Ok(out)
 }
 
 impl From<ProtocolError> for CoordinatorError {
@@ -135,14 +131,16 @@ impl From<ProtocolError> for CoordinatorError {
     }
 }
 
-/// Rebuilds the open round of a restarted coordinator from its stored plan and the masked
-/// uploads accepted before the restart (phase Collecting: no statement was signed by this
-/// coordinator's new life; members refuse a different one if they signed before).
+/// Rebuilds the open round of a restarted coordinator from its stored plan, the masked
+/// uploads accepted before the restart, and the complaints and attestations the ledger holds
+/// of the round (`ledger`). It resumes collecting: no statement was proposed by this
+/// coordinator's new life; members refuse a different one if they signed before.
 pub fn resume_round(
     spec: &JobSpec,
     job_id: &str,
     round: &RoundRecord,
     store: &Store,
+    ledger: Option<&OpenRound>,
 ) -> Result<SecaggRound, CoordinatorError> {
     let settings = spec
         .secagg()
@@ -172,6 +170,24 @@ pub fn resume_round(
             conclave_aggregation::secagg::Manifest::from_wire(job_id, round.round, did, &wire)?,
         )?;
     }
+    for c in ledger.map_or(&[][..], |l| &l.complaints) {
+        let member = ParticipantId::parse(&c.member)
+            .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+        let complaint = Complaint::from_wire(
+            job_id,
+            round.round,
+            member,
+            &v1::Complaint {
+                participant: c.participant.clone(),
+                manifest_hash: c.manifest_hash.clone(),
+                reason: c.reason,
+                signature: c.signature.clone(),
+            },
+        )?;
+        let payload =
+            store.load_update(job_id, round.round, &c.participant, UploadPart::Payload)?;
+        aggregator.exclude(complaint, HashedBytes::new(&payload))?;
+    }
     Ok(SecaggRound {
         round: round.round,
         aggregator,
@@ -180,6 +196,7 @@ pub fn resume_round(
         phase: Phase::Collecting,
         committee,
         not_before: crate::state::now_ms() + RESUME_GRACE_MS,
-        attested: attested(store, job_id, round.round)?,
+        attested: ledger.map_or_else(HashSet::new, |l| l.attested.iter().cloned().collect()),
+        checked: HashSet::new(),
     })
 }

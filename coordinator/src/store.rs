@@ -33,6 +33,22 @@ const JOB_KEY: &str = "job/";
 pub struct ParticipantRecord {
     pub did: String,
     pub sealing_key: String,
+    /// Secure jobs: the head of the participant's draw chain (hex).
+    #[serde(default)]
+    pub draw_commitment: String,
+}
+
+/// A secure job's committee draw, as far as it got (mirrors the ledger's draw entries).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DrawRecord {
+    /// The attempt whose pool is fixed and whose reveals are being gathered.
+    pub open: Option<(u32, Vec<String>)>,
+    /// The next attempt's number.
+    pub next_attempt: u32,
+    /// Pool members that did not reveal in some attempt.
+    pub excluded: Vec<String>,
+    /// The job's draw entropy (hex), once an attempt completed.
+    pub entropy: Option<String>,
 }
 
 /// State of a round.
@@ -100,6 +116,9 @@ pub struct JobRecord {
     pub rounds: Vec<RoundRecord>,
     pub evaluations: BTreeMap<u32, Vec<EvalRecord>>,
     pub finished: bool,
+    /// Secure jobs: the committee draw.
+    #[serde(default)]
+    pub draw: DrawRecord,
 }
 
 /// The files an accepted upload is kept in.

@@ -14,6 +14,9 @@ pub enum CryptoError {
     /// An X25519 public key is not 32 bytes.
     #[error("sealing key must be 32 bytes, got {0}")]
     BadSealingKey(usize),
+    /// An X25519 public key is a low-order point: nothing sealed to it would be secret.
+    #[error("sealing key is a low-order X25519 point (nothing sealed to it would be secret)")]
+    LowOrderKey,
     /// Reading or writing an identity file failed.
     #[error("identity file {path}: {source}")]
     Io {

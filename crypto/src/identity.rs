@@ -29,6 +29,28 @@ pub struct PublicIdentity {
     pub sealing_key: [u8; 32],
 }
 
+/// Key-derivation context of [`Identity::derive_secret`]'s key.
+const DERIVE_CONTEXT: &str = "conclave 2026-12 identity secret derivation v1";
+
+impl PublicIdentity {
+    /// Refuses an X25519 public key that is a low-order point (e.g. 32 zero bytes): a key
+    /// agreement with it gives the all-zero secret whatever the other side's key, so nothing
+    /// sealed to it would be secret, and sealing to it fails. Checked with the dalek crate's
+    /// own contributory test, on a fixed clamped scalar (any scalar detects every low-order
+    /// point, since clamping clears the cofactor bits).
+    pub fn check_sealing_key(key: &[u8; 32]) -> Result<(), CryptoError> {
+        let probe = StaticSecret::from([0x5a; 32]);
+        if probe
+            .diffie_hellman(&PublicKey::from(*key))
+            .was_contributory()
+        {
+            Ok(())
+        } else {
+            Err(CryptoError::LowOrderKey)
+        }
+    }
+}
+
 /// On-disk form of an identity file (JSON, mode 0600).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +95,19 @@ impl Identity {
     ) -> <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PrivateKey {
         let secret = Zeroizing::new(self.sealing.to_bytes());
         crate::seal::private_key(&secret)
+    }
+
+    /// A secret for one purpose, derived from this identity: keyed BLAKE3 (a PRF) under a key
+    /// derived from the Ed25519 secret, over `context` and `input`. The same identity always
+    /// derives the same secret, so a restarted participant need not store it.
+    pub fn derive_secret(&self, context: &str, input: &[u8]) -> Zeroizing<[u8; 32]> {
+        let secret = Zeroizing::new(self.signing.to_bytes());
+        let key = Zeroizing::new(blake3::derive_key(DERIVE_CONTEXT, secret.as_slice()));
+        let mut h = blake3::Hasher::new_keyed(&key);
+        h.update(&(context.len() as u64).to_le_bytes());
+        h.update(context.as_bytes());
+        h.update(input);
+        Zeroizing::new(*h.finalize().as_bytes())
     }
 
     /// Signs `message` with the Ed25519 key (deterministic, RFC 8032).
@@ -211,6 +246,48 @@ mod tests {
             Identity::load(&path),
             Err(CryptoError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn low_order_sealing_keys_are_refused() {
+        // The eight low-order points of Curve25519 (in their canonical encodings) and the
+        // non-canonical encodings of 0 and 1 (p and p + 1).
+        let mut low: Vec<[u8; 32]> = vec![[0; 32]];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        low.push(one);
+        for hex in [
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ] {
+            low.push(hex::decode(hex).unwrap().try_into().unwrap());
+        }
+        for key in &low {
+            assert!(
+                matches!(
+                    PublicIdentity::check_sealing_key(key),
+                    Err(CryptoError::LowOrderKey)
+                ),
+                "{}",
+                hex::encode(key)
+            );
+        }
+        for _ in 0..8 {
+            PublicIdentity::check_sealing_key(&Identity::generate().public().sealing_key).unwrap();
+        }
+    }
+
+    #[test]
+    fn derived_secrets_are_per_identity_context_and_input() {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        assert_eq!(*a.derive_secret("x", b"1"), *a.derive_secret("x", b"1"));
+        assert_ne!(*a.derive_secret("x", b"1"), *a.derive_secret("x", b"2"));
+        assert_ne!(*a.derive_secret("x", b"1"), *a.derive_secret("y", b"1"));
+        assert_ne!(*a.derive_secret("x", b"1"), *b.derive_secret("x", b"1"));
     }
 
     #[test]

@@ -350,6 +350,8 @@ mod tests {
 
     fn admitted(n: u32) -> Payload {
         Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
+            draw_commitment: Vec::new(),
+            signature: Vec::new(),
             job_id: "j-1".into(),
             participant: format!("p{n}"),
             sealing_key: vec![],

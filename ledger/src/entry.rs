@@ -40,11 +40,14 @@ pub enum Kind {
     RoundClosed,
     Reward,
     ModelExported,
+    CommitteeComplaint,
+    DrawPool,
+    DrawReveals,
 }
 
 impl Kind {
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::JobCreated,
         Kind::ParticipantAdmitted,
         Kind::RoundOpened,
@@ -53,6 +56,9 @@ impl Kind {
         Kind::RoundClosed,
         Kind::Reward,
         Kind::ModelExported,
+        Kind::CommitteeComplaint,
+        Kind::DrawPool,
+        Kind::DrawReveals,
     ];
 
     /// The kind of a payload.
@@ -66,6 +72,9 @@ impl Kind {
             Payload::RoundClosed(_) => Kind::RoundClosed,
             Payload::Reward(_) => Kind::Reward,
             Payload::ModelExported(_) => Kind::ModelExported,
+            Payload::CommitteeComplaint(_) => Kind::CommitteeComplaint,
+            Payload::DrawPool(_) => Kind::DrawPool,
+            Payload::DrawReveals(_) => Kind::DrawReveals,
         }
     }
 
@@ -80,6 +89,9 @@ impl Kind {
             Kind::RoundClosed => "round_closed",
             Kind::Reward => "reward",
             Kind::ModelExported => "model_exported",
+            Kind::CommitteeComplaint => "committee_complaint",
+            Kind::DrawPool => "draw_pool",
+            Kind::DrawReveals => "draw_reveals",
         }
     }
 }
@@ -231,6 +243,9 @@ impl Entry {
             Payload::RoundClosed(p) => &p.job_id,
             Payload::Reward(p) => &p.job_id,
             Payload::ModelExported(p) => &p.job_id,
+            Payload::CommitteeComplaint(p) => &p.job_id,
+            Payload::DrawPool(p) => &p.job_id,
+            Payload::DrawReveals(p) => &p.job_id,
         }
     }
 
@@ -242,6 +257,7 @@ impl Entry {
             Payload::CommitteeAttestation(p) => Some(p.round),
             Payload::RoundClosed(p) => Some(p.round),
             Payload::Reward(p) => Some(p.round),
+            Payload::CommitteeComplaint(p) => Some(p.round),
             _ => None,
         }
     }
@@ -267,6 +283,9 @@ impl Entry {
                 .collect(),
             Payload::Reward(p) => p.awards.iter().map(|a| a.participant.as_str()).collect(),
             Payload::ModelExported(p) => vec![&p.exported_by],
+            Payload::CommitteeComplaint(p) => vec![&p.member, &p.participant],
+            Payload::DrawPool(p) => p.participants.iter().map(String::as_str).collect(),
+            Payload::DrawReveals(p) => p.reveals.iter().map(|r| r.participant.as_str()).collect(),
         }
     }
 }
@@ -285,6 +304,7 @@ mod tests {
                 job_id: "j-1".into(),
                 participant: signer.participant_id().to_string(),
                 sealing_key: vec![1; 32],
+                ..Default::default()
             }),
         )
     }

@@ -5,8 +5,10 @@
 //!
 //! - [`entry`]: the entry, its canonical encoding, hash and signature.
 //! - [`db`]: storage; batches of entries and the owner's state commit in one transaction.
-//! - [`verify`]: recompute every hash and signature, replay the protocol (committee draws,
-//!   attestations, rewards), name the first bad index.
+//! - [`verify`]: recompute every hash and signature, replay the protocol (signed admissions and
+//!   contributions, committee draws, complaints, attestations, rewards), name the first bad
+//!   index.
+//! - [`signed`]: the digests participants sign for what the ledger keeps of them.
 //! - [`rewards`]: a round's split under the job's policy; balances from reward entries.
 //! - [`replica`]: a participant's verified copy that detects rewritten history.
 //! - [`view`]: rows and JSON for `conclave ledger show` and `export`.
@@ -35,8 +37,10 @@
 pub mod db;
 pub mod entry;
 mod error;
+mod replay;
 pub mod replica;
 pub mod rewards;
+pub mod signed;
 pub mod sim;
 pub mod verify;
 pub mod view;

@@ -60,12 +60,31 @@ impl Replica {
         self.ledger.head().len.saturating_sub(1)
     }
 
+    /// Starts a new request to the coordinator (a replica kept open across syncs): the first
+    /// entry served must again be the replica's last one. Returns the index to ask from.
+    pub fn begin(&mut self) -> u64 {
+        let head = self.ledger.head();
+        self.expect = head.len.saturating_sub(1);
+        self.compared = head.len == 0;
+        self.request_from()
+    }
+
     pub fn head(&self) -> Head {
         self.ledger.head()
     }
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// What the verified replica holds of one job (its open round, admissions, draw).
+    pub fn job(&self, id: &str) -> Option<crate::verify::JobSummary> {
+        self.verifier.job(id)
+    }
+
+    /// The coordinator key that signs the replica's entries, once it holds any.
+    pub fn signer(&self) -> Option<String> {
+        self.verifier.report().signer
     }
 
     /// Checks and durably appends served entries (in the order served, starting at

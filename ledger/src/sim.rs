@@ -1,18 +1,20 @@
-//! A synthetic ledger that follows the protocol: jobs, admissions, rounds with uploads,
-//! committee draws, member attestations, closes and rewards, signed by a coordinator key.
-//! Tests tamper with it; `conclave bench ledger` measures appends and verification with it.
-//! The entries are what the coordinator writes, built the same way (the draw from the
-//! batch's head, the policy's awards), without training anything.
+//! A synthetic ledger that follows the protocol: jobs, signed admissions, a secure job's draw
+//! (a pool and its revealed chain links), rounds with signed uploads, committee draws, a
+//! complaint, member attestations, closes and rewards, signed by a coordinator key. Tests
+//! tamper with it; `conclave bench ledger` measures appends and verification with it. The
+//! entries are what the coordinator writes, built the same way (the draw from the revealed
+//! entropy, the policy's awards), without training anything.
 
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::secagg::Statement;
-use conclave_crypto::committee::{draw_committee, draw_seed};
+use conclave_aggregation::secagg::{ComplaintReason, Statement, complaint_hash};
+use conclave_crypto::committee::{DrawChain, draw_committee, draw_entropy, draw_seed, pool_hash};
 use conclave_crypto::{Identity, ParticipantId};
 use conclave_proto::v1;
 
 use crate::db::Batch;
 use crate::entry::Payload;
 use crate::rewards::round_awards;
+use crate::signed::{admission_digest, contribution_digest, draw_reveal_digest, export_digest};
 
 /// The job file of the simulated plain job.
 pub const PLAIN_JOB: &str = r#"
@@ -54,10 +56,49 @@ pub struct SimJob {
     version: u32,
     model_hash: [u8; 32],
     previous_committee: Vec<ParticipantId>,
+    /// The job's draw entropy, once drawn (secure jobs).
+    entropy: Option<[u8; 32]>,
 }
 
 fn fake_hash(tag: &str, a: u64, b: u64) -> [u8; 32] {
     *blake3::hash(format!("{tag}/{a}/{b}").as_bytes()).as_bytes()
+}
+
+/// The admission entry of `p`, signed by it (with its draw commitment in a secure job).
+pub fn admission(job_id: &str, p: &Identity, secure: bool) -> Payload {
+    let sealing_key = p.public().sealing_key.to_vec();
+    let commitment = if secure {
+        DrawChain::for_job(p, job_id).commitment().to_vec()
+    } else {
+        Vec::new()
+    };
+    let digest = admission_digest(job_id, &p.participant_id(), &sealing_key, &commitment);
+    Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
+        job_id: job_id.into(),
+        participant: p.participant_id().to_string(),
+        sealing_key,
+        draw_commitment: commitment,
+        signature: p.sign(&digest).to_vec(),
+    })
+}
+
+/// An export entry, signed by the exporter.
+pub fn export(job_id: &str, version: u32, model_hash: &[u8], exporter: &Identity) -> Payload {
+    let digest = export_digest(
+        job_id,
+        version,
+        model_hash,
+        "safetensors",
+        &exporter.participant_id(),
+    );
+    Payload::ModelExported(v1::ModelExported {
+        job_id: job_id.into(),
+        model_version: version,
+        model_hash: model_hash.to_vec(),
+        format: "safetensors".into(),
+        exported_by: exporter.participant_id().to_string(),
+        signature: exporter.sign(&digest).to_vec(),
+    })
 }
 
 impl SimJob {
@@ -71,12 +112,9 @@ impl SimJob {
             model_hash: model_hash.to_vec(),
         }));
         let participants: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
+        let secure = spec.secagg().is_some();
         for p in &participants {
-            batch.push(Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
-                job_id: id.into(),
-                participant: p.participant_id().to_string(),
-                sealing_key: p.public().sealing_key.to_vec(),
-            }));
+            batch.push(admission(id, p, secure));
         }
         Self {
             id: id.into(),
@@ -86,22 +124,64 @@ impl SimJob {
             version: 0,
             model_hash,
             previous_committee: Vec::new(),
+            entropy: None,
         }
     }
 
-    /// Admits one more participant.
+    /// Admits one more participant (it trains from the next round on).
     pub fn admit(&mut self, batch: &mut Batch<'_>) {
         let p = Identity::generate();
-        batch.push(Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
-            job_id: self.id.clone(),
-            participant: p.participant_id().to_string(),
-            sealing_key: p.public().sealing_key.to_vec(),
-        }));
+        batch.push(admission(&self.id, &p, self.spec.secagg().is_some()));
+        self.participants.push(p);
     }
 
-    /// One successful round in which everyone uploads; returns the entries it took.
+    /// A secure job's draw: attempt 0 over every participant, all of whom reveal.
+    fn draw(&mut self, batch: &mut Batch<'_>) -> [u8; 32] {
+        let mut pool: Vec<&Identity> = self.participants.iter().collect();
+        pool.sort_by_key(|p| p.participant_id());
+        let ids: Vec<ParticipantId> = pool.iter().map(|p| p.participant_id()).collect();
+        batch.push(Payload::DrawPool(v1::DrawPool {
+            job_id: self.id.clone(),
+            attempt: 0,
+            participants: ids.iter().map(|d| d.to_string()).collect(),
+        }));
+        let hash = pool_hash(&self.id, 0, &ids);
+        let links: Vec<[u8; 32]> = pool
+            .iter()
+            .map(|p| DrawChain::for_job(p, &self.id).value(1))
+            .collect();
+        batch.push(Payload::DrawReveals(v1::DrawReveals {
+            job_id: self.id.clone(),
+            attempt: 0,
+            reveals: pool
+                .iter()
+                .zip(&links)
+                .map(|(p, link)| v1::DrawValue {
+                    participant: p.participant_id().to_string(),
+                    value: link.to_vec(),
+                    signature: p
+                        .sign(&draw_reveal_digest(
+                            &self.id,
+                            0,
+                            &hash,
+                            &p.participant_id(),
+                            link,
+                        ))
+                        .to_vec(),
+                })
+                .collect(),
+            complete: true,
+        }));
+        draw_entropy(&hash, &links)
+    }
+
+    /// One successful round in which everyone uploads (in a secure job, the first committee
+    /// member complains about one upload, which is left out); returns the entries it took.
     pub fn round(&mut self, batch: &mut Batch<'_>) -> usize {
         let before = batch.entries().len();
+        if self.spec.secagg().is_some() && self.entropy.is_none() {
+            self.entropy = Some(self.draw(batch));
+        }
         self.round += 1;
         let round = self.round;
         let ids: Vec<ParticipantId> = self
@@ -110,10 +190,9 @@ impl SimJob {
             .map(|p| p.participant_id())
             .collect();
         let dids: Vec<String> = ids.iter().map(|d| d.to_string()).collect();
-        let (committee, seed) = match self.spec.secagg() {
-            None => (Vec::new(), Vec::new()),
-            Some(s) => {
-                let seed = draw_seed(&batch.head(), &self.id, round);
+        let (committee, seed) = match (self.spec.secagg(), &self.entropy) {
+            (Some(s), Some(entropy)) => {
+                let seed = draw_seed(&self.id, round, entropy);
                 let committee = draw_committee(
                     &seed,
                     &ids,
@@ -123,7 +202,9 @@ impl SimJob {
                 .expect("enough participants");
                 (committee, seed.to_vec())
             }
+            _ => (Vec::new(), Vec::new()),
         };
+        let secagg = self.spec.secagg().is_some();
         batch.push(Payload::RoundOpened(v1::RoundOpened {
             job_id: self.id.clone(),
             round,
@@ -133,24 +214,31 @@ impl SimJob {
             committee: committee.iter().map(|m| m.to_string()).collect(),
             draw_seed: seed,
             deadline_unix_ms: 0,
+            plan_hash: if secagg {
+                fake_hash("plan", round as u64, 0).to_vec()
+            } else {
+                Vec::new()
+            },
         }));
-        let secagg = self.spec.secagg().is_some();
         let mut contributors = Vec::new();
         let mut uploads = Vec::new();
-        for (i, d) in ids.iter().enumerate() {
+        for (i, (d, p)) in ids.iter().zip(&self.participants).enumerate() {
             let samples = if secagg { 0 } else { 50 + i as u64 * 10 };
             let manifest = if secagg {
                 fake_hash("manifest", round as u64, i as u64).to_vec()
             } else {
                 Vec::new()
             };
+            let payload_hash = fake_hash("payload", round as u64, i as u64).to_vec();
+            let digest = contribution_digest(&self.id, round, d, samples, &payload_hash, &manifest);
             batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
                 job_id: self.id.clone(),
                 round,
                 participant: d.to_string(),
                 num_samples: samples,
-                payload_hash: fake_hash("payload", round as u64, i as u64).to_vec(),
+                payload_hash,
                 manifest_hash: manifest.clone(),
+                signature: p.sign(&digest).to_vec(),
             }));
             contributors.push((d.to_string(), samples));
             uploads.push((d.clone(), manifest));
@@ -160,6 +248,34 @@ impl SimJob {
         if secagg {
             uploads.sort_by(|a, b| a.0.cmp(&b.0));
             contributors.sort();
+            let member_of = |m: &ParticipantId| {
+                self.participants
+                    .iter()
+                    .find(|p| &p.participant_id() == m)
+                    .expect("members are participants")
+            };
+            // The first member cannot open the last upload's box: it is left out of U.
+            let (left_out, manifest) = uploads.pop().expect("uploads");
+            contributors.retain(|(d, _)| *d != left_out.as_str());
+            let manifest: [u8; 32] = manifest.as_slice().try_into().expect("32 bytes");
+            let complainer = &committee[0];
+            let digest = complaint_hash(
+                &self.id,
+                round,
+                complainer,
+                &left_out,
+                &manifest,
+                ComplaintReason::Unopenable,
+            );
+            batch.push(Payload::CommitteeComplaint(v1::CommitteeComplaint {
+                job_id: self.id.clone(),
+                round,
+                member: complainer.to_string(),
+                participant: left_out.to_string(),
+                manifest_hash: manifest.to_vec(),
+                reason: v1::ComplaintReason::Unopenable.into(),
+                signature: member_of(complainer).sign(&digest).to_vec(),
+            }));
             let statement = Statement {
                 job_id: self.id.clone(),
                 round,
@@ -171,17 +287,12 @@ impl SimJob {
             };
             let hash = statement.hash();
             for m in &committee {
-                let member = self
-                    .participants
-                    .iter()
-                    .find(|p| &p.participant_id() == m)
-                    .expect("members are participants");
                 batch.push(Payload::CommitteeAttestation(v1::CommitteeAttestation {
                     job_id: self.id.clone(),
                     round,
                     member: m.to_string(),
                     statement_hash: hash.to_vec(),
-                    signature: member.sign(&hash).to_vec(),
+                    signature: member_of(m).sign(&hash).to_vec(),
                 }));
             }
             completed = committee.iter().map(|m| m.to_string()).collect();
@@ -206,6 +317,7 @@ impl SimJob {
             statement: statement_wire,
             committee_completed: completed.clone(),
             base_metrics: None,
+            failure: String::new(),
         }));
         let awards = round_awards(&self.spec.rewards, &contributors, &completed);
         if !awards.is_empty() {

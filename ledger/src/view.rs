@@ -112,7 +112,59 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
         Payload::ParticipantAdmitted(a) => (
             Some(a.participant.clone()),
             format!("admitted {}", short(&a.participant)),
-            json!({ "participant": a.participant, "sealing_key": hex_or_empty(&a.sealing_key) }),
+            json!({
+                "participant": a.participant,
+                "sealing_key": hex_or_empty(&a.sealing_key),
+                "draw_commitment": hex_or_empty(&a.draw_commitment),
+                "signature": hex_or_empty(&a.signature),
+            }),
+        ),
+        Payload::DrawPool(d) => (
+            None,
+            format!(
+                "draw attempt {}: pool of {}",
+                d.attempt,
+                d.participants.len()
+            ),
+            json!({ "attempt": d.attempt, "participants": d.participants }),
+        ),
+        Payload::DrawReveals(d) => (
+            None,
+            format!(
+                "draw attempt {}: {} reveals, {}",
+                d.attempt,
+                d.reveals.len(),
+                if d.complete {
+                    "complete"
+                } else {
+                    "incomplete (the missing members leave the pool)"
+                }
+            ),
+            json!({
+                "attempt": d.attempt,
+                "complete": d.complete,
+                "reveals": d.reveals.iter().map(|r| json!({
+                    "participant": r.participant,
+                    "value": hex_or_empty(&r.value),
+                    "signature": hex_or_empty(&r.signature),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Payload::CommitteeComplaint(c) => (
+            Some(c.participant.clone()),
+            format!(
+                "{} cannot use the box of {}: {}",
+                short(&c.member),
+                short(&c.participant),
+                complaint_reason(c.reason)
+            ),
+            json!({
+                "member": c.member,
+                "participant": c.participant,
+                "manifest_hash": hex_or_empty(&c.manifest_hash),
+                "reason": complaint_reason(c.reason),
+                "signature": hex_or_empty(&c.signature),
+            }),
         ),
         Payload::RoundOpened(r) => (
             None,
@@ -140,6 +192,7 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
                 "participants": r.participants,
                 "committee": r.committee,
                 "draw_seed": hex_or_empty(&r.draw_seed),
+                "plan_hash": hex_or_empty(&r.plan_hash),
                 "deadline_unix_ms": r.deadline_unix_ms,
             }),
         ),
@@ -159,6 +212,7 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
                 "num_samples": u.num_samples,
                 "payload_hash": hex_or_empty(&u.payload_hash),
                 "manifest_hash": hex_or_empty(&u.manifest_hash),
+                "signature": hex_or_empty(&u.signature),
             }),
         ),
         Payload::CommitteeAttestation(a) => (
@@ -190,8 +244,10 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
                         c.contributors.len(),
                         c.total_samples
                     )
-                } else {
+                } else if c.failure.is_empty() {
                     "failed: no model".to_string()
+                } else {
+                    format!("failed: {}", c.failure)
                 },
                 json!({
                     "success": c.success,
@@ -200,6 +256,7 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
                     "total_samples": c.total_samples,
                     "contributors": c.contributors.iter().map(|x| json!({"participant": x.participant, "num_samples": x.num_samples})).collect::<Vec<_>>(),
                     "committee_completed": c.committee_completed,
+                    "failure": c.failure,
                     "base_metrics": {
                         "model_version": metrics.model_version,
                         "loss": metrics.loss,
@@ -238,7 +295,16 @@ fn describe(p: &Payload) -> (Option<String>, String, Value) {
                 "model_hash": hex_or_empty(&m.model_hash),
                 "format": m.format,
                 "exported_by": m.exported_by,
+                "signature": hex_or_empty(&m.signature),
             }),
         ),
+    }
+}
+
+fn complaint_reason(code: i32) -> &'static str {
+    match v1::ComplaintReason::try_from(code) {
+        Ok(v1::ComplaintReason::Unopenable) => "box does not open",
+        Ok(v1::ComplaintReason::Malformed) => "box malformed",
+        _ => "unknown reason",
     }
 }

@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use conclave_crypto::Identity;
+use conclave_crypto::committee::{draw_committee, draw_seed};
+use conclave_crypto::{Identity, ParticipantId};
 use conclave_ledger::sim::{PLAIN_JOB, SECAGG_JOB, SimJob};
 use conclave_ledger::verify::verify_ledger;
 use conclave_ledger::{Ledger, Payload};
-use conclave_proto::v1;
 use proptest::prelude::*;
 use rusqlite::{Connection, params};
 
@@ -29,13 +29,12 @@ fn build(path: &Path) -> (Identity, u64) {
     }
     let mut b = ledger.batch(&coordinator, 1_700_000_002_000);
     let (hash, version) = secure.model_hash();
-    b.push(Payload::ModelExported(v1::ModelExported {
-        job_id: "j-secure".into(),
-        model_version: version,
-        model_hash: hash.to_vec(),
-        format: "safetensors".into(),
-        exported_by: secure.participants[0].participant_id().to_string(),
-    }));
+    b.push(conclave_ledger::sim::export(
+        "j-secure",
+        version,
+        &hash,
+        &secure.participants[0],
+    ));
     let head = ledger.commit(b, &[]).unwrap();
     (coordinator, head.len)
 }
@@ -176,10 +175,30 @@ fn append_signed(path: &Path, coordinator: &Identity, payload: Payload) -> u64 {
     ledger.commit(b, &[]).unwrap().len - 1
 }
 
+/// A coordinator that signs, in its own name and correctly linked, an entry that breaks a
+/// rule: a committee or seed that is not the draw, a seed it ground (another entropy, with the
+/// committee that seed gives), a reward that is not the policy's, a statement whose members
+/// did not attest or that drops an accepted upload nobody complained about, a complaint by a
+/// non-member, an upload or admission the participant never signed, an export of a model the
+/// job never produced or that no admitted participant signed. Each is named at its index.
 #[test]
-fn a_coordinator_that_signs_a_wrong_committee_or_reward_is_caught() {
+fn a_coordinator_that_signs_a_wrong_entry_is_caught_at_it() {
     let dir = tempfile::tempdir().unwrap();
-    for case in ["committee", "seed", "reward", "statement", "export"] {
+    let cases = [
+        "committee",
+        "seed",
+        "ground",
+        "reward",
+        "statement",
+        "dropped",
+        "complaint",
+        "upload",
+        "admission",
+        "export",
+        "stranger export",
+        "unsigned export",
+    ];
+    for case in cases {
         let path = dir.path().join(format!("{case}.db"));
         let coordinator = Identity::generate();
         let ledger = Ledger::open(&path).unwrap();
@@ -197,15 +216,45 @@ fn a_coordinator_that_signs_a_wrong_committee_or_reward_is_caught() {
             .position(|p| {
                 matches!(
                     (case, p),
-                    ("committee" | "seed", Payload::RoundOpened(_))
+                    ("committee" | "seed" | "ground", Payload::RoundOpened(_))
                         | ("reward", Payload::Reward(_))
-                        | ("statement", Payload::RoundClosed(_))
+                        | ("statement" | "dropped", Payload::RoundClosed(_))
+                        | ("complaint", Payload::CommitteeComplaint(_))
+                        | ("upload", Payload::UpdateAccepted(_))
                 )
             })
             .unwrap_or(entries.len());
+        let stranger = Identity::generate();
+        let committee: Vec<String> = entries
+            .iter()
+            .find_map(|p| match p {
+                Payload::RoundOpened(r) => Some(r.committee.clone()),
+                _ => None,
+            })
+            .unwrap();
         match (case, entries.get_mut(target)) {
             ("committee", Some(Payload::RoundOpened(r))) => r.committee.reverse(),
             ("seed", Some(Payload::RoundOpened(r))) => r.draw_seed[0] ^= 1,
+            ("ground", Some(Payload::RoundOpened(r))) => {
+                // The coordinator tries entropies until the draw suits it, and records the
+                // committee that seed really gives: consistent, but not the job's entropy.
+                let ids: Vec<ParticipantId> = r
+                    .participants
+                    .iter()
+                    .map(|d| ParticipantId::parse(d).unwrap())
+                    .collect();
+                let honest = r.committee.clone();
+                for k in 0u8.. {
+                    let seed = draw_seed("j-s", r.round, &[k; 32]);
+                    let drawn = draw_committee(&seed, &ids, &[], 3).unwrap();
+                    let drawn: Vec<String> = drawn.iter().map(|m| m.to_string()).collect();
+                    if drawn != honest {
+                        r.draw_seed = seed.to_vec();
+                        r.committee = drawn;
+                        break;
+                    }
+                }
+            }
             ("reward", Some(Payload::Reward(r))) => {
                 r.awards[0].amount += 1;
                 r.awards[1].amount -= 1;
@@ -214,13 +263,74 @@ fn a_coordinator_that_signs_a_wrong_committee_or_reward_is_caught() {
                 // Claims a member answered who did not attest: the statement hash changes.
                 c.statement.as_mut().unwrap().answering.pop();
             }
-            ("export", None) => entries.push(Payload::ModelExported(v1::ModelExported {
-                job_id: "j-s".into(),
-                model_version: 9,
-                model_hash: vec![0; 32],
-                format: "pt".into(),
-                exported_by: secure.participants[0].participant_id().to_string(),
-            })),
+            ("dropped", Some(Payload::RoundClosed(c))) => {
+                // Leaves out an accepted upload nobody complained about.
+                let dropped = c.statement.as_mut().unwrap().uploads.remove(0);
+                c.contributors
+                    .retain(|x| x.participant != dropped.participant);
+            }
+            ("complaint", Some(Payload::CommitteeComplaint(x))) => {
+                // Signed by the complainer, but the complainer is not on the committee.
+                let outsider = secure
+                    .participants
+                    .iter()
+                    .find(|p| !committee.contains(&p.participant_id().to_string()))
+                    .unwrap();
+                x.member = outsider.participant_id().to_string();
+                let digest = conclave_aggregation::secagg::complaint_hash(
+                    "j-s",
+                    x.round,
+                    &outsider.participant_id(),
+                    &ParticipantId::parse(&x.participant).unwrap(),
+                    &x.manifest_hash.clone().try_into().unwrap(),
+                    conclave_aggregation::secagg::ComplaintReason::Unopenable,
+                );
+                x.signature = outsider.sign(&digest).to_vec();
+            }
+            ("upload", Some(Payload::UpdateAccepted(u))) => {
+                // An upload the coordinator made up: signed by the coordinator, not by the
+                // participant it names.
+                u.payload_hash = vec![0xEE; 32];
+                let digest = conclave_ledger::signed::contribution_digest(
+                    "j-s",
+                    u.round,
+                    &ParticipantId::parse(&u.participant).unwrap(),
+                    u.num_samples,
+                    &u.payload_hash,
+                    &u.manifest_hash,
+                );
+                u.signature = coordinator.sign(&digest).to_vec();
+            }
+            ("admission", None) => {
+                let mut p = conclave_ledger::sim::admission("j-s", &stranger, true);
+                if let Payload::ParticipantAdmitted(a) = &mut p {
+                    a.signature = coordinator.sign(b"not the participant").to_vec();
+                }
+                entries.push(p);
+            }
+            ("export", None) => {
+                entries.push(conclave_ledger::sim::export(
+                    "j-s",
+                    9,
+                    &[0; 32],
+                    &secure.participants[0],
+                ));
+            }
+            ("stranger export", None) => {
+                let (hash, version) = secure.model_hash();
+                entries.push(conclave_ledger::sim::export(
+                    "j-s", version, &hash, &stranger,
+                ));
+            }
+            ("unsigned export", None) => {
+                let (hash, version) = secure.model_hash();
+                let mut p =
+                    conclave_ledger::sim::export("j-s", version, &hash, &secure.participants[0]);
+                if let Payload::ModelExported(m) = &mut p {
+                    m.format = "pt".into();
+                }
+                entries.push(p);
+            }
             other => panic!("no target for {case}: {other:?}"),
         }
         let start = ledger.head().len;

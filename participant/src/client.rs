@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use conclave_crypto::Identity;
+use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest};
 use conclave_proto::v1::{
     self, jobs_client::JobsClient, rounds_client::RoundsClient, upload_chunk::Part,
 };
@@ -79,11 +80,14 @@ pub fn rounds_client(channel: Channel) -> RoundsClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Fills in `request.auth`: this identity, a fresh nonce, and the signature.
+/// Fills in `request.auth`: this identity, a fresh nonce, the time, and the signature.
 pub fn sign<T: Signed>(identity: &Identity, request: &mut T) {
     let auth = request.auth_mut();
     auth.participant = identity.participant_id().to_string();
     auth.nonce = conclave_crypto::random_bytes::<NONCE_LEN>().to_vec();
+    auth.time_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     auth.signature.clear();
     let signature = identity.sign(&request.signing_bytes());
     request.auth_mut().signature = signature.to_vec();
@@ -181,14 +185,38 @@ pub fn upload_messages(
     )
 }
 
-/// The upload stream of a masked ring vector with its manifest (secure aggregation): the
-/// sample count travels inside the vector, so the header's is 0.
+/// How many times a request the coordinator refused as signed before it (re)started is
+/// signed again and re-sent (a participant clock slightly behind the coordinator's).
+const RESIGN_ATTEMPTS: u32 = 5;
+
+/// Runs `call` (which signs its request afresh each time) again after a short wait while the
+/// coordinator answers ABORTED: it refused a signature made before it started.
+async fn resigning<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Aborted && attempt < RESIGN_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The upload stream of a masked ring vector with its manifest (and the manifest's hash):
+/// the sample count travels inside the vector, so the header's is 0.
 pub fn masked_upload_messages(
     identity: &Identity,
     job_id: &str,
     round: u32,
     masked: &[u32],
     manifest: v1::SealedManifest,
+    manifest_hash: [u8; 32],
 ) -> Vec<v1::UploadChunk> {
     upload_stream(
         identity,
@@ -197,7 +225,7 @@ pub fn masked_upload_messages(
         0,
         masked.len(),
         &le_words(masked),
-        Some(manifest),
+        Some((manifest, manifest_hash)),
     )
 }
 
@@ -221,19 +249,30 @@ fn upload_stream(
     num_samples: u64,
     dim: usize,
     payload: &[u8],
-    manifest: Option<v1::SealedManifest>,
+    manifest: Option<(v1::SealedManifest, [u8; 32])>,
 ) -> Vec<v1::UploadChunk> {
+    // A masked vector's hash is already in its signed manifest: hashed once, not twice.
+    let payload_hash = match &manifest {
+        Some((m, _)) => m.vector_hash.clone(),
+        None => blake3::hash(payload).as_bytes().to_vec(),
+    };
+    let manifest_hash = manifest.as_ref().map_or(&[][..], |(_, h)| &h[..]);
+    let digest = contribution_digest(
+        job_id,
+        round,
+        &identity.participant_id(),
+        num_samples,
+        &payload_hash,
+        manifest_hash,
+    );
     let mut header = v1::UploadHeader {
         job_id: job_id.into(),
         round,
         num_samples,
         dim: dim as u64,
-        // A masked vector's hash is already in its signed manifest: hashed once, not twice.
-        payload_hash: match &manifest {
-            Some(m) => m.vector_hash.clone(),
-            None => blake3::hash(payload).as_bytes().to_vec(),
-        },
-        manifest,
+        payload_hash,
+        manifest: manifest.map(|(m, _)| m),
+        contribution_signature: identity.sign(&digest).to_vec(),
         auth: None,
     };
     sign(identity, &mut header);
@@ -283,20 +322,45 @@ impl Client {
         &self.identity
     }
 
-    /// Joins a job; returns the job as the coordinator describes it.
-    pub async fn join(&mut self, job_id: &str) -> Result<v1::JobInfo, ParticipantError> {
-        let mut req = v1::JoinRequest {
-            job_id: job_id.into(),
-            x25519_public: self.identity.public().sealing_key.to_vec(),
-            auth: None,
+    /// Joins a job (a secure one with the head of this identity's draw chain for it); returns
+    /// the job as the coordinator describes it.
+    pub async fn join(
+        &mut self,
+        job_id: &str,
+        secure: bool,
+    ) -> Result<v1::JobInfo, ParticipantError> {
+        let sealing_key = self.identity.public().sealing_key.to_vec();
+        let commitment = if secure {
+            conclave_crypto::committee::DrawChain::for_job(&self.identity, job_id)
+                .commitment()
+                .to_vec()
+        } else {
+            Vec::new()
         };
-        sign(&self.identity, &mut req);
-        let resp = self
-            .rounds
-            .join(req)
-            .await
-            .map_err(ParticipantError::rpc("Join"))?
-            .into_inner();
+        let digest = admission_digest(
+            job_id,
+            &self.identity.participant_id(),
+            &sealing_key,
+            &commitment,
+        );
+        let admission_signature = self.identity.sign(&digest).to_vec();
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        let resp = resigning(|| {
+            let mut req = v1::JoinRequest {
+                job_id: job_id.into(),
+                x25519_public: sealing_key.clone(),
+                draw_commitment: commitment.clone(),
+                admission_signature: admission_signature.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.join(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("Join"))?
+        .into_inner();
         resp.job
             .ok_or_else(|| ParticipantError::Config("coordinator sent no job description".into()))
     }
@@ -306,17 +370,20 @@ impl Client {
         &mut self,
         job_id: &str,
     ) -> Result<tonic::Streaming<v1::WorkItem>, ParticipantError> {
-        let mut req = v1::WorkRequest {
-            job_id: job_id.into(),
-            auth: None,
-        };
-        sign(&self.identity, &mut req);
-        Ok(self
-            .rounds
-            .work(req)
-            .await
-            .map_err(ParticipantError::rpc("Work"))?
-            .into_inner())
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        Ok(resigning(|| {
+            let mut req = v1::WorkRequest {
+                job_id: job_id.into(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.work(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("Work"))?
+        .into_inner())
     }
 
     /// Downloads and checks a model version.
@@ -373,19 +440,117 @@ impl Client {
         statement_hash: &[u8; 32],
         signature: Vec<u8>,
     ) -> Result<(), ParticipantError> {
-        let mut req = v1::ApprovalRequest {
-            job_id: job_id.into(),
-            round,
-            statement_hash: statement_hash.to_vec(),
-            signature,
-            auth: None,
-        };
-        sign(&self.identity, &mut req);
-        self.rounds
-            .submit_approval(req)
-            .await
-            .map_err(ParticipantError::rpc("SubmitApproval"))?;
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        resigning(|| {
+            let mut req = v1::ApprovalRequest {
+                job_id: job_id.into(),
+                round,
+                statement_hash: statement_hash.to_vec(),
+                signature: signature.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.submit_approval(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("SubmitApproval"))?;
         Ok(())
+    }
+
+    /// Sends this committee member's check of a round's uploads: its signed complaints
+    /// about the boxes it cannot use (none: every box opened).
+    pub async fn submit_check(
+        &mut self,
+        job_id: &str,
+        round: u32,
+        complaints: Vec<v1::Complaint>,
+    ) -> Result<(), ParticipantError> {
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        resigning(|| {
+            let mut req = v1::CheckReport {
+                job_id: job_id.into(),
+                round,
+                complaints: complaints.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.submit_check(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("SubmitCheck"))?;
+        Ok(())
+    }
+
+    /// Sends this participant's draw-chain link for a draw attempt.
+    pub async fn submit_draw_reveal(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        pool_hash: &[u8; 32],
+        value: &[u8; 32],
+        signature: Vec<u8>,
+    ) -> Result<(), ParticipantError> {
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        resigning(|| {
+            let mut req = v1::DrawRevealRequest {
+                job_id: job_id.into(),
+                attempt,
+                pool_hash: pool_hash.to_vec(),
+                value: value.to_vec(),
+                signature: signature.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.submit_draw_reveal(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("SubmitDrawReveal"))?;
+        Ok(())
+    }
+
+    /// Records in the ledger that this participant exported a model version it downloaded
+    /// and checked (its hash), with its own signature over the export; returns the entry's
+    /// index.
+    pub async fn record_export(
+        &mut self,
+        job_id: &str,
+        version: u32,
+        model_hash: &[u8],
+        format: &str,
+    ) -> Result<u64, ParticipantError> {
+        let digest = export_digest(
+            job_id,
+            version,
+            model_hash,
+            format,
+            &self.identity.participant_id(),
+        );
+        let signature = self.identity.sign(&digest).to_vec();
+        let identity = Arc::clone(&self.identity);
+        let jobs = self.jobs.clone();
+        Ok(resigning(|| {
+            let mut req = v1::RecordExportRequest {
+                job_id: job_id.into(),
+                model_version: version,
+                model_hash: model_hash.to_vec(),
+                format: format.into(),
+                signature: signature.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut jobs = jobs.clone();
+            async move { jobs.record_export(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("RecordExport"))?
+        .into_inner()
+        .ledger_index)
     }
 
     /// Sends this committee member's reveal: its partial sum, then shares of absent members' seeds.
@@ -399,27 +564,32 @@ impl Client {
     ) -> Result<(), ParticipantError> {
         use v1::reveal_chunk::Part as RevealPart;
         let payload: Vec<u8> = partial.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut header = v1::RevealHeader {
-            job_id: job_id.into(),
-            round,
-            statement_hash: statement_hash.to_vec(),
-            shares,
-            len: partial.len() as u64,
-            partial_hash: blake3::hash(&payload).as_bytes().to_vec(),
-            auth: None,
-        };
-        sign(&self.identity, &mut header);
-        let messages: Vec<v1::RevealChunk> = std::iter::once(v1::RevealChunk {
-            part: Some(RevealPart::Header(header)),
+        let partial_hash = blake3::hash(&payload).as_bytes().to_vec();
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        resigning(|| {
+            let mut header = v1::RevealHeader {
+                job_id: job_id.into(),
+                round,
+                statement_hash: statement_hash.to_vec(),
+                shares: shares.clone(),
+                len: partial.len() as u64,
+                partial_hash: partial_hash.clone(),
+                auth: None,
+            };
+            sign(&identity, &mut header);
+            let messages: Vec<v1::RevealChunk> = std::iter::once(v1::RevealChunk {
+                part: Some(RevealPart::Header(header)),
+            })
+            .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::RevealChunk {
+                part: Some(RevealPart::Data(c.to_vec())),
+            }))
+            .collect();
+            let mut rounds = rounds.clone();
+            async move { rounds.submit_reveal(tokio_stream::iter(messages)).await }
         })
-        .chain(payload.chunks(MAX_CHUNK_BYTES).map(|c| v1::RevealChunk {
-            part: Some(RevealPart::Data(c.to_vec())),
-        }))
-        .collect();
-        self.rounds
-            .submit_reveal(tokio_stream::iter(messages))
-            .await
-            .map_err(ParticipantError::rpc("SubmitReveal"))?;
+        .await
+        .map_err(ParticipantError::rpc("SubmitReveal"))?;
         Ok(())
     }
 
@@ -430,19 +600,23 @@ impl Client {
         version: u32,
         metrics: &crate::Metrics,
     ) -> Result<(), ParticipantError> {
-        let mut req = v1::MetricsReport {
-            job_id: job_id.into(),
-            model_version: version,
-            loss: metrics.loss,
-            accuracy: metrics.accuracy,
-            num_examples: metrics.num_examples,
-            auth: None,
-        };
-        sign(&self.identity, &mut req);
-        self.rounds
-            .report_metrics(req)
-            .await
-            .map_err(ParticipantError::rpc("ReportMetrics"))?;
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        resigning(|| {
+            let mut req = v1::MetricsReport {
+                job_id: job_id.into(),
+                model_version: version,
+                loss: metrics.loss,
+                accuracy: metrics.accuracy,
+                num_examples: metrics.num_examples,
+                auth: None,
+            };
+            sign(&identity, &mut req);
+            let mut rounds = rounds.clone();
+            async move { rounds.report_metrics(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("ReportMetrics"))?;
         Ok(())
     }
 }

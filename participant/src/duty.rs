@@ -1,20 +1,32 @@
 //! A participant's secure-aggregation duties, independent of how its update was produced:
-//! mask and upload an update for a round, and, when on the round's committee, sign the
-//! statement and reveal what it allows. Used by [`run`](crate::run) and by benchmarks that
-//! upload synthetic updates.
+//! check a round plan against its pin and its ledger replica and remember it, mask and upload
+//! an update under it, and, when on the round's committee, check every upload's box (filing
+//! signed complaints), sign the round's one statement (remembered durably first) and reveal
+//! what it allows; before a job's first round, reveal its draw-chain link for the pool it is
+//! shown. Used by [`run`](crate::run) and by benchmarks that upload synthetic updates.
+//!
+//! Refusals are [`ParticipantError::Refused`]: the caller reports them and stays connected.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::secagg::{
-    Approval, Member, MemberView, RoundConfig, Statement, contribute, verify_plan,
+    Approval, Member, MemberView, RoundConfig, Statement, contribute,
 };
+use conclave_crypto::committee::{DrawChain, pool_hash};
 use conclave_crypto::{Identity, ParticipantId};
+use conclave_ledger::signed::draw_reveal_digest;
 use conclave_proto::v1;
+use prost::Message;
 
 use crate::client::{Client, masked_upload_messages};
+use crate::ledger_sync::Follower;
+use crate::memory::Memory;
+use crate::plan::check_plan;
+use crate::policy::Pin;
 use crate::{Event, ParticipantError};
 
 /// Runs CPU-bound work (training, masking, unmasking) off the async runtime's threads.
@@ -67,33 +79,134 @@ pub struct MaskedUpload {
     pub messages: Vec<v1::UploadChunk>,
 }
 
-/// The committee roles this participant holds, by round, and the CPU time its duties took.
+/// One participant's secure-aggregation duties in one job.
 pub struct SecaggDuties {
     identity: Arc<Identity>,
+    pin: Pin,
+    memory: Memory,
+    ledger: Follower,
+    /// The committee roles this participant holds, by round.
     members: HashMap<u32, Member>,
     committee_time: Duration,
-    /// The coordinator key round plans must be signed by.
-    coordinator: Option<ParticipantId>,
 }
 
 impl SecaggDuties {
-    pub fn new(identity: Arc<Identity>) -> Self {
-        Self {
+    /// The duties of `identity` in the pinned job, remembering in `state_dir` and checking
+    /// plans against a replica of the ledger of the coordinator at `url`.
+    pub async fn open(
+        identity: Arc<Identity>,
+        pin: Pin,
+        state_dir: &Path,
+        url: &str,
+    ) -> Result<Self, ParticipantError> {
+        let memory = Memory::open(state_dir, &pin.job_id)?;
+        let replica = Memory::replica_path(state_dir, pin.coordinator.as_str());
+        let ledger = Follower::open(url, &replica)
+            .await
+            .map_err(|e| ParticipantError::State(format!("ledger replica: {e}")))?;
+        Ok(Self {
             identity,
+            pin,
+            memory,
+            ledger,
             members: HashMap::new(),
             committee_time: Duration::ZERO,
-            coordinator: None,
-        }
-    }
-
-    /// Acts only on round plans signed by this coordinator key (pinned at join).
-    pub fn pin_coordinator(&mut self, coordinator: ParticipantId) {
-        self.coordinator = Some(coordinator);
+        })
     }
 
     /// Time spent checking, signing and revealing as a committee member so far.
     pub fn committee_time(&self) -> Duration {
         self.committee_time
+    }
+
+    fn job_id(&self) -> &str {
+        &self.pin.job_id
+    }
+
+    /// Brings the ledger replica up to date (a failure to verify it is a refusal: the
+    /// coordinator served a ledger that breaks the protocol or rewrote what it served).
+    async fn catch_up(&mut self) -> Result<(), ParticipantError> {
+        self.ledger.catch_up().await.map_err(|e| match e {
+            crate::ledger_sync::SyncError::Connect(e) => e,
+            other => ParticipantError::Refused(format!("the coordinator's ledger: {other}")),
+        })?;
+        if self
+            .ledger
+            .replica()
+            .signer()
+            .is_some_and(|s| s != self.pin.coordinator.as_str())
+        {
+            return Err(ParticipantError::Refused(
+                "the ledger is signed by another key than the pinned coordinator's".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a training task's plan against the pin and the ledger, remembers it (refusing
+    /// another plan for a round that already has one), and takes up the committee role if
+    /// this participant has one. Returns the round's configuration.
+    pub async fn accept_plan(
+        &mut self,
+        task: &v1::TrainTask,
+    ) -> Result<RoundConfig, ParticipantError> {
+        let plan = task.secagg.as_ref().ok_or_else(|| {
+            ParticipantError::Refused(format!(
+                "round {}: a training task without a secure-aggregation plan in a secure job (a downgrade to plain)",
+                task.round
+            ))
+        })?;
+        self.catch_up().await?;
+        let me = self.identity.participant_id();
+        let job = self.ledger.replica().job(self.job_id());
+        let config =
+            check_plan(&self.pin, job.as_ref(), task.round, plan, &me).map_err(|reason| {
+                ParticipantError::Refused(format!("round {}: {reason}", task.round))
+            })?;
+        self.memory
+            .remember_plan(task.round, &config.plan_hash, &plan.encode_to_vec())?;
+        self.take_up_role(task.round, config.clone())?;
+        Ok(config)
+    }
+
+    /// Sets up the member state of a round whose plan was accepted, if this participant is on
+    /// its committee, restoring the statement it signed in an earlier life.
+    fn take_up_role(&mut self, round: u32, config: RoundConfig) -> Result<(), ParticipantError> {
+        if self.members.contains_key(&round)
+            || config
+                .member_position(&self.identity.participant_id())
+                .is_none()
+        {
+            return Ok(());
+        }
+        let mut member = Member::new(config, Arc::clone(&self.identity))?;
+        if let Some(h) = self.memory.round(round)?.and_then(|r| r.statement) {
+            let hash: [u8; 32] = hex::decode(&h)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ParticipantError::State(format!("round {round}: bad statement")))?;
+            member.restore_signed(hash);
+        }
+        self.members.insert(round, member);
+        Ok(())
+    }
+
+    /// The member state of a round: in memory, or rebuilt from the plan this participant
+    /// remembered (after a restart of its process).
+    fn member(&mut self, round: u32) -> Result<Option<Member>, ParticipantError> {
+        if let Some(m) = self.members.remove(&round) {
+            return Ok(Some(m));
+        }
+        let Some(record) = self.memory.round(round)? else {
+            return Ok(None);
+        };
+        let plan = hex::decode(&record.plan)
+            .ok()
+            .and_then(|b| v1::SecaggPlan::decode(b.as_slice()).ok())
+            .ok_or_else(|| ParticipantError::State(format!("round {round}: bad stored plan")))?;
+        let config = RoundConfig::from_plan(self.job_id(), round, &plan)?;
+        self.take_up_role(round, config)?;
+        Ok(self.members.remove(&round))
     }
 
     /// Quantizes `delta` (already clipped) with weight `num_samples` (capped at the job's
@@ -103,87 +216,123 @@ impl SecaggDuties {
         &mut self,
         client: &mut Client,
         spec: &JobSpec,
-        job_id: &str,
         task: &v1::TrainTask,
         delta: Vec<f32>,
         num_samples: u64,
     ) -> Result<(u64, usize), ParticipantError> {
-        let masked = self.mask(spec, job_id, task, delta, num_samples).await?;
+        let masked = self.mask(spec, task, delta, num_samples).await?;
         let weight = masked.weight;
         let (_, bytes) = client.send_upload(masked.messages).await?;
         Ok((weight, bytes))
     }
 
-    /// The CPU part of [`SecaggDuties::upload`]: quantize, mask, seal, sign and encode the
-    /// upload stream (and take up the committee role, if this participant has one).
+    /// The CPU part of [`SecaggDuties::upload`]: check and remember the plan, quantize, mask,
+    /// seal, sign and encode the upload stream.
     pub async fn mask(
         &mut self,
         spec: &JobSpec,
-        job_id: &str,
         task: &v1::TrainTask,
         delta: Vec<f32>,
         num_samples: u64,
     ) -> Result<MaskedUpload, ParticipantError> {
         let round = task.round;
-        let plan = task.secagg.as_ref().ok_or_else(|| {
-            ParticipantError::Config("the training task has no secure-aggregation plan".into())
-        })?;
+        let config = self.accept_plan(task).await?;
         let settings = *spec.secagg().ok_or_else(|| {
-            ParticipantError::Config(
-                "coordinator sent a secure-aggregation plan for a plain job".into(),
-            )
+            ParticipantError::Config("a secure-aggregation plan for a plain job".into())
         })?;
-        if let Some(coordinator) = &self.coordinator {
-            verify_plan(plan, job_id, round, coordinator)?;
-        }
-        let config = RoundConfig::from_plan(job_id, round, plan)?;
         let weight = num_samples.min(settings.quant.max_samples());
-        let (rc, id) = (config.clone(), Arc::clone(&self.identity));
-        let job = job_id.to_string();
+        let id = Arc::clone(&self.identity);
+        let job = self.job_id().to_string();
         let messages = blocking(move || {
             let q = settings.quant.encode(&delta, weight, &mut rand::rng())?;
-            let (masked, manifest) = contribute(&rc, &id, q)?;
+            let (masked, manifest) = contribute(&config, &id, q)?;
             Ok(masked_upload_messages(
                 &id,
                 &job,
                 round,
                 &masked,
                 manifest.to_wire(),
+                manifest.hash(),
             ))
         })
         .await?;
-        if config
-            .member_position(&self.identity.participant_id())
-            .is_some()
-        {
-            self.members
-                .insert(round, Member::new(config, Arc::clone(&self.identity))?);
-        }
         Ok(MaskedUpload { weight, messages })
     }
 
-    /// Checks and signs a round's statement; returns what happened.
-    pub async fn sign(
+    /// Opens this member's box in every upload and reports the boxes it cannot use (signed
+    /// complaints), before any statement.
+    pub async fn check(
         &mut self,
         client: &mut Client,
-        job_id: &str,
-        task: v1::CommitteeSignTask,
+        task: v1::CommitteeCheckTask,
     ) -> Result<Event, ParticipantError> {
         let round = task.round;
-        if !self.members.contains_key(&round) {
-            return Ok(Event::CommitteeRefused {
-                round,
-                reason: "not a committee member of this round".into(),
-            });
-        }
-        let statement = Statement::from_wire(job_id, round, &task.statement.unwrap_or_default())?;
+        let Some(mut member) = self.member(round)? else {
+            return Ok(refused(round, "not a committee member of this round"));
+        };
+        let job = self.job_id().to_string();
         let views = task
             .views
             .iter()
-            .map(|v| MemberView::from_wire(job_id, round, v))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|v| MemberView::from_wire(&job, round, v))
+            .collect::<Result<Vec<_>, _>>();
+        let views = match views {
+            Ok(v) => v,
+            Err(e) => {
+                self.members.insert(round, member);
+                return Ok(refused(round, &e.to_string()));
+            }
+        };
+        let (member, checked, took) = blocking(move || {
+            let started = ThreadCpu::now();
+            let checked = member.check(&views);
+            Ok((member, checked, started.elapsed()))
+        })
+        .await?;
+        self.committee_time += took;
+        self.members.insert(round, member);
+        match checked {
+            Ok(complaints) => {
+                let wire = complaints.iter().map(|c| c.to_wire()).collect();
+                client.submit_check(&job, round, wire).await?;
+                Ok(Event::CommitteeChecked {
+                    round,
+                    complaints: complaints.len(),
+                })
+            }
+            Err(e) => Ok(refused(round, &e.to_string())),
+        }
+    }
+
+    /// Checks and signs a round's statement; returns what happened. The statement is
+    /// remembered durably before the approval leaves.
+    pub async fn sign(
+        &mut self,
+        client: &mut Client,
+        task: v1::CommitteeSignTask,
+    ) -> Result<Event, ParticipantError> {
+        let round = task.round;
+        let Some(mut member) = self.member(round)? else {
+            return Ok(refused(round, "not a committee member of this round"));
+        };
+        let job = self.job_id().to_string();
+        let parsed = Statement::from_wire(&job, round, &task.statement.unwrap_or_default())
+            .and_then(|s| {
+                let views = task
+                    .views
+                    .iter()
+                    .map(|v| MemberView::from_wire(&job, round, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((s, views))
+            });
+        let (statement, views) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                self.members.insert(round, member);
+                return Ok(refused(round, &e.to_string()));
+            }
+        };
         // Opening and checking every upload's box is CPU work: off the async threads.
-        let mut member = self.members.remove(&round).expect("checked above");
         let (member, signed, took) = blocking(move || {
             let started = ThreadCpu::now();
             let signed = member.sign_statement(&statement, &views);
@@ -192,72 +341,132 @@ impl SecaggDuties {
         .await?;
         self.committee_time += took;
         self.members.insert(round, member);
-        match signed {
-            Ok(approval) => {
-                client
-                    .submit_approval(job_id, round, &approval.statement_hash, approval.signature)
-                    .await?;
-                // While the other members' approvals come in, expand this member's partial
-                // sum (released only once `t` approvals are shown, in `reveal`).
-                let mut member = self.members.remove(&round).expect("inserted above");
-                let (member, took) = blocking(move || {
-                    let started = ThreadCpu::now();
-                    member.prepare_partial();
-                    Ok((member, started.elapsed()))
-                })
-                .await?;
-                self.committee_time += took;
-                self.members.insert(round, member);
-                Ok(Event::CommitteeSigned { round })
-            }
-            Err(e) => Ok(Event::CommitteeRefused {
-                round,
-                reason: e.to_string(),
-            }),
-        }
+        let approval = match signed {
+            Ok(approval) => approval,
+            Err(e) => return Ok(refused(round, &e.to_string())),
+        };
+        // Durable before the signature leaves: a restarted process signs nothing else.
+        self.memory
+            .remember_statement(round, &approval.statement_hash)?;
+        client
+            .submit_approval(&job, round, &approval.statement_hash, approval.signature)
+            .await?;
+        // While the other members' approvals come in, expand this member's partial sum
+        // (released only once `t` approvals are shown, in `reveal`).
+        let mut member = self.members.remove(&round).expect("inserted above");
+        let (member, took) = blocking(move || {
+            let started = ThreadCpu::now();
+            member.prepare_partial();
+            Ok((member, started.elapsed()))
+        })
+        .await?;
+        self.committee_time += took;
+        self.members.insert(round, member);
+        Ok(Event::CommitteeSigned { round })
     }
 
     /// Reveals this member's partial sum and shares once the statement is approved.
     pub async fn reveal(
         &mut self,
         client: &mut Client,
-        job_id: &str,
         task: v1::CommitteeRevealTask,
     ) -> Result<Event, ParticipantError> {
         let round = task.round;
-        let Some(member) = self.members.get_mut(&round) else {
-            return Ok(Event::CommitteeRefused {
-                round,
-                reason: "not a committee member of this round".into(),
-            });
+        let Some(mut member) = self.member(round)? else {
+            return Ok(refused(round, "not a committee member of this round"));
         };
         let approvals = task
             .approvals
             .iter()
             .map(Approval::from_wire)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
+        let approvals = match approvals {
+            Ok(a) => a,
+            Err(e) => {
+                self.members.insert(round, member);
+                return Ok(refused(round, &e.to_string()));
+            }
+        };
         let started = ThreadCpu::now();
         let revealed = member.reveal(&approvals);
         self.committee_time += started.elapsed();
+        self.members.insert(round, member);
         match revealed {
             Ok(reveal) => {
                 let shares = reveal.shares.iter().map(|s| s.to_wire()).collect();
                 client
                     .submit_reveal(
-                        job_id,
+                        self.job_id(),
                         round,
                         &reveal.statement_hash,
                         &reveal.partial,
                         shares,
                     )
                     .await?;
-                self.members.remove(&round);
                 Ok(Event::CommitteeRevealed { round })
             }
-            Err(e) => Ok(Event::CommitteeRefused {
-                round,
-                reason: e.to_string(),
-            }),
+            Err(e) => Ok(refused(round, &e.to_string())),
         }
+    }
+
+    /// Reveals this participant's draw-chain link for a draw attempt, once the ledger shows
+    /// the attempt's pool as the task lists it, and never for two pools in one attempt.
+    pub async fn draw(
+        &mut self,
+        client: &mut Client,
+        task: v1::DrawTask,
+    ) -> Result<Event, ParticipantError> {
+        let attempt = task.attempt;
+        let refuse = |reason: String| Ok(Event::DrawRefused { attempt, reason });
+        let pool: Vec<ParticipantId> = match task
+            .pool
+            .iter()
+            .map(|d| ParticipantId::parse(d))
+            .collect::<Result<_, _>>()
+        {
+            Ok(p) => p,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let me = self.identity.participant_id();
+        if !pool.contains(&me) {
+            return refuse("this participant is not in the pool".into());
+        }
+        if attempt >= conclave_crypto::committee::CHAIN_LEN {
+            return refuse("no such draw attempt".into());
+        }
+        if let Err(e) = self.catch_up().await {
+            return refuse(e.to_string());
+        }
+        let recorded = self
+            .ledger
+            .replica()
+            .job(self.job_id())
+            .and_then(|j| j.draw.open_attempt);
+        if recorded != Some((attempt, pool.clone())) {
+            return refuse("the pool is not the ledger's open draw attempt".into());
+        }
+        let hash = pool_hash(self.job_id(), attempt, &pool);
+        if let Err(e) = self.memory.remember_draw(attempt, &hash) {
+            return refuse(e.to_string());
+        }
+        let value = DrawChain::for_job(&self.identity, self.job_id()).value(attempt + 1);
+        let signature = self.identity.sign(&draw_reveal_digest(
+            self.job_id(),
+            attempt,
+            &hash,
+            &me,
+            &value,
+        ));
+        client
+            .submit_draw_reveal(self.job_id(), attempt, &hash, &value, signature.to_vec())
+            .await?;
+        Ok(Event::DrawRevealed { attempt })
+    }
+}
+
+fn refused(round: u32, reason: &str) -> Event {
+    Event::CommitteeRefused {
+        round,
+        reason: reason.into(),
     }
 }

@@ -29,6 +29,12 @@ pub enum ParticipantError {
     Config(String),
     #[error("the coordinator closed the work stream before the job finished")]
     StreamEnded,
+    /// This participant will not do what it was asked: the request breaks its policy, its pin
+    /// or the protocol. It stays connected for the next request.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("participant state: {0}")]
+    State(String),
     #[error("secure aggregation: {0}")]
     Protocol(#[from] conclave_aggregation::secagg::ProtocolError),
     #[error("quantization: {0}")]

@@ -94,3 +94,80 @@ pub async fn sync(
     replica.finish()?;
     Ok(report)
 }
+
+/// A participant's verified replica, kept open while it takes part in a job and brought up to
+/// date before it acts on a round plan, so the plan can be checked against what the ledger
+/// says (DESIGN.md, "The participant's own policy": the committee is the draw recomputed from
+/// the participant's own replica).
+pub struct Follower {
+    url: String,
+    replica: Option<Replica>,
+}
+
+impl Follower {
+    /// Opens (creating if needed) and verifies the replica at `path`, following `url`.
+    pub async fn open(url: &str, path: &Path) -> Result<Self, SyncError> {
+        let path = path.to_owned();
+        let (replica, _) = tokio::task::spawn_blocking(move || Replica::open(&path))
+            .await
+            .map_err(|e| SyncError::Decode(format!("replica task: {e}")))??;
+        Ok(Self {
+            url: url.into(),
+            replica: Some(replica),
+        })
+    }
+
+    /// Brings the replica up to date with every entry the coordinator has now.
+    pub async fn catch_up(&mut self) -> Result<(), SyncError> {
+        let mut replica = self
+            .replica
+            .take()
+            .expect("the replica is back after each use");
+        let result = async {
+            let channel = connect(&self.url).await?;
+            let mut client = LedgerClient::new(channel)
+                .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let mut stream = client
+                .entries(v1::LedgerRequest {
+                    from_index: replica.begin(),
+                    follow: false,
+                })
+                .await
+                .map_err(ParticipantError::rpc("Ledger.Entries"))?
+                .into_inner();
+            let mut served = Vec::new();
+            while let Some(wire) = stream
+                .message()
+                .await
+                .map_err(ParticipantError::rpc("Ledger.Entries"))?
+            {
+                served.push(Entry::from_wire(wire).map_err(|e| SyncError::Decode(e.to_string()))?);
+            }
+            Ok::<_, SyncError>(served)
+        }
+        .await;
+        let served = match result {
+            Ok(served) => served,
+            Err(e) => {
+                self.replica = Some(replica);
+                return Err(e);
+            }
+        };
+        let (replica, applied) = tokio::task::spawn_blocking(move || {
+            let applied = replica.apply(served).and_then(|_| replica.finish());
+            (replica, applied)
+        })
+        .await
+        .map_err(|e| SyncError::Decode(format!("replica task: {e}")))?;
+        self.replica = Some(replica);
+        applied.map_err(SyncError::from)
+    }
+
+    /// The verified replica.
+    pub fn replica(&self) -> &Replica {
+        self.replica
+            .as_ref()
+            .expect("the replica is back after each use")
+    }
+}

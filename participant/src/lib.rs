@@ -2,7 +2,9 @@
 //! (hospital firewalls allow only outbound connections), joins a job, and follows the work
 //! stream: it evaluates each new global model on its local held-out rows and reports the
 //! metrics, and for each round it downloads the global model, trains locally with tch
-//! (libtorch, CPU or CUDA) and uploads its update `w_local - w_global` with its sample count.
+//! (libtorch, CPU or CUDA) and uploads its update `w_local - w_global` with its sample count —
+//! in a secure job masked, under a round plan it checked against its own [`policy`], its pin
+//! and its verified ledger replica, and remembered in its state directory ([`memory`]).
 //!
 //! [`client`] is the gRPC side (no libtorch), [`trainer`] the tch side (no network), and
 //! [`run`] ties them together.
@@ -19,6 +21,8 @@
 //!     data: "local.parquet".into(),
 //!     eval_data: None,
 //!     device: tch::Device::Cpu,
+//!     policy: conclave_participant::Policy::default(),
+//!     state_dir: "hospital-state".into(),
 //! };
 //! let final_version = run(config, identity, None).await?;
 //! # Ok(()) }
@@ -28,11 +32,15 @@ pub mod client;
 mod duty;
 mod error;
 pub mod ledger_sync;
+pub mod memory;
+mod plan;
+pub mod policy;
 mod runner;
 pub mod tls;
 pub mod trainer;
 
 pub use duty::{MaskedUpload, SecaggDuties};
 pub use error::ParticipantError;
+pub use policy::{Pin, Policy};
 pub use runner::{Event, ParticipantConfig, load_local_data, parse_device, run};
 pub use trainer::Metrics;

@@ -16,13 +16,15 @@ use tonic::Code;
 use crate::ParticipantError;
 use crate::client::Client;
 use crate::duty::{SecaggDuties, blocking};
+use crate::memory::{Memory, PinRecord};
+use crate::policy::{Pin, Policy, describe};
 use crate::trainer::{self, Metrics};
 use conclave_proto::v1;
 
 /// How often a lost work stream is re-opened before the participant gives up.
 const MAX_RECONNECTS: u32 = 30;
 
-/// Where a participant connects and what it trains on.
+/// Where a participant connects, what it trains on, what it accepts and where it remembers.
 #[derive(Clone, Debug)]
 pub struct ParticipantConfig {
     /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
@@ -33,11 +35,31 @@ pub struct ParticipantConfig {
     /// Local held-out data; when absent, `data.eval_fraction` of `data` is held out.
     pub eval_data: Option<PathBuf>,
     pub device: Device,
+    /// The least this participant accepts of a job.
+    pub policy: Policy,
+    /// Where it keeps its pin, the round plans and statements it acted on, and its ledger
+    /// replica ([`crate::memory`]).
+    pub state_dir: PathBuf,
 }
 
 /// Something a participant did; sent to the optional event channel of [`run`].
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// Pinned the job's settings and the coordinator's key at first contact (or found them
+    /// unchanged since): what it agreed to.
+    Pinned {
+        settings: String,
+        first_contact: bool,
+    },
+    /// Refused a round's task or plan (it broke this participant's pin, policy or the
+    /// protocol); the participant stays connected for the next round.
+    Refused { round: u32, reason: String },
+    /// Checked every upload's box as a committee member, complaining about this many.
+    CommitteeChecked { round: u32, complaints: usize },
+    /// Revealed its draw-chain link for a draw attempt.
+    DrawRevealed { attempt: u32 },
+    /// Refused to reveal for a draw attempt.
+    DrawRefused { attempt: u32, reason: String },
     /// Signed a secure-aggregation round's statement as a committee member.
     CommitteeSigned { round: u32 },
     /// Revealed its partial sum and shares as a committee member.
@@ -138,9 +160,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reports what a committee duty came to. A refusal is an event; a call that failed (e.g. the
-/// coordinator restarted in between) is only logged: the member keeps its state and waits for
-/// the resumed round to ask again.
+/// Reports what a committee or draw duty came to. A refusal is an event; a call that failed
+/// (e.g. the coordinator restarted in between) is only logged: the participant keeps its
+/// state and waits to be asked again.
 fn committee_outcome(
     events: &Option<UnboundedSender<Event>>,
     round: u32,
@@ -154,10 +176,56 @@ fn committee_outcome(
             }
             emit(events, event);
         }
+        Err(ParticipantError::Refused(reason)) => {
+            tracing::warn!(round, duty, reason, "refused");
+            emit(
+                events,
+                Event::CommitteeRefused {
+                    round,
+                    reason: reason.clone(),
+                },
+            );
+        }
         Err(e) => {
             tracing::warn!(round, duty, error = %e, "committee call failed; waiting for the coordinator to ask again")
         }
     }
+}
+
+/// Pins the job at first contact (after checking it against `policy`), or checks it against
+/// the pin a previous run made. Returns the pin and whether it is new.
+fn pin_job(
+    memory: &Memory,
+    policy: &Policy,
+    job_id: &str,
+    info: &v1::JobInfo,
+) -> Result<(Pin, bool), ParticipantError> {
+    let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
+    if let Some(record) = memory.pin()? {
+        let spec_bytes = hex::decode(&record.spec)
+            .map_err(|e| ParticipantError::State(format!("pinned spec: {e}")))?;
+        let pin = Pin::from_parts(job_id, &record.coordinator, &spec_bytes)
+            .map_err(|e| ParticipantError::State(format!("pinned job: {e}")))?;
+        pin.check(&info.coordinator, &spec)
+            .map_err(ParticipantError::Refused)?;
+        return Ok((pin, false));
+    }
+    policy
+        .admit(&spec)
+        .map_err(|e| ParticipantError::Refused(format!("job {job_id}: {e}")))?;
+    let coordinator = ParticipantId::parse(&info.coordinator).map_err(|e| {
+        ParticipantError::Config(format!("the coordinator did not name a valid key: {e}"))
+    })?;
+    let pin = Pin {
+        job_id: job_id.into(),
+        coordinator,
+        spec,
+    };
+    memory.save_pin(&PinRecord {
+        coordinator: pin.coordinator.to_string(),
+        spec: hex::encode(pin.spec_bytes()),
+    })?;
+    Ok((pin, true))
 }
 
 /// Runs a participant until its job finishes. Returns the final model version.
@@ -166,12 +234,22 @@ pub async fn run(
     identity: Arc<Identity>,
     events: Option<UnboundedSender<Event>>,
 ) -> Result<u32, ParticipantError> {
-    let mut duties = SecaggDuties::new(Arc::clone(&identity));
-    let mut client = Client::connect(&config.coordinator, identity).await?;
-    // Read the job and check the local data against it before joining: a hospital whose
-    // export is broken should learn it before it is counted in a round.
+    let memory = Memory::open(&config.state_dir, &config.job_id)?;
+    let mut client = Client::connect(&config.coordinator, Arc::clone(&identity)).await?;
+    // Read the job and check it against this participant's policy (or its pin) and its local
+    // data before joining: a hospital whose export is broken should learn it before it is
+    // counted in a round.
     let info = client.job(&config.job_id).await?;
-    let spec = Arc::new(JobSpec::from_proto(&info.spec.unwrap_or_default())?);
+    let (pin, first_contact) = pin_job(&memory, &config.policy, &config.job_id, &info)?;
+    emit(
+        &events,
+        Event::Pinned {
+            settings: describe(&pin.spec),
+            first_contact,
+        },
+    );
+    let spec = Arc::new(pin.spec.clone());
+    let secure = spec.secagg().is_some();
     let seed = spec.seed
         ^ u64::from_le_bytes(
             blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8]
@@ -182,13 +260,23 @@ pub async fn run(
         let (spec, config) = (Arc::clone(&spec), config.clone());
         blocking(move || load_local_data(&spec, &config, seed)).await?
     };
-    let joined = client.join(&config.job_id).await?;
-    // Round plans must be signed by the key the coordinator named at join (the key that
-    // also signs its ledger).
-    let coordinator = ParticipantId::parse(&joined.coordinator).map_err(|e| {
-        ParticipantError::Config(format!("the coordinator did not name a valid key: {e}"))
-    })?;
-    duties.pin_coordinator(coordinator);
+    let joined = client.join(&config.job_id, secure).await?;
+    // The job as the coordinator describes it at join must be the pinned one too.
+    let joined_spec = JobSpec::from_proto(&joined.spec.unwrap_or_default())?;
+    pin.check(&joined.coordinator, &joined_spec)
+        .map_err(ParticipantError::Refused)?;
+    let mut duties = match secure {
+        true => Some(
+            SecaggDuties::open(
+                Arc::clone(&identity),
+                pin.clone(),
+                &config.state_dir,
+                &config.coordinator,
+            )
+            .await?,
+        ),
+        false => None,
+    };
     emit(
         &events,
         Event::Joined {
@@ -233,11 +321,36 @@ pub async fn run(
         };
         match item.item {
             Some(Item::Train(task)) => {
+                let round = task.round;
+                // A plain task in a secure job is a downgrade, a plan in a plain job nonsense:
+                // refused, and the participant waits for the next round.
+                match (&mut duties, &task.secagg) {
+                    (None, Some(_)) => {
+                        refuse(
+                            &events,
+                            round,
+                            "a secure-aggregation plan for a plain job".into(),
+                        );
+                        continue;
+                    }
+                    (Some(d), _) => {
+                        if let Err(e) = d.accept_plan(&task).await {
+                            match e {
+                                ParticipantError::Refused(reason) => {
+                                    refuse(&events, round, reason);
+                                    continue;
+                                }
+                                other => return Err(other),
+                            }
+                        }
+                    }
+                    (None, None) => {}
+                }
                 if now_ms() >= task.deadline_unix_ms {
                     emit(
                         &events,
                         Event::UploadRefused {
-                            round: task.round,
+                            round,
                             reason: "deadline passed before training".into(),
                         },
                     );
@@ -253,25 +366,18 @@ pub async fn run(
                 .await?;
                 let (s, t, g) = (Arc::clone(&spec), Arc::clone(&train), Arc::clone(&global));
                 let device = config.device;
-                let round_seed = seed.wrapping_add(task.round as u64);
+                let round_seed = seed.wrapping_add(round as u64);
                 let delta =
                     blocking(move || trainer::train(&s, &g, &t, device, round_seed)).await?;
                 let mut num_samples = train.rows() as u64;
-                let uploaded = match &task.secagg {
+                let uploaded = match &mut duties {
                     None => {
                         client
-                            .upload(&config.job_id, task.round, num_samples, &delta)
+                            .upload(&config.job_id, round, num_samples, &delta)
                             .await
                     }
-                    Some(_) => duties
-                        .upload(
-                            &mut client,
-                            &spec,
-                            &config.job_id,
-                            &task,
-                            delta.clone(),
-                            num_samples,
-                        )
+                    Some(d) => d
+                        .upload(&mut client, &spec, &task, delta.clone(), num_samples)
                         .await
                         .map(|(weight, _)| {
                             num_samples = weight;
@@ -282,22 +388,23 @@ pub async fn run(
                     Ok(_) => emit(
                         &events,
                         Event::Trained {
-                            round: task.round,
+                            round,
                             num_samples,
                             delta,
                         },
                     ),
+                    Err(ParticipantError::Refused(reason)) => refuse(&events, round, reason),
                     Err(e)
                         if matches!(
                             e.code(),
-                            Some(Code::FailedPrecondition | Code::AlreadyExists)
+                            Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted)
                         ) =>
                     {
-                        tracing::warn!(round = task.round, error = %e, "update not accepted");
+                        tracing::warn!(round, error = %e, "update not accepted");
                         emit(
                             &events,
                             Event::UploadRefused {
-                                round: task.round,
+                                round,
                                 reason: e.to_string(),
                             },
                         );
@@ -332,15 +439,42 @@ pub async fn run(
                     Err(e) => return Err(e),
                 }
             }
+            Some(Item::Draw(task)) => {
+                let attempt = task.attempt;
+                match &mut duties {
+                    Some(d) => {
+                        let done = d.draw(&mut client, task).await;
+                        committee_outcome(&events, attempt, "draw reveal", done);
+                    }
+                    None => emit(
+                        &events,
+                        Event::DrawRefused {
+                            attempt,
+                            reason: "a plain job draws no committee".into(),
+                        },
+                    ),
+                }
+            }
+            Some(Item::Check(task)) => {
+                let round = task.round;
+                if let Some(d) = &mut duties {
+                    let done = d.check(&mut client, task).await;
+                    committee_outcome(&events, round, "check", done);
+                }
+            }
             Some(Item::Sign(task)) => {
                 let round = task.round;
-                let done = duties.sign(&mut client, &config.job_id, task).await;
-                committee_outcome(&events, round, "approve", done);
+                if let Some(d) = &mut duties {
+                    let done = d.sign(&mut client, task).await;
+                    committee_outcome(&events, round, "approve", done);
+                }
             }
             Some(Item::Reveal(task)) => {
                 let round = task.round;
-                let done = duties.reveal(&mut client, &config.job_id, task).await;
-                committee_outcome(&events, round, "reveal", done);
+                if let Some(d) = &mut duties {
+                    let done = d.reveal(&mut client, task).await;
+                    committee_outcome(&events, round, "reveal", done);
+                }
             }
             Some(Item::Done(done)) => {
                 emit(
@@ -358,6 +492,11 @@ pub async fn run(
             }
         }
     }
+}
+
+fn refuse(events: &Option<UnboundedSender<Event>>, round: u32, reason: String) {
+    tracing::warn!(round, reason, "refused the round's task");
+    emit(events, Event::Refused { round, reason });
 }
 
 async fn fetch(

@@ -23,8 +23,8 @@ pub mod v1 {
 
 use prost::Message;
 use v1::{
-    ApprovalRequest, Auth, JoinRequest, MetricsReport, RecordExportRequest, RevealHeader,
-    UploadHeader, WorkRequest,
+    ApprovalRequest, Auth, CheckReport, DrawRevealRequest, JoinRequest, MetricsReport,
+    RecordExportRequest, RevealHeader, UploadHeader, WorkRequest,
 };
 
 /// Largest payload of one model or update chunk, in bytes (256 Ki f32 elements).
@@ -81,6 +81,8 @@ signed!(JoinRequest, "/conclave.v1.Rounds/Join");
 signed!(WorkRequest, "/conclave.v1.Rounds/Work");
 signed!(UploadHeader, "/conclave.v1.Rounds/UploadUpdate");
 signed!(MetricsReport, "/conclave.v1.Rounds/ReportMetrics");
+signed!(CheckReport, "/conclave.v1.Rounds/SubmitCheck");
+signed!(DrawRevealRequest, "/conclave.v1.Rounds/SubmitDrawReveal");
 signed!(ApprovalRequest, "/conclave.v1.Rounds/SubmitApproval");
 signed!(RevealHeader, "/conclave.v1.Rounds/SubmitReveal");
 signed!(RecordExportRequest, "/conclave.v1.Jobs/RecordExport");
@@ -97,12 +99,12 @@ mod tests {
             num_samples: 10,
             dim: 4,
             payload_hash: vec![1; 32],
-            manifest: None,
             auth: Some(Auth {
                 participant: "did:key:z6Mk".into(),
                 nonce: vec![0; 16],
-                signature: vec![],
+                ..Default::default()
             }),
+            ..Default::default()
         };
         let bytes = base.signing_bytes();
         assert!(bytes.starts_with(b"/conclave.v1.Rounds/UploadUpdate\0"));
@@ -111,6 +113,9 @@ mod tests {
         assert_ne!(bytes, other.signing_bytes());
         let mut other = base.clone();
         other.auth_mut().nonce = vec![1; 16];
+        assert_ne!(bytes, other.signing_bytes());
+        let mut other = base.clone();
+        other.auth_mut().time_unix_ms = 1;
         assert_ne!(bytes, other.signing_bytes());
         // Same fields, other method: different bytes.
         let work = WorkRequest {

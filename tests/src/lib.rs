@@ -143,6 +143,7 @@ pub fn wdbc_job_starting_at(
         round_deadline_secs: deadline_secs,
         privacy: Privacy::Plain,
         clip_norm: None,
+        max_samples: None,
         seed: 1,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
@@ -197,4 +198,140 @@ pub async fn client(
 /// Little-endian bytes of f32 values.
 pub fn le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A participant's configuration for one hospital's files, with its own state directory and
+/// a policy that takes part in plain jobs too (the tests run both modes).
+pub fn participant_config(
+    coordinator: &TestCoordinator,
+    job: &str,
+    files: &(PathBuf, PathBuf),
+    state_dir: PathBuf,
+) -> conclave_participant::ParticipantConfig {
+    conclave_participant::ParticipantConfig {
+        coordinator: coordinator.url.clone(),
+        job_id: job.into(),
+        data: files.0.clone(),
+        eval_data: Some(files.1.clone()),
+        device: tch::Device::Cpu,
+        policy: conclave_participant::Policy {
+            allow_plain: true,
+            ..Default::default()
+        },
+        state_dir,
+    }
+}
+
+/// A plain upload header for `values`, with the participant's contribution signature and the
+/// request signature (a test may change a field and call [`resign_header`]).
+pub fn plain_header(
+    identity: &Identity,
+    job: &str,
+    round: u32,
+    num_samples: u64,
+    values: &[f32],
+) -> v1::UploadHeader {
+    let mut h = v1::UploadHeader {
+        job_id: job.into(),
+        round,
+        num_samples,
+        dim: values.len() as u64,
+        payload_hash: blake3::hash(&le_bytes(values)).as_bytes().to_vec(),
+        ..Default::default()
+    };
+    resign_header(identity, &mut h);
+    h
+}
+
+/// Signs an upload header again, contribution and request both.
+pub fn resign_header(identity: &Identity, h: &mut v1::UploadHeader) {
+    let manifest_hash = match &h.manifest {
+        Some(m) => conclave_aggregation::secagg::Manifest::from_wire(
+            &h.job_id,
+            h.round,
+            identity.participant_id(),
+            m,
+        )
+        .map(|m| m.hash().to_vec())
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let digest = conclave_ledger::signed::contribution_digest(
+        &h.job_id,
+        h.round,
+        &identity.participant_id(),
+        h.num_samples,
+        &h.payload_hash,
+        &manifest_hash,
+    );
+    h.contribution_signature = identity.sign(&digest).to_vec();
+    conclave_participant::client::sign(identity, h);
+}
+
+/// A join request with the given sealing key and draw commitment, with the admission and
+/// request signatures of `identity`.
+pub fn join_request(
+    identity: &Identity,
+    job: &str,
+    sealing_key: Vec<u8>,
+    draw_commitment: Vec<u8>,
+) -> v1::JoinRequest {
+    let digest = conclave_ledger::signed::admission_digest(
+        job,
+        &identity.participant_id(),
+        &sealing_key,
+        &draw_commitment,
+    );
+    let mut req = v1::JoinRequest {
+        job_id: job.into(),
+        x25519_public: sealing_key,
+        draw_commitment,
+        admission_signature: identity.sign(&digest).to_vec(),
+        auth: None,
+    };
+    conclave_participant::client::sign(identity, &mut req);
+    req
+}
+
+/// The secure-aggregation duties of `identity` in `job`, pinned to the job as the coordinator
+/// describes it now, with their state in `state_dir` (for scripted participants).
+pub async fn secagg_duties(
+    url: &str,
+    identity: Arc<Identity>,
+    job: &str,
+    state_dir: &Path,
+) -> conclave_participant::SecaggDuties {
+    let mut c = conclave_participant::client::Client::connect(url, Arc::clone(&identity))
+        .await
+        .unwrap();
+    let info = c.job(job).await.unwrap();
+    let pin = conclave_participant::Pin {
+        job_id: job.into(),
+        coordinator: conclave_crypto::ParticipantId::parse(&info.coordinator).unwrap(),
+        spec: JobSpec::from_proto(&info.spec.unwrap()).unwrap(),
+    };
+    conclave_participant::SecaggDuties::open(identity, pin, state_dir, url)
+        .await
+        .unwrap()
+}
+
+/// The committee of a secure job's round, recomputed as anyone holding the ledger can: from
+/// the job's draw entropy (the ledger's complete draw attempt) over every admitted participant.
+pub fn committee_from_ledger(
+    ledger: &conclave_ledger::Ledger,
+    job: &str,
+    round: u32,
+    size: usize,
+) -> Vec<conclave_crypto::ParticipantId> {
+    let (report, jobs) = conclave_ledger::verify::verify_ledger_jobs(ledger, None).unwrap();
+    assert_eq!(report.problem, None);
+    let summary = &jobs[job];
+    let entropy = summary.draw.entropy.expect("the job's draw is complete");
+    let pool: Vec<conclave_crypto::ParticipantId> = summary
+        .admitted
+        .keys()
+        .map(|d| conclave_crypto::ParticipantId::parse(d).unwrap())
+        .collect();
+    let seed = conclave_crypto::committee::draw_seed(job, round, &entropy);
+    conclave_crypto::committee::draw_committee(&seed, &pool, &[], size).unwrap()
 }

@@ -7,21 +7,13 @@ use conclave_crypto::Identity;
 use conclave_participant::client::sign;
 use conclave_proto::v1::{self, upload_chunk::Part};
 use conclave_proto::{MAX_CHUNK_BYTES, Signed};
-use conclave_tests::{TestCoordinator, client, le_bytes, wdbc_job};
+use conclave_tests::{
+    TestCoordinator, client, join_request, le_bytes, plain_header, resign_header, wdbc_job,
+};
 use tonic::Code;
 
 fn header(identity: &Identity, job: &str, round: u32, values: &[f32]) -> v1::UploadHeader {
-    let mut h = v1::UploadHeader {
-        job_id: job.into(),
-        round,
-        num_samples: 10,
-        dim: values.len() as u64,
-        payload_hash: blake3::hash(&le_bytes(values)).as_bytes().to_vec(),
-        manifest: None,
-        auth: None,
-    };
-    sign(identity, &mut h);
-    h
+    plain_header(identity, job, round, 10, values)
 }
 
 fn stream(header: v1::UploadHeader, chunks: Vec<Vec<u8>>) -> Vec<v1::UploadChunk> {
@@ -70,7 +62,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     assert_eq!(status.code(), Code::NotFound);
     let mut a = client(&coordinator, Arc::clone(&alice)).await;
     assert_eq!(
-        a.join("j-doesnotexist").await.unwrap_err().code(),
+        a.join("j-doesnotexist", false).await.unwrap_err().code(),
         Some(Code::NotFound)
     );
     assert_eq!(
@@ -106,35 +98,53 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         1
     );
 
-    // Joining: bad sealing key, forged signature, replayed request.
+    // Joining: bad sealing keys (short, low-order points), forged signatures (request and
+    // admission), a draw commitment in a plain job, a stale signing time, a replayed request.
     let mut rounds = coordinator.rounds().await;
-    let mut join = v1::JoinRequest {
-        job_id: job.clone(),
-        x25519_public: vec![1; 31],
-        auth: None,
-    };
-    sign(&alice, &mut join);
-    assert_eq!(
-        rounds.join(join).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
-    let mut join = v1::JoinRequest {
-        job_id: job.clone(),
-        x25519_public: alice.public().sealing_key.to_vec(),
-        auth: None,
-    };
-    sign(&mallory, &mut join);
+    let key = alice.public().sealing_key.to_vec();
+    for bad_key in [vec![1; 31], vec![0; 32], {
+        let mut one = vec![0; 32];
+        one[0] = 1;
+        one
+    }] {
+        let join = join_request(&alice, &job, bad_key, Vec::new());
+        let status = rounds.join(join).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    }
+    let mut join = join_request(&mallory, &job, key.clone(), Vec::new());
     join.auth_mut().participant = alice.participant_id().to_string();
     assert_eq!(
         rounds.join(join).await.unwrap_err().code(),
         Code::Unauthenticated
     );
-    let mut join = v1::JoinRequest {
-        job_id: job.clone(),
-        x25519_public: alice.public().sealing_key.to_vec(),
-        auth: None,
-    };
+    let mut join = join_request(&alice, &job, key.clone(), Vec::new());
+    join.admission_signature = mallory.sign(b"anything").to_vec();
     sign(&alice, &mut join);
+    assert_eq!(
+        rounds.join(join).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "an admission alice did not sign"
+    );
+    let join = join_request(&alice, &job, key.clone(), vec![7; 32]);
+    assert_eq!(
+        rounds.join(join).await.unwrap_err().code(),
+        Code::InvalidArgument,
+        "a plain job takes no draw commitment"
+    );
+    let mut join = join_request(&alice, &job, key.clone(), Vec::new());
+    join.auth_mut().time_unix_ms -= 10 * 60 * 1000;
+    join.auth_mut().signature.clear();
+    let signature = alice.sign(&join.signing_bytes());
+    join.auth_mut().signature = signature.to_vec();
+    let status = rounds.join(join).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "signed 10 minutes ago"
+    );
+    assert!(status.message().contains("clock"), "{}", status.message());
+    assert!(coordinator.info(&job).await.participants.is_empty());
+    let join = join_request(&alice, &job, key.clone(), Vec::new());
     rounds.join(join.clone()).await.unwrap();
     assert_eq!(
         rounds.join(join).await.unwrap_err().code(),
@@ -143,7 +153,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     );
     assert_eq!(coordinator.info(&job).await.participants.len(), 1);
     let mut b = client(&coordinator, Arc::clone(&bob)).await;
-    b.join(&job).await.unwrap();
+    b.join(&job, false).await.unwrap();
     let info = coordinator.info(&job).await;
     assert_eq!(info.rounds.len(), 1, "round 1 opened with two participants");
 
@@ -160,7 +170,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     );
     let mut h = header(&alice, &job, 1, &good);
     h.payload_hash = blake3::hash(&le_bytes(&short)).as_bytes().to_vec();
-    sign(&alice, &mut h);
+    resign_header(&alice, &mut h);
     assert_eq!(
         upload_code(&coordinator, stream(h, vec![le_bytes(&short)])).await,
         Code::InvalidArgument
@@ -187,12 +197,21 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         .await,
         Code::InvalidArgument
     );
-    // Bad signatures: a field changed after signing; mallory signing as alice.
+    // Bad signatures: a field changed after signing; a contribution signed for other
+    // values; mallory signing as alice.
     let mut h = header(&alice, &job, 1, &good);
     h.num_samples = 1_000_000;
     assert_eq!(
         upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await,
         Code::Unauthenticated
+    );
+    let mut h = header(&alice, &job, 1, &good);
+    h.num_samples = 11;
+    sign(&alice, &mut h);
+    assert_eq!(
+        upload_code(&coordinator, stream(h, vec![le_bytes(&good)])).await,
+        Code::Unauthenticated,
+        "the contribution signature covers the sample count"
     );
     let mut h = header(&mallory, &job, 1, &good);
     h.auth_mut().participant = alice.participant_id().to_string();
@@ -227,7 +246,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     // An oversized chunk (within the transport limit, over the protocol's chunk bound).
     let mut h = header(&alice, &job, 1, &good);
     h.dim = (MAX_CHUNK_BYTES as u64) * 2;
-    sign(&alice, &mut h);
+    resign_header(&alice, &mut h);
     let code = upload_code(
         &coordinator,
         stream(h, vec![vec![0u8; MAX_CHUNK_BYTES + 4]]),
@@ -358,11 +377,15 @@ async fn admission_list_keeps_others_out() {
     let job = coordinator.launch(&spec).await;
     let mut outsider = client(&coordinator, Identity::generate()).await;
     assert_eq!(
-        outsider.join(&job).await.unwrap_err().code(),
+        outsider.join(&job, false).await.unwrap_err().code(),
         Some(Code::PermissionDenied)
     );
     assert!(coordinator.info(&job).await.participants.is_empty());
-    client(&coordinator, member).await.join(&job).await.unwrap();
+    client(&coordinator, member)
+        .await
+        .join(&job, false)
+        .await
+        .unwrap();
     assert_eq!(coordinator.info(&job).await.participants.len(), 1);
     coordinator.stop().await;
 }

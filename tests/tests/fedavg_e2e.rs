@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use conclave_crypto::Identity;
 use conclave_participant::client::download_model;
-use conclave_participant::{Event, ParticipantConfig, run};
-use conclave_tests::{TestCoordinator, hospital_files, wdbc_job};
+use conclave_participant::{Event, run};
+use conclave_tests::{TestCoordinator, hospital_files, participant_config, wdbc_job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
@@ -20,14 +20,13 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
-    for (i, (train, test)) in files.into_iter().enumerate() {
-        let config = ParticipantConfig {
-            coordinator: coordinator.url.clone(),
-            job_id: job.clone(),
-            data: train,
-            eval_data: Some(test),
-            device: tch::Device::Cpu,
-        };
+    for (i, files) in files.into_iter().enumerate() {
+        let config = participant_config(
+            &coordinator,
+            &job,
+            &files,
+            dir.path().join(format!("hospital-{i}.state")),
+        );
         let tx = tx.clone();
         let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -6,7 +6,52 @@ use std::sync::Arc;
 
 use conclave_crypto::Identity;
 use conclave_participant::client::download_model;
+use conclave_proto::v1;
 use conclave_tests::{TestCoordinator, client, wdbc_job};
+
+/// A request captured before a restart (its nonce forgotten with the old process) is refused
+/// by the restarted coordinator as signed before it started, and changes nothing; the
+/// participant's own client signs it again and gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_captured_before_a_restart_are_not_replayed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Arc::new(Identity::generate());
+    let first = TestCoordinator::start(dir.path()).await;
+    let job = first.launch(&wdbc_job(2, 2, 600)).await;
+    let mut a = client(&first, Arc::clone(&alice)).await;
+    a.join(&job, false).await.unwrap();
+    let captured = conclave_tests::join_request(
+        &Identity::generate(),
+        &job,
+        Identity::generate().public().sealing_key.to_vec(),
+        Vec::new(),
+    );
+    let mut work = v1::WorkRequest {
+        job_id: job.clone(),
+        auth: None,
+    };
+    conclave_participant::client::sign(&alice, &mut work);
+    let url = first.url.clone();
+    first.stop().await;
+    drop(a);
+    // Signed in the old process's life, sent to the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = TestCoordinator::restart(dir.path(), &url).await;
+    let mut rounds = second.rounds().await;
+    let status = rounds.join(captured).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted, "{}", status.message());
+    assert!(status.message().contains("before this coordinator started"));
+    let status = rounds.work(work).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    assert_eq!(second.info(&job).await.participants.len(), 1);
+    client(&second, Arc::new(Identity::generate()))
+        .await
+        .join(&job, false)
+        .await
+        .unwrap();
+    assert_eq!(second.info(&job).await.participants.len(), 2);
+    second.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
@@ -19,10 +64,10 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     let job = first.launch(&wdbc_job(2, 2, 600)).await;
     let dim = first.info(&job).await.dim as usize;
     let mut a = client(&first, Arc::clone(&alice)).await;
-    a.join(&job).await.unwrap();
+    a.join(&job, false).await.unwrap();
     client(&first, Arc::clone(&bob))
         .await
-        .join(&job)
+        .join(&job, false)
         .await
         .unwrap();
     a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap();
@@ -67,10 +112,10 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
     let job = first.launch(&wdbc_job(2, 2, 600)).await;
     let dim = first.info(&job).await.dim as usize;
     let mut a = client(&first, Arc::new(Identity::generate())).await;
-    a.join(&job).await.unwrap();
+    a.join(&job, false).await.unwrap();
     client(&first, Arc::new(Identity::generate()))
         .await
-        .join(&job)
+        .join(&job, false)
         .await
         .unwrap();
     a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap();
@@ -85,7 +130,7 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
         })
         .unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(&str, Edit); 4] = [
+    let edits: [(&str, Edit); 6] = [
         ("participants", |r| {
             r["participants"].as_array_mut().unwrap().pop();
         }),
@@ -96,6 +141,15 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
             r["model_hashes"][0] = "00".repeat(32).into()
         }),
         ("finished", |r| r["finished"] = true.into()),
+        ("job spec", |r| {
+            // The same job flipped to other settings (here: 3 rounds instead of 2).
+            let mut spec = conclave_tests::wdbc_job(3, 2, 600).to_proto();
+            spec.rounds = 3;
+            r["spec"] = hex::encode(prost::Message::encode_to_vec(&spec)).into();
+        }),
+        ("sealing key", |r| {
+            r["participants"][0]["sealing_key"] = "11".repeat(32).into()
+        }),
     ];
     for (what, edit) in edits {
         let mut record: serde_json::Value = serde_json::from_slice(&original).unwrap();

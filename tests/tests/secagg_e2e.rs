@@ -8,15 +8,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conclave_crypto::committee::{draw_committee, draw_seed};
 use conclave_crypto::{Identity, ParticipantId};
 use conclave_ledger::Payload;
 use conclave_ledger::rewards::Balances;
 use conclave_ledger::verify::verify_ledger;
 use conclave_participant::client::download_model;
-use conclave_participant::{Event, ParticipantConfig, run};
+use conclave_participant::{Event, run};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, client, hospital_files, wdbc_secagg_job};
+use conclave_tests::{
+    TestCoordinator, client, committee_from_ledger, hospital_files, participant_config,
+    secagg_duties, wdbc_secagg_job,
+};
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -31,75 +33,106 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     let mut rounds = coordinator.rounds().await;
     let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
 
-    // All ten join; the tenth join opens round 1 and draws its committee.
+    // All ten join; the tenth join fixes the committee draw's pool.
     let mut clients = Vec::new();
     for p in &people {
         let mut c = client(&coordinator, Arc::clone(p)).await;
-        c.join(&job).await.unwrap();
+        c.join(&job, true).await.unwrap();
         clients.push(Some(c));
     }
-    // Recompute the committee as anyone holding the ledger can: seeded by the hash of the
-    // entry before the round's opening.
+    // Every hospital reveals its draw-chain link, then seven train for real and three only
+    // take their training task (with the round plan) and die without uploading. Who dies is
+    // chosen below, once the committee is known; all ten are online for the draw.
+    let files = hospital_files(dir.path(), 10);
+    let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (fate_tx, fate_rx) = tokio::sync::watch::channel(None::<Vec<usize>>);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = BTreeMap::new();
+    for i in 0..10 {
+        let mut c = clients[i].take().unwrap();
+        let (job, plan_tx, tx) = (job.clone(), plan_tx.clone(), tx.clone());
+        let mut fate = fate_rx.clone();
+        let mut duties = secagg_duties(
+            &coordinator.url,
+            Arc::clone(&people[i]),
+            &job,
+            &dir.path().join(format!("draw-{i}")),
+        )
+        .await;
+        let config = participant_config(
+            &coordinator,
+            &job,
+            &files[i],
+            dir.path().join(format!("hospital-{i}.state")),
+        );
+        let identity = Arc::clone(&people[i]);
+        tasks.insert(
+            i,
+            tokio::spawn(async move {
+                let mut work = c.work(&job).await.unwrap();
+                while let Some(Ok(item)) = work.next().await {
+                    match item.item {
+                        Some(Item::Draw(task)) => {
+                            duties.draw(&mut c, task).await.unwrap();
+                        }
+                        Some(Item::Train(task)) => {
+                            let dropouts = fate
+                                .wait_for(|f| f.is_some())
+                                .await
+                                .unwrap()
+                                .clone()
+                                .unwrap();
+                            if dropouts.contains(&i) {
+                                let _ = plan_tx.send(task.secagg);
+                                return;
+                            }
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                drop(work);
+                let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    while let Some(e) = inner_rx.recv().await {
+                        let _ = tx.send((i, e));
+                    }
+                });
+                let _ = run(config, identity, Some(inner_tx)).await;
+            }),
+        );
+    }
+    drop(plan_tx);
+    drop(tx);
+    // Round 1 opens once the pool has revealed. Recompute its committee as anyone holding the
+    // ledger can: from the job's draw entropy over every admitted participant.
     let ledger = coordinator.state.ledger();
+    let started = std::time::Instant::now();
+    while coordinator.info(&job).await.rounds.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the draw never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let committee = committee_from_ledger(ledger, &job, 1, 5);
     let entries = ledger.read(0, 1000).unwrap();
     let opened = entries
         .iter()
-        .find(|e| matches!(e.payload(), Payload::RoundOpened(r) if r.job_id == job && r.round == 1))
+        .find_map(|e| match e.payload() {
+            Payload::RoundOpened(r) if r.job_id == job && r.round == 1 => Some(r.clone()),
+            _ => None,
+        })
         .expect("round 1 is in the ledger");
-    let seed = draw_seed(&opened.prev_hash(), &job, 1);
-    let committee = draw_committee(&seed, &ids, &[], 5).unwrap();
-    let Payload::RoundOpened(entry) = opened.payload() else {
-        unreachable!()
-    };
     assert_eq!(
-        entry.committee,
+        opened.committee,
         committee.iter().map(|m| m.to_string()).collect::<Vec<_>>()
     );
+    let seed = opened.draw_seed.clone();
     let is_member = |i: usize| committee.contains(&ids[i]);
     let dropouts: Vec<usize> = (0..10).filter(|&i| !is_member(i)).take(3).collect();
     let doomed_members: Vec<usize> = (0..10).filter(|&i| is_member(i)).take(2).collect();
-
-    // Seven real hospitals train; the three dropouts only join.
-    let files = hospital_files(dir.path(), 10);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tasks = BTreeMap::new();
-    for i in (0..10).filter(|i| !dropouts.contains(i)) {
-        let config = ParticipantConfig {
-            coordinator: coordinator.url.clone(),
-            job_id: job.clone(),
-            data: files[i].0.clone(),
-            eval_data: Some(files[i].1.clone()),
-            device: tch::Device::Cpu,
-        };
-        let tx = tx.clone();
-        let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(e) = inner_rx.recv().await {
-                let _ = tx.send((i, e));
-            }
-        });
-        tasks.insert(
-            i,
-            tokio::spawn(run(config, Arc::clone(&people[i]), Some(inner_tx))),
-        );
-    }
-    drop(tx);
-    let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel();
-    for &i in &dropouts {
-        let mut c = clients[i].take().unwrap();
-        let (job, plan_tx) = (job.clone(), plan_tx.clone());
-        // It receives its training task (with the round plan), then dies without uploading.
-        tokio::spawn(async move {
-            let mut work = c.work(&job).await.unwrap();
-            while let Some(Ok(item)) = work.next().await {
-                if let Some(Item::Train(task)) = item.item {
-                    let _ = plan_tx.send(task.secagg);
-                    return;
-                }
-            }
-        });
-    }
-    drop(plan_tx);
+    fate_tx.send(Some(dropouts.clone())).unwrap();
 
     // Collect what the hospitals uploaded; kill the two doomed members right after their upload.
     let mut uploads: BTreeMap<usize, (u64, Vec<f32>)> = BTreeMap::new();
@@ -131,7 +164,9 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
                 );
                 finished += 1;
             }
-            Event::CommitteeRefused { reason, .. } => panic!("hospital {i} refused: {reason}"),
+            Event::CommitteeRefused { reason, .. } | Event::Refused { reason, .. } => {
+                panic!("hospital {i} refused: {reason}")
+            }
             _ => {}
         }
     }
@@ -152,7 +187,7 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
         drawn,
         committee.iter().map(|m| m.to_string()).collect::<Vec<_>>()
     );
-    assert_eq!(plan.draw_seed, seed.to_vec());
+    assert_eq!(plan.draw_seed, seed);
 
     let info = coordinator.info(&job).await;
     let round = &info.rounds[0];

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use conclave_aggregation::JobSpec;
 use conclave_crypto::Identity;
+use conclave_participant::ParticipantError;
 use conclave_participant::client::{Client, download_model};
-use conclave_participant::{ParticipantError, SecaggDuties};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, wdbc_secagg_job};
+use conclave_tests::{TestCoordinator, secagg_duties, wdbc_secagg_job};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
-/// A participant that uploads `delta` once `gate` opens and does its committee duties,
-/// reconnecting its work stream whenever the coordinator goes away.
+/// A participant that uploads `delta` once `gate` opens and does its draw and committee
+/// duties, reconnecting its work stream whenever the coordinator goes away.
+#[allow(clippy::too_many_arguments)]
 async fn scripted(
     url: String,
     identity: Arc<Identity>,
@@ -24,13 +25,13 @@ async fn scripted(
     delta: Vec<f32>,
     mut gate: watch::Receiver<bool>,
     mut reveal_gate: watch::Receiver<bool>,
+    state: std::path::PathBuf,
 ) -> Result<(), ParticipantError> {
     let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
-    let info = client.join(&job).await?;
-    let mut duties = SecaggDuties::new(identity);
+    client.join(&job, true).await?;
     // Plans after the restart must still carry the coordinator's signature (its key is kept
-    // in its data directory).
-    duties.pin_coordinator(conclave_crypto::ParticipantId::parse(&info.coordinator).unwrap());
+    // in its data directory) and match the ledger.
+    let mut duties = secagg_duties(&url, identity, &job, &state).await;
     for _ in 0..100 {
         let Ok(mut work) = client.work(&job).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -43,18 +44,24 @@ async fn scripted(
                         gate.changed().await.expect("gate kept open");
                     }
                     duties
-                        .upload(&mut client, &spec, &job, &task, delta.clone(), 100)
+                        .upload(&mut client, &spec, &task, delta.clone(), 100)
                         .await?;
                 }
-                // As the participant runner: a failed committee call waits for the next ask.
+                // As the participant runner: a failed call waits for the next ask.
+                Some(Item::Draw(task)) => {
+                    let _ = duties.draw(&mut client, task).await;
+                }
+                Some(Item::Check(task)) => {
+                    let _ = duties.check(&mut client, task).await;
+                }
                 Some(Item::Sign(task)) => {
-                    let _ = duties.sign(&mut client, &job, task).await;
+                    let _ = duties.sign(&mut client, task).await;
                 }
                 Some(Item::Reveal(task)) => {
                     while !*reveal_gate.borrow_and_update() {
                         reveal_gate.changed().await.expect("gate kept open");
                     }
-                    let _ = duties.reveal(&mut client, &job, task).await;
+                    let _ = duties.reveal(&mut client, task).await;
                 }
                 Some(Item::Done(_)) => return Ok(()),
                 _ => {}
@@ -115,6 +122,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
             delta.clone(),
             gate,
             open.clone(),
+            dir.path().join(format!("participant-{i}")),
         )));
     }
     // Two uploads acknowledged, then the coordinator stops.
@@ -176,6 +184,7 @@ async fn approvals_repeated_after_a_restart_are_recorded_once() {
             delta,
             open.clone(),
             reveals.1.clone(),
+            dir.path().join(format!("participant-{i}")),
         )));
     }
     // Wait until t = 2 attestations are in the ledger, then stop the coordinator.

@@ -38,12 +38,12 @@ async fn dropouts_do_not_block_the_round_past_its_deadline() {
 
     let mut quitter = client(&coordinator, Identity::generate()).await;
     let mut dying = client(&coordinator, Identity::generate()).await;
-    quitter.join(&job).await.unwrap();
-    dying.join(&job).await.unwrap();
+    quitter.join(&job, false).await.unwrap();
+    dying.join(&job, false).await.unwrap();
     let mut good = Vec::new();
     for _ in 0..2 {
         let mut c = client(&coordinator, Identity::generate()).await;
-        c.join(&job).await.unwrap();
+        c.join(&job, false).await.unwrap();
         good.push(c);
     }
     let started = Instant::now();
@@ -116,8 +116,8 @@ async fn a_round_with_too_few_uploads_fails_and_reveals_nothing() {
     let dim = coordinator.info(&job).await.dim as usize;
     let mut a = client(&coordinator, Identity::generate()).await;
     let mut b = client(&coordinator, Identity::generate()).await;
-    a.join(&job).await.unwrap();
-    b.join(&job).await.unwrap();
+    a.join(&job, false).await.unwrap();
+    b.join(&job, false).await.unwrap();
     let mut work = a.work(&job).await.unwrap();
     let task = next_train(&mut work).await;
     a.upload(&job, task.round, 10, &vec![1.0; dim])

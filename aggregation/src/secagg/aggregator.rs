@@ -1,22 +1,29 @@
-//! The coordinator's side: collect masked uploads, propose one statement, gather approvals and
-//! reveals, and unmask the sum. It never holds a seed of a member who answers.
+//! The coordinator's side: collect masked uploads, leave out those a member complained about,
+//! propose one statement, gather approvals and reveals, and unmask the sum. It never holds a
+//! seed of a member who answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use conclave_crypto::shamir::{self, Share};
 use conclave_crypto::{ParticipantId, prg};
 
 use super::{
-    Approval, HashedBytes, Manifest, MemberView, ProtocolError, Reveal, RoundConfig, Statement,
+    Approval, Complaint, HashedBytes, Manifest, MemberView, ProtocolError, Reveal, RoundConfig,
+    Statement,
 };
 use crate::quantize::ring_sub;
 
 /// The coordinator's protocol state for one round. Masked vectors are summed as they are
-/// accepted (every accepted upload is in the one statement), so it holds one vector, not n.
+/// accepted (every accepted upload is in the one statement unless a member complains about
+/// it, and then it is subtracted again), so it holds one vector, not n.
 pub struct Aggregator {
     config: RoundConfig,
+    /// Uploads to sum: accepted, and not complained about.
     uploads: BTreeMap<ParticipantId, Manifest>,
-    /// `Σ y_i` over the accepted uploads.
+    /// Uploads left out on a member's complaint.
+    excluded: BTreeMap<ParticipantId, Manifest>,
+    complaints: Vec<Complaint>,
+    /// `Σ y_i` over `uploads`.
     masked_sum: Vec<u32>,
     statement: Option<(Statement, [u8; 32])>,
     approvals: BTreeMap<ParticipantId, Approval>,
@@ -30,6 +37,8 @@ impl Aggregator {
             masked_sum: vec![0; config.len],
             config,
             uploads: BTreeMap::new(),
+            excluded: BTreeMap::new(),
+            complaints: Vec::new(),
             statement: None,
             approvals: BTreeMap::new(),
             reveals: BTreeMap::new(),
@@ -57,7 +66,9 @@ impl Aggregator {
         if *masked.hash() != manifest.vector_hash {
             return Err(ProtocolError::HashMismatch);
         }
-        if self.uploads.contains_key(&manifest.participant) {
+        if self.uploads.contains_key(&manifest.participant)
+            || self.excluded.contains_key(&manifest.participant)
+        {
             return Err(ProtocolError::DuplicateUpload(
                 manifest.participant.to_string(),
             ));
@@ -67,9 +78,74 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Number of accepted uploads.
+    /// Number of uploads to sum (accepted, not complained about).
     pub fn uploads(&self) -> usize {
         self.uploads.len()
+    }
+
+    /// Checks a committee member's complaint about an accepted upload (before the statement):
+    /// signed by a member, for this round, about the manifest that was accepted. Returns
+    /// whether the upload is still in the sum (then [`Aggregator::exclude`] takes it out).
+    pub fn check_complaint(&self, complaint: &Complaint) -> Result<bool, ProtocolError> {
+        if self.statement.is_some() {
+            return Err(ProtocolError::OutOfOrder(
+                "complaints are closed once a statement is proposed",
+            ));
+        }
+        self.config
+            .check_round(&complaint.job_id, complaint.round)?;
+        if self.config.member_position(&complaint.member).is_none() {
+            return Err(ProtocolError::NotMember(complaint.member.to_string()));
+        }
+        if !complaint.verify() {
+            return Err(ProtocolError::BadSignature(complaint.member.to_string()));
+        }
+        let manifest = self
+            .uploads
+            .get(&complaint.participant)
+            .or_else(|| self.excluded.get(&complaint.participant))
+            .ok_or_else(|| ProtocolError::UnknownParticipant(complaint.participant.to_string()))?;
+        if manifest.hash() != complaint.manifest_hash {
+            return Err(ProtocolError::BadManifest(format!(
+                "the complaint about {} names another manifest",
+                complaint.participant
+            )));
+        }
+        Ok(self.uploads.contains_key(&complaint.participant))
+    }
+
+    /// Records a checked complaint and takes its upload (`masked`, as accepted) out of the sum.
+    pub fn exclude(
+        &mut self,
+        complaint: Complaint,
+        masked: HashedBytes<'_>,
+    ) -> Result<(), ProtocolError> {
+        if self.check_complaint(&complaint)? {
+            let manifest = &self.uploads[&complaint.participant];
+            if *masked.hash() != manifest.vector_hash {
+                return Err(ProtocolError::HashMismatch);
+            }
+            masked.sub_from(&mut self.masked_sum);
+            let manifest = self
+                .uploads
+                .remove(&complaint.participant)
+                .expect("checked above");
+            self.excluded
+                .insert(complaint.participant.clone(), manifest);
+        }
+        if !self
+            .complaints
+            .iter()
+            .any(|c| c.member == complaint.member && c.participant == complaint.participant)
+        {
+            self.complaints.push(complaint);
+        }
+        Ok(())
+    }
+
+    /// The complaints recorded so far.
+    pub fn complaints(&self) -> &[Complaint] {
+        &self.complaints
     }
 
     /// Proposes the round's one statement: every accepted upload, and `answering` (the members
@@ -103,11 +179,7 @@ impl Aggregator {
         let statement = Statement {
             job_id: self.config.job_id.clone(),
             round: self.config.round,
-            uploads: self
-                .uploads
-                .iter()
-                .map(|(id, m)| (id.clone(), m.hash()))
-                .collect(),
+            uploads: self.propose_preview(),
             answering: positions
                 .iter()
                 .map(|&p| self.config.committee[p].id.clone())
@@ -116,6 +188,14 @@ impl Aggregator {
         let hash = statement.hash();
         self.statement = Some((statement.clone(), hash));
         Ok(statement)
+    }
+
+    /// The uploads a statement proposed now would sum, with their manifest hashes.
+    pub fn propose_preview(&self) -> Vec<(ParticipantId, [u8; 32])> {
+        self.uploads
+            .iter()
+            .map(|(id, m)| (id.clone(), m.hash()))
+            .collect()
     }
 
     /// Member `member`'s views of the uploads' manifests, in statement order (what it checks).
@@ -199,27 +279,19 @@ impl Aggregator {
                 expected: self.config.len,
             });
         }
-        // One share per (upload, absent mask holder of that upload), no more, no other.
+        // One share per (upload in U, absent member), no more, no other.
         let is_absent = |k: usize| !statement.answering.contains(&self.config.committee[k].id);
-        let expected: usize = statement
-            .uploads
-            .iter()
-            .map(|(i, _)| {
-                self.config
-                    .mask_holders(i)
-                    .into_iter()
-                    .filter(|&k| is_absent(k))
-                    .count()
-            })
-            .sum();
-        let mut seen = std::collections::BTreeSet::new();
+        let absent = (0..self.config.committee.len())
+            .filter(|&k| is_absent(k))
+            .count();
+        let expected = statement.uploads.len() * absent;
+        let mut seen = BTreeSet::new();
         let well_formed = reveal.shares.len() == expected
             && reveal.shares.iter().all(|s| {
                 s.absent < self.config.committee.len()
                     && is_absent(s.absent)
                     && s.share.index() as usize == pos + 1
                     && self.uploads.contains_key(&s.participant)
-                    && self.config.mask_holders(&s.participant).contains(&s.absent)
                     && seen.insert((&s.participant, s.absent))
             });
         if !well_formed {

@@ -1,22 +1,29 @@
-//! The committee member's side: check and sign at most one statement per round, then reveal
-//! only what that statement allows, and only once `t` members have signed it.
+//! The committee member's side: check every upload's box and complain about those it cannot
+//! use, sign at most one statement per round — across re-sent tasks and restarts too, since
+//! the caller restores what it signed before ([`Member::restore_signed`]) and keeps what it
+//! signs durably before the signature leaves — then reveal only what that statement allows,
+//! and only once `t` members have signed it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use conclave_crypto::shamir::Share;
-use conclave_crypto::{Identity, ParticipantId, Seed, prg, seal};
+use conclave_crypto::{Identity, ParticipantId, Seed, prg};
 
-use super::{Approval, MemberView, ProtocolError, Reveal, RevealedShare, RoundConfig, Statement};
+use super::messages::OpenedBox;
+use super::{
+    Approval, Complaint, ComplaintReason, MemberView, ProtocolError, Reveal, RevealedShare,
+    RoundConfig, Statement,
+};
 
 /// What a member holds after signing a statement.
 struct Signed {
     statement: Statement,
     hash: [u8; 32],
-    /// `s_{i,me}` of every upload of the statement whose mask seeds this member holds.
+    /// `s_{i,me}` of every upload of the statement.
     seeds: Vec<Seed>,
-    /// `shares[u]`: this member's share of `s_{i,k}` for each mask holder `k` of the u-th
-    /// upload, as `(k, share)` in holder order.
+    /// `shares[u]`: this member's share of `s_{i,k}` for every other member `k`, for the u-th
+    /// upload of the statement, as `(k, share)` in committee order.
     shares: Vec<Vec<(usize, Share)>>,
     approval: Approval,
     /// `Σ_{i∈U} PRG(s_{i,me})`, once computed ([`Member::prepare_partial`]); kept private
@@ -29,6 +36,11 @@ pub struct Member {
     config: RoundConfig,
     identity: Arc<Identity>,
     position: usize,
+    /// Boxes opened while checking, by participant: the manifest hash they belong to and what
+    /// they held, or why they were complained about.
+    checked: BTreeMap<ParticipantId, ([u8; 32], Result<OpenedBox, ComplaintReason>)>,
+    /// The statement this member signed in an earlier life (restored from its own records).
+    signed_before: Option<[u8; 32]>,
     signed: Option<Signed>,
     revealed: Option<Reveal>,
 }
@@ -45,14 +57,76 @@ impl Member {
             config,
             identity,
             position,
+            checked: BTreeMap::new(),
+            signed_before: None,
             signed: None,
             revealed: None,
         })
     }
 
-    /// Checks a statement and this member's views of its uploads' manifests, opens its sealed seeds and
-    /// shares, and signs `H(U, A)`. Signing the same statement again returns the same approval;
-    /// any other statement for the round is refused once one is signed.
+    /// Tells the member that it already signed the statement with this hash for this round
+    /// (kept by the caller across re-sent tasks and restarts): any other statement is refused.
+    pub fn restore_signed(&mut self, statement_hash: [u8; 32]) {
+        self.signed_before = Some(statement_hash);
+    }
+
+    /// The round this member serves.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// Checks the uploads' views before any statement: opens this member's box in each and
+    /// returns a signed complaint for every box it cannot use (the coordinator must leave those
+    /// uploads out of `U`). A view whose participant signature, digests or plan do not check is
+    /// the coordinator's doing, not the participant's: the whole check is refused.
+    pub fn check(&mut self, views: &[MemberView]) -> Result<Vec<Complaint>, ProtocolError> {
+        let mut seen = HashSet::new();
+        for view in views {
+            view.verify(&self.config, self.position)?;
+            if !seen.insert(&view.participant) {
+                return Err(ProtocolError::DuplicateUpload(view.participant.to_string()));
+            }
+        }
+        let mut complaints = Vec::new();
+        for view in views {
+            let hash = view.manifest_hash();
+            let opened = match self.checked.remove(&view.participant) {
+                Some((h, opened)) if h == hash => opened,
+                _ => self.config.open_box(
+                    &self.identity,
+                    &view.participant,
+                    self.position,
+                    &view.sealed_box,
+                ),
+            };
+            if let Err(reason) = &opened {
+                complaints.push(self.complaint(view, *reason));
+            }
+            self.checked
+                .insert(view.participant.clone(), (hash, opened));
+        }
+        Ok(complaints)
+    }
+
+    fn complaint(&self, view: &MemberView, reason: ComplaintReason) -> Complaint {
+        let mut complaint = Complaint {
+            job_id: self.config.job_id.clone(),
+            round: self.config.round,
+            member: self.identity.participant_id(),
+            participant: view.participant.clone(),
+            manifest_hash: view.manifest_hash(),
+            reason,
+            signature: Vec::new(),
+        };
+        complaint.signature = self.identity.sign(&complaint.hash()).to_vec();
+        complaint
+    }
+
+    /// Checks a statement and this member's views of its uploads' manifests, opens its sealed
+    /// seeds and shares, and signs `H(U, A)`. Signing the same statement again returns the
+    /// same approval; any other statement for the round is refused once one is signed, in
+    /// this life or (see [`Member::restore_signed`]) an earlier one. An upload this member
+    /// complained about is never summed.
     pub fn sign_statement(
         &mut self,
         statement: &Statement,
@@ -65,6 +139,9 @@ impl Member {
             } else {
                 Err(ProtocolError::AlreadySigned)
             };
+        }
+        if self.signed_before.is_some_and(|h| h != hash) {
+            return Err(ProtocolError::AlreadySigned);
         }
         let config = &self.config;
         config.check_round(&statement.job_id, statement.round)?;
@@ -93,14 +170,14 @@ impl Member {
                 t: config.threshold,
             });
         }
-        // U: admitted participants, each once, at least min_participants, each with its signed manifest.
+        // U: admitted participants, each once, at least min_participants, each with its
+        // signed manifest made under this round's plan.
         if statement.uploads.len() < config.min_participants {
             return Err(ProtocolError::TooFewUploads {
                 got: statement.uploads.len(),
                 min: config.min_participants,
             });
         }
-        let mut seen = HashSet::new();
         if manifests.len() != statement.uploads.len() {
             return Err(ProtocolError::BadManifest(format!(
                 "{} manifests for {} uploads",
@@ -108,6 +185,7 @@ impl Member {
                 statement.uploads.len()
             )));
         }
+        let mut seen = HashSet::new();
         for ((id, manifest_hash), manifest) in statement.uploads.iter().zip(manifests) {
             if !seen.insert(id) {
                 return Err(ProtocolError::DuplicateUpload(id.to_string()));
@@ -118,44 +196,31 @@ impl Member {
                 )));
             }
             manifest.verify(config, self.position)?;
+            if self
+                .checked
+                .get(id)
+                .is_some_and(|(h, opened)| h == manifest_hash && opened.is_err())
+            {
+                return Err(ProtocolError::Complained(id.to_string()));
+            }
         }
-        // Open everything this member will need before committing to the statement, so a
-        // participant's unopenable box stops the statement here rather than after signing.
-        let me = self.position;
+        // Everything this member will need, opened before committing to the statement, so a
+        // box it cannot use stops the statement here rather than after signing.
         let mut seeds = Vec::with_capacity(manifests.len());
         let mut shares = Vec::with_capacity(manifests.len());
         for m in manifests {
-            let i = &m.participant;
-            let open_err = |what: &str| ProtocolError::Open(format!("{what} from {i}"));
-            let plain = zeroize::Zeroizing::new(
-                seal::open(&self.identity, &config.box_info(i, me), b"", &m.sealed_box)
-                    .map_err(|_| open_err("box"))?,
-            );
-            let holders = config.mask_holders(i);
-            let holds = holders.contains(&me);
-            if plain.len() != config.box_len(holds) {
-                return Err(open_err("box of the wrong length"));
-            }
-            let offset = if holds {
-                seeds.push(Seed::from_bytes(plain[..32].try_into().expect("32 bytes")));
-                32
-            } else {
-                0
+            let opened = match self.checked.remove(&m.participant) {
+                Some((h, Ok(opened))) if h == m.manifest_hash() => opened,
+                _ => config
+                    .open_box(&self.identity, &m.participant, self.position, &m.sealed_box)
+                    .map_err(|reason| {
+                        ProtocolError::Open(format!("{reason} (from {})", m.participant))
+                    })?,
             };
-            let mut row = Vec::with_capacity(holders.len());
-            for (&k, piece) in holders.iter().zip(plain[offset..].chunks_exact(33)) {
-                if piece[0] as usize != me + 1 {
-                    return Err(open_err("share with another member's index"));
-                }
-                let y: [u8; 32] = piece[1..].try_into().expect("33 bytes");
-                row.push((
-                    k,
-                    Share::from_parts(piece[0], y)
-                        .map_err(|e| ProtocolError::Open(e.to_string()))?,
-                ));
-            }
-            shares.push(row);
+            seeds.push(opened.seed);
+            shares.push(opened.shares);
         }
+        self.checked.clear();
         let approval = Approval {
             member: self.identity.participant_id(),
             statement_hash: hash,
@@ -186,9 +251,9 @@ impl Member {
         }
     }
 
-    /// Reveals this member's partial sum and its shares of the absent members' seeds, once
-    /// `approvals` hold `t` valid signatures by distinct committee members on the statement
-    /// this member signed. Asking again returns the same reveal.
+    /// Reveals this member's partial sum `Σ_{i∈U} PRG(s_{i,me})` and its shares of the absent
+    /// members' seeds, once `approvals` hold `t` valid signatures by distinct committee members
+    /// on the statement this member signed. Asking again returns the same reveal.
     pub fn reveal(&mut self, approvals: &[Approval]) -> Result<Reveal, ProtocolError> {
         let Some(signed) = &self.signed else {
             return Err(ProtocolError::OutOfOrder("no statement signed yet"));

@@ -1,15 +1,15 @@
 //! The data the secure-aggregation parties exchange, and the exact bytes each hash or
 //! signature covers.
 
-use conclave_crypto::{Identity, ParticipantId, PublicIdentity, shamir::Share};
+use conclave_crypto::{Identity, ParticipantId, PublicIdentity, Seed, seal, shamir::Share};
 
 use super::ProtocolError;
 
-const MANIFEST_CONTEXT: &str = "conclave 2026-11 secagg manifest v1";
+const MANIFEST_CONTEXT: &str = "conclave 2026-12 secagg manifest v2";
 const STATEMENT_CONTEXT: &str = "conclave 2026-11 secagg statement v1";
 const VECTOR_CONTEXT: &str = "conclave 2026-11 secagg masked vector v1";
 const BOXES_CONTEXT: &str = "conclave 2026-11 secagg box for one member v1";
-const HOLDERS_CONTEXT: &str = "conclave 2026-11 secagg mask holders v1";
+const COMPLAINT_CONTEXT: &str = "conclave 2026-12 secagg complaint v1";
 
 /// What every party of a round agrees on before it starts (from the signed round plan).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub struct RoundConfig {
     pub min_participants: usize,
     /// Ring elements per vector (the update plus the sample count).
     pub len: usize,
+    /// What the coordinator signed of the round's plan (its digest): every manifest names it,
+    /// and members sum only uploads made under the plan they were shown, so all of `U` saw
+    /// the same committee, keys and threshold.
+    pub plan_hash: [u8; 32],
 }
 
 impl RoundConfig {
@@ -77,35 +81,68 @@ impl RoundConfig {
         Ok(())
     }
 
-    /// The committee positions holding participant `i`'s mask seeds: `t` consecutive
-    /// positions (cyclically) from a start derived from the round and `i`. Masking with `t`
-    /// seeds rather than `c` keeps the threshold (any `t` members can rebuild every seed from
-    /// shares anyway, and fewer than `t` lack at least one seed) and cuts the mask work of
-    /// participants and members by a factor `t/c`. Sorted.
-    pub fn mask_holders(&self, i: &ParticipantId) -> Vec<usize> {
-        let c = self.committee.len();
-        let mut h = blake3::Hasher::new_derive_key(HOLDERS_CONTEXT);
-        put_bytes(&mut h, self.job_id.as_bytes());
-        h.update(&self.round.to_le_bytes());
-        put_bytes(&mut h, i.as_str().as_bytes());
-        let digest = h.finalize();
-        let start = (u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
-            % c as u64) as usize;
-        let mut holders: Vec<usize> = (0..self.threshold).map(|d| (start + d) % c).collect();
-        holders.sort_unstable();
-        holders
+    /// Refuses an upload made under another plan than this round's.
+    pub(crate) fn check_plan(
+        &self,
+        participant: &ParticipantId,
+        plan_hash: &[u8; 32],
+    ) -> Result<(), ProtocolError> {
+        if plan_hash != &self.plan_hash {
+            return Err(ProtocolError::OtherPlan(participant.to_string()));
+        }
+        Ok(())
     }
 
-    /// Bytes of the plaintext of participant `i`'s box for member `k`: its seed if it holds
-    /// one, then its share (index byte + 32 bytes) of each of `i`'s `t` seeds.
-    pub(crate) fn box_len(&self, holds_seed: bool) -> usize {
-        32 * holds_seed as usize + 33 * self.threshold
+    /// Bytes of the plaintext of a participant's box for one member: that member's seed,
+    /// then its share (index byte + 32 bytes) of each other member's seed.
+    pub(crate) fn box_len(&self) -> usize {
+        32 + 33 * (self.committee.len() - 1)
+    }
+
+    /// Opens participant `i`'s box for member `k` (`identity` must be that member) and parses
+    /// it: `i`'s seed for this member, and this member's share of each of `i`'s other seeds,
+    /// by the committee position whose seed it is.
+    pub(crate) fn open_box(
+        &self,
+        identity: &Identity,
+        i: &ParticipantId,
+        k: usize,
+        sealed: &[u8],
+    ) -> Result<OpenedBox, ComplaintReason> {
+        let plain = zeroize::Zeroizing::new(
+            seal::open(identity, &self.box_info(i, k), b"", sealed)
+                .map_err(|_| ComplaintReason::Unopenable)?,
+        );
+        if plain.len() != self.box_len() {
+            return Err(ComplaintReason::Malformed);
+        }
+        let seed = Seed::from_bytes(plain[..32].try_into().expect("32 bytes"));
+        let others = (0..self.committee.len()).filter(|&j| j != k);
+        let mut shares = Vec::with_capacity(self.committee.len() - 1);
+        for (j, piece) in others.zip(plain[32..].chunks_exact(33)) {
+            if piece[0] as usize != k + 1 {
+                return Err(ComplaintReason::Malformed);
+            }
+            let y: [u8; 32] = piece[1..].try_into().expect("33 bytes");
+            let share = Share::from_parts(piece[0], y).map_err(|_| ComplaintReason::Malformed)?;
+            shares.push((j, share));
+        }
+        Ok(OpenedBox { seed, shares })
     }
 
     /// HPKE `info` of the box participant `i` seals to member `k`.
     pub(crate) fn box_info(&self, i: &ParticipantId, k: usize) -> Vec<u8> {
         format!("conclave/secagg/box/{}/{}/{i}/{k}", self.job_id, self.round).into_bytes()
     }
+}
+
+/// What a committee member finds in one participant's box.
+pub(crate) struct OpenedBox {
+    /// The participant's mask seed for this member.
+    pub seed: Seed,
+    /// This member's share of each of the participant's seeds, with the committee position
+    /// of the member that seed is for.
+    pub shares: Vec<(usize, Share)>,
 }
 
 /// BLAKE3 of a masked ring vector (little-endian words), as signed in a [`Manifest`].
@@ -176,6 +213,13 @@ impl<'a> HashedBytes<'a> {
         }
     }
 
+    /// `acc -= self` in Z_{2^32}, word by word (`acc` must have `len()` words).
+    pub fn sub_from(&self, acc: &mut [u32]) {
+        for (a, w) in acc.iter_mut().zip(self.bytes.chunks_exact(4)) {
+            *a = a.wrapping_sub(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        }
+    }
+
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
@@ -205,6 +249,8 @@ pub struct Manifest {
     pub job_id: String,
     pub round: u32,
     pub participant: ParticipantId,
+    /// The digest of the round plan the participant masked under ([`RoundConfig::plan_hash`]).
+    pub plan_hash: [u8; 32],
     pub vector_hash: [u8; 32],
     /// `sealed[k]`: one HPKE box to member `k` holding `s_ik` and `k`'s share of every `s_ij`.
     pub sealed: Vec<Vec<u8>>,
@@ -217,14 +263,15 @@ impl Manifest {
         box_digest(&self.sealed[k])
     }
 
-    /// The hash the participant signs: round, participant, vector hash, and the digest of each
-    /// member's box. A member checks it from its [`MemberView`] alone.
+    /// The hash the participant signs: round, participant, plan, vector hash, and the digest
+    /// of each member's box. A member checks it from its [`MemberView`] alone.
     pub fn hash(&self) -> [u8; 32] {
         let digests: Vec<[u8; 32]> = (0..self.sealed.len()).map(|k| self.box_digest(k)).collect();
         manifest_hash(
             &self.job_id,
             self.round,
             &self.participant,
+            &self.plan_hash,
             &self.vector_hash,
             &digests,
         )
@@ -236,6 +283,7 @@ impl Manifest {
             job_id: self.job_id.clone(),
             round: self.round,
             participant: self.participant.clone(),
+            plan_hash: self.plan_hash,
             vector_hash: self.vector_hash,
             digests: (0..self.sealed.len()).map(|j| self.box_digest(j)).collect(),
             sealed_box: self.sealed[k].clone(),
@@ -247,8 +295,8 @@ impl Manifest {
         self.signature = identity.sign(&self.hash()).to_vec();
     }
 
-    /// Checks that the manifest is for this round, from one of its participants, shaped for
-    /// its committee, and signed by that participant.
+    /// Checks that the manifest is for this round and its plan, from one of its participants,
+    /// shaped for its committee, and signed by that participant.
     pub fn verify(&self, config: &RoundConfig) -> Result<(), ProtocolError> {
         config.check_round(&self.job_id, self.round)?;
         if config.participant(&self.participant).is_none() {
@@ -256,6 +304,7 @@ impl Manifest {
                 self.participant.to_string(),
             ));
         }
+        config.check_plan(&self.participant, &self.plan_hash)?;
         let c = config.committee.len();
         if self.sealed.len() != c {
             return Err(ProtocolError::BadManifest(format!(
@@ -279,6 +328,7 @@ fn manifest_hash(
     job_id: &str,
     round: u32,
     participant: &ParticipantId,
+    plan_hash: &[u8; 32],
     vector_hash: &[u8; 32],
     digests: &[[u8; 32]],
 ) -> [u8; 32] {
@@ -286,6 +336,7 @@ fn manifest_hash(
     put_bytes(&mut h, job_id.as_bytes());
     h.update(&round.to_le_bytes());
     put_bytes(&mut h, participant.as_str().as_bytes());
+    h.update(plan_hash);
     h.update(vector_hash);
     h.update(&(digests.len() as u64).to_le_bytes());
     for d in digests {
@@ -301,6 +352,7 @@ pub struct MemberView {
     pub job_id: String,
     pub round: u32,
     pub participant: ParticipantId,
+    pub plan_hash: [u8; 32],
     pub vector_hash: [u8; 32],
     pub digests: Vec<[u8; 32]>,
     pub sealed_box: Vec<u8>,
@@ -314,13 +366,14 @@ impl MemberView {
             &self.job_id,
             self.round,
             &self.participant,
+            &self.plan_hash,
             &self.vector_hash,
             &self.digests,
         )
     }
 
-    /// Checks the view for member `k`: right round and shape, its box matches its digest,
-    /// and the participant signed the manifest hash.
+    /// Checks the view for member `k`: right round, plan and shape, its box matches its
+    /// digest, and the participant signed the manifest hash.
     pub fn verify(&self, config: &RoundConfig, k: usize) -> Result<(), ProtocolError> {
         config.check_round(&self.job_id, self.round)?;
         if config.participant(&self.participant).is_none() {
@@ -328,6 +381,7 @@ impl MemberView {
                 self.participant.to_string(),
             ));
         }
+        config.check_plan(&self.participant, &self.plan_hash)?;
         let c = config.committee.len();
         if self.digests.len() != c || k >= c {
             return Err(ProtocolError::BadManifest(format!("expected {c} digests")));
@@ -408,4 +462,87 @@ pub struct Reveal {
     /// `M_j = Σ_{i∈U} PRG(s_ij)`.
     pub partial: Vec<u32>,
     pub shares: Vec<RevealedShare>,
+}
+
+/// Why a member could not use a participant's box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ComplaintReason {
+    /// The HPKE box does not open with this member's key and the round's context.
+    #[error("the box does not open")]
+    Unopenable,
+    /// The box opens, but its contents are not a seed and one share per other member.
+    #[error("the box holds no seed and shares of the right shape")]
+    Malformed,
+}
+
+impl ComplaintReason {
+    /// The reason's wire code (`v1::ComplaintReason`).
+    pub fn code(self) -> u8 {
+        match self {
+            ComplaintReason::Unopenable => 1,
+            ComplaintReason::Malformed => 2,
+        }
+    }
+
+    /// The reason of a wire code.
+    pub fn from_code(code: i32) -> Option<Self> {
+        match code {
+            1 => Some(ComplaintReason::Unopenable),
+            2 => Some(ComplaintReason::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// A committee member's signed statement that it cannot use one participant's box, filed
+/// before any statement is signed: the coordinator leaves that upload out of `U`. Reveals
+/// nothing about the member's other boxes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Complaint {
+    pub job_id: String,
+    pub round: u32,
+    pub member: ParticipantId,
+    pub participant: ParticipantId,
+    /// The manifest complained about.
+    pub manifest_hash: [u8; 32],
+    pub reason: ComplaintReason,
+    pub signature: Vec<u8>,
+}
+
+impl Complaint {
+    /// What the member signs.
+    pub fn hash(&self) -> [u8; 32] {
+        complaint_hash(
+            &self.job_id,
+            self.round,
+            &self.member,
+            &self.participant,
+            &self.manifest_hash,
+            self.reason,
+        )
+    }
+
+    /// Whether the member's signature verifies.
+    pub fn verify(&self) -> bool {
+        self.member.verify(&self.hash(), &self.signature).is_ok()
+    }
+}
+
+/// `H(job, round, member, participant, manifest, reason)`: what a complaint's member signs.
+pub fn complaint_hash(
+    job_id: &str,
+    round: u32,
+    member: &ParticipantId,
+    participant: &ParticipantId,
+    manifest_hash: &[u8; 32],
+    reason: ComplaintReason,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(COMPLAINT_CONTEXT);
+    put_bytes(&mut h, job_id.as_bytes());
+    h.update(&round.to_le_bytes());
+    put_bytes(&mut h, member.as_str().as_bytes());
+    put_bytes(&mut h, participant.as_str().as_bytes());
+    h.update(manifest_hash);
+    h.update(&[reason.code()]);
+    *h.finalize().as_bytes()
 }

@@ -5,7 +5,7 @@
 //! Participant `i` masks its quantized vector with one mask per committee member,
 //! `y_i = q_i + Σ_j PRG(s_ij)`, seals `s_ij` to member `j` and Shamir-shares every `s_ij`
 //! `t`-of-`c` among the committee, each share sealed to its holder, and signs a small
-//! [`Manifest`] of all that. The coordinator proposes one [`Statement`] `(U, A)`: the uploads
+//! [`Manifest`] of all that, naming the signed round plan it masked under. The coordinator proposes one [`Statement`] `(U, A)`: the uploads
 //! to sum and the members expected to answer. A member signs at most one statement per round,
 //! only one listing itself, with `|U| ≥ min_participants`, `|A| ≥ t` and a valid participant
 //! signature for every upload; it reveals only after seeing `t > c/2` member signatures on
@@ -18,13 +18,13 @@ mod messages;
 mod participant;
 mod wire;
 
-pub use wire::{sign_plan, verify_plan};
+pub use wire::{plan_digest, sign_plan, verify_plan};
 
 pub use aggregator::Aggregator;
 pub use member::Member;
 pub use messages::{
-    Approval, HashedBytes, Manifest, MemberView, Reveal, RevealedShare, RoundConfig, Statement,
-    le_bytes, vector_hash, vector_hash_le_bytes,
+    Approval, Complaint, ComplaintReason, HashedBytes, Manifest, MemberView, Reveal, RevealedShare,
+    RoundConfig, Statement, complaint_hash, le_bytes, vector_hash, vector_hash_le_bytes,
 };
 pub use participant::contribute;
 
@@ -41,6 +41,8 @@ pub enum ProtocolError {
     NotMember(String),
     #[error("signature by {0} does not verify")]
     BadSignature(String),
+    #[error("{0} masked its upload under another round plan than this one")]
+    OtherPlan(String),
     #[error("masked vector does not match the manifest's hash")]
     HashMismatch,
     #[error("vector has {got} elements, the round's ring vectors have {expected}")]
@@ -61,6 +63,8 @@ pub enum ProtocolError {
     NotApproved { got: usize, t: usize },
     #[error("a sealed seed or share could not be opened: {0}")]
     Open(String),
+    #[error("this member complained about {0}'s box: it cannot be summed")]
+    Complained(String),
     #[error("step out of order: {0}")]
     OutOfOrder(&'static str),
     #[error("the coordinator already proposed a statement for this round")]
@@ -69,5 +73,7 @@ pub enum ProtocolError {
     Rebuild(String),
 }
 
+#[cfg(test)]
+mod leak_tests;
 #[cfg(test)]
 mod tests;

@@ -6,10 +6,12 @@ use zeroize::Zeroizing;
 use super::{Manifest, ProtocolError, RoundConfig};
 
 /// Masks `quantized` for the round: returns the masked vector `y_i` for the coordinator and the
-/// signed [`Manifest`]. The mask is `Σ_{j∈H} PRG(s_ij)` over the `t` mask holders `H` of
-/// [`RoundConfig::mask_holders`]; each committee member `k` gets one HPKE box with `s_ik` if
-/// `k ∈ H`, and `k`'s share of every `s_ij`, `j ∈ H`. Every seed is fresh; nothing secret is
-/// kept.
+/// signed [`Manifest`]. The mask is `Σ_k PRG(s_ik)` with one fresh seed `s_ik` for every
+/// committee member `k`; member `k` gets one HPKE box holding `s_ik` and its Shamir share
+/// (`t`-of-`c`) of every other member's seed `s_ij`, `j ≠ k`. Every member's answer therefore
+/// covers every upload it sums, so no single answer isolates one participant's masks
+/// (DESIGN.md, "A round", step 3). The manifest names the plan the participant masked under
+/// ([`RoundConfig::plan_hash`]). Every seed is fresh; nothing secret is kept.
 pub fn contribute(
     config: &RoundConfig,
     identity: &Identity,
@@ -28,22 +30,23 @@ pub fn contribute(
         return Err(ProtocolError::UnknownParticipant(me.to_string()));
     }
     let c = config.committee.len();
-    let holders = config.mask_holders(&me);
     let mut masked = quantized;
-    // plaintexts[k]: s_ik if k holds one, then k's share of s_ij for every holder j (index
-    // byte + 32 bytes), in holder order.
-    let mut plaintexts: Vec<Zeroizing<Vec<u8>>> = (0..c)
-        .map(|k| Zeroizing::new(Vec::with_capacity(config.box_len(holders.contains(&k)))))
-        .collect();
-    let seeds: Vec<Seed> = holders.iter().map(|_| Seed::random()).collect();
+    let seeds: Vec<Seed> = (0..c).map(|_| Seed::random()).collect();
     prg::add_masks(&mut masked, &seeds);
-    for (&j, seed) in holders.iter().zip(&seeds) {
-        plaintexts[j].extend_from_slice(seed.expose());
-    }
-    for seed in &seeds {
+    // plaintexts[k]: s_ik, then k's share of s_ij for every other member j (index byte + 32
+    // bytes), in committee order.
+    let mut plaintexts: Vec<Zeroizing<Vec<u8>>> = seeds
+        .iter()
+        .map(|seed| {
+            let mut p = Zeroizing::new(Vec::with_capacity(config.box_len()));
+            p.extend_from_slice(seed.expose());
+            p
+        })
+        .collect();
+    for (j, seed) in seeds.iter().enumerate() {
         let shares = shamir::split(seed, config.threshold, c)
             .map_err(|e| ProtocolError::BadConfig(e.to_string()))?;
-        for (k, share) in shares.iter().enumerate() {
+        for (k, share) in shares.iter().enumerate().filter(|(k, _)| *k != j) {
             plaintexts[k].push(share.index());
             plaintexts[k].extend_from_slice(share.expose());
         }
@@ -65,6 +68,7 @@ pub fn contribute(
         job_id: config.job_id.clone(),
         round: config.round,
         participant: me,
+        plan_hash: config.plan_hash,
         vector_hash: super::messages::vector_hash(&masked),
         sealed,
         signature: Vec::new(),

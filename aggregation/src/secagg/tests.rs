@@ -24,6 +24,7 @@ fn world(n: usize, c: usize, t: usize, min: usize, len: usize) -> World {
         threshold: t,
         min_participants: min,
         len,
+        plan_hash: [7; 32],
     };
     World { config, people }
 }
@@ -398,6 +399,11 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
         )
         .unwrap();
         let seed = &plain[..32];
+        assert_eq!(
+            plain.len(),
+            32 + 33 * 2,
+            "a seed and a share of each other seed"
+        );
         assert!(
             !held.windows(32).any(|win| win == seed),
             "seed {j} in the clear"
@@ -412,23 +418,139 @@ fn curious_coordinator_sees_uniform_bytes_and_no_seed() {
     }
 }
 
+/// A participant that seals garbage to one member (under a valid signature) is left out on
+/// that member's signed complaint, before any statement; the round sums the others exactly.
 #[test]
-fn mask_holders_are_t_distinct_members_spread_evenly() {
-    let w = world(300, 10, 6, 2, 8);
-    let mut load = [0usize; 10];
-    for p in &w.people {
-        let h = w.config.mask_holders(&p.participant_id());
-        assert_eq!(h.len(), 6);
-        assert!(h.windows(2).all(|x| x[0] < x[1]) && h[5] < 10, "{h:?}");
-        assert_eq!(
-            h,
-            w.config.mask_holders(&p.participant_id()),
-            "deterministic"
-        );
-        for k in h {
-            load[k] += 1;
+fn an_unopenable_box_excludes_its_participant_not_the_round() {
+    let w = world(5, 3, 2, 2, 8);
+    let mut agg = Aggregator::new(w.config.clone()).unwrap();
+    let mut expected = vec![0u32; 8];
+    let mut bad_manifest = None;
+    let mut bad_bytes = Vec::new();
+    for (i, p) in w.people.iter().enumerate() {
+        let q = vector(i, 8);
+        let (masked, mut manifest) = contribute(&w.config, p, q.as_slice()).unwrap();
+        if i == 4 {
+            manifest.sealed[1] = vec![0xAB; manifest.sealed[1].len()];
+            manifest.sign(p);
+            bad_manifest = Some(manifest.clone());
+            bad_bytes = le_bytes(&masked);
+        } else {
+            ring_add(&mut expected, &q);
         }
+        agg.accept(HashedBytes::new(&le_bytes(&masked)), manifest)
+            .unwrap();
     }
-    // Each member holds seeds of about 300·6/10 = 180 participants.
-    assert!(load.iter().all(|&l| (130..=230).contains(&l)), "{load:?}");
+    let members: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
+    let mut state: Vec<Member> = w.people[..3]
+        .iter()
+        .map(|p| Member::new(w.config.clone(), Arc::clone(p)).unwrap())
+        .collect();
+    let mut complaints = Vec::new();
+    for (j, m) in state.iter_mut().enumerate() {
+        complaints.extend(m.check(&agg.views_for(&members[j]).unwrap()).unwrap());
+    }
+    assert_eq!(complaints.len(), 1, "only member 1 cannot open a box");
+    let complaint = complaints.pop().unwrap();
+    assert_eq!(complaint.member, members[1]);
+    assert_eq!(complaint.participant, w.people[4].participant_id());
+    assert_eq!(complaint.reason, ComplaintReason::Unopenable);
+    // A complaint signed by someone else, or about another manifest, is refused.
+    let mut forged = complaint.clone();
+    forged.signature = w.people[3].sign(&forged.hash()).to_vec();
+    assert!(matches!(
+        agg.check_complaint(&forged),
+        Err(ProtocolError::BadSignature(_))
+    ));
+    let mut other = complaint.clone();
+    other.manifest_hash = [9; 32];
+    other.signature = w.people[1].sign(&other.hash()).to_vec();
+    assert!(agg.check_complaint(&other).is_err());
+    // The complaining member will not sum that upload, whatever it is asked.
+    let all_uploads = agg.propose_preview();
+    let mut with_bad = Statement {
+        job_id: w.config.job_id.clone(),
+        round: w.config.round,
+        uploads: all_uploads,
+        answering: members.clone(),
+    };
+    with_bad.uploads.sort();
+    let views: Vec<MemberView> = with_bad
+        .uploads
+        .iter()
+        .map(|(id, _)| {
+            if *id == w.people[4].participant_id() {
+                bad_manifest.as_ref().unwrap().view_for(1)
+            } else {
+                agg.views_for(&members[1])
+                    .unwrap()
+                    .into_iter()
+                    .find(|v| &v.participant == id)
+                    .unwrap()
+            }
+        })
+        .collect();
+    assert!(matches!(
+        state[1].sign_statement(&with_bad, &views),
+        Err(ProtocolError::Complained(_))
+    ));
+    agg.exclude(complaint, HashedBytes::new(&bad_bytes))
+        .unwrap();
+    assert_eq!(agg.uploads(), 4);
+    assert_eq!(agg.complaints().len(), 1);
+    let statement = agg.propose(&members).unwrap();
+    assert!(
+        !statement
+            .uploads
+            .iter()
+            .any(|(id, _)| *id == w.people[4].participant_id())
+    );
+    // Complaints are closed once the statement is out.
+    let late = state[0]
+        .check(&agg.views_for(&members[0]).unwrap())
+        .unwrap();
+    assert!(late.is_empty());
+    for (j, m) in state.iter_mut().enumerate() {
+        agg.add_approval(
+            m.sign_statement(&statement, &agg.views_for(&members[j]).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    let approvals = agg.approvals();
+    for m in &mut state {
+        agg.add_reveal(m.reveal(&approvals).unwrap()).unwrap();
+    }
+    assert_eq!(agg.finish().unwrap(), expected);
+}
+
+/// What a member signed in an earlier life (restored from its own records) binds it: a
+/// re-sent task with another statement for the same round gets nothing.
+#[test]
+fn a_restored_member_signs_only_the_statement_it_signed_before() {
+    let w = world(4, 3, 2, 2, 8);
+    let mut agg = Aggregator::new(w.config.clone()).unwrap();
+    let mut manifests = Vec::new();
+    for (i, p) in w.people.iter().enumerate() {
+        let (masked, manifest) = contribute(&w.config, p, vector(i, 8)).unwrap();
+        agg.accept(HashedBytes::new(&le_bytes(&masked)), manifest.clone())
+            .unwrap();
+        manifests.push(manifest);
+    }
+    let members: Vec<ParticipantId> = w.people[..3].iter().map(|p| p.participant_id()).collect();
+    let s1 = agg.propose(&members).unwrap();
+    let views = agg.views_for(&members[0]).unwrap();
+    let mut first = Member::new(w.config.clone(), Arc::clone(&w.people[0])).unwrap();
+    let approval = first.sign_statement(&s1, &views).unwrap();
+    // The participant process restarts: a fresh member state, restored from its records.
+    let mut again = Member::new(w.config.clone(), Arc::clone(&w.people[0])).unwrap();
+    again.restore_signed(s1.hash());
+    let mut s2 = s1.clone();
+    s2.uploads.pop();
+    let views2: Vec<MemberView> = views[..views.len() - 1].to_vec();
+    assert_eq!(
+        again.sign_statement(&s2, &views2).unwrap_err(),
+        ProtocolError::AlreadySigned
+    );
+    assert_eq!(again.sign_statement(&s1, &views).unwrap(), approval);
 }

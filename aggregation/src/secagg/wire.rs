@@ -6,7 +6,10 @@ use conclave_crypto::shamir::Share;
 use conclave_crypto::{Identity, ParticipantId, PublicIdentity};
 use conclave_proto::v1;
 
-use super::{Approval, Manifest, MemberView, ProtocolError, RevealedShare, RoundConfig, Statement};
+use super::{
+    Approval, Complaint, ComplaintReason, Manifest, MemberView, ProtocolError, RevealedShare,
+    RoundConfig, Statement,
+};
 
 fn bad(what: impl Into<String>) -> ProtocolError {
     ProtocolError::BadManifest(what.into())
@@ -39,8 +42,8 @@ fn keys_to_wire(p: &PublicIdentity) -> v1::PublicKeys {
 const PLAN_CONTEXT: &str = "conclave 2026-11 secagg round plan v1";
 
 /// The 32 bytes a coordinator signs for `plan` (its signature field ignored) in `job_id`'s
-/// round `round`.
-fn plan_digest(job_id: &str, round: u32, plan: &v1::SecaggPlan) -> [u8; 32] {
+/// round `round`: the plan's identity, named by every manifest made under it.
+pub fn plan_digest(job_id: &str, round: u32, plan: &v1::SecaggPlan) -> [u8; 32] {
     use prost::Message;
     let mut unsigned = plan.clone();
     unsigned.signature.clear();
@@ -96,6 +99,7 @@ impl RoundConfig {
         plan: &v1::SecaggPlan,
     ) -> Result<Self, ProtocolError> {
         let config = RoundConfig {
+            plan_hash: plan_digest(job_id, round, plan),
             job_id: job_id.into(),
             round,
             participants: plan
@@ -117,6 +121,7 @@ impl Manifest {
     /// The wire form (job, round and participant travel in the upload header).
     pub fn to_wire(&self) -> v1::SealedManifest {
         v1::SealedManifest {
+            plan_hash: self.plan_hash.to_vec(),
             vector_hash: self.vector_hash.to_vec(),
             sealed_boxes: self.sealed.clone(),
             signature: self.signature.clone(),
@@ -134,6 +139,7 @@ impl Manifest {
             job_id: job_id.into(),
             round,
             participant,
+            plan_hash: hash32(&m.plan_hash, "plan_hash")?,
             vector_hash: hash32(&m.vector_hash, "vector_hash")?,
             sealed: m.sealed_boxes.clone(),
             signature: m.signature.clone(),
@@ -145,6 +151,7 @@ impl MemberView {
     pub fn to_wire(&self) -> v1::MemberView {
         v1::MemberView {
             participant: self.participant.to_string(),
+            plan_hash: self.plan_hash.to_vec(),
             vector_hash: self.vector_hash.to_vec(),
             digests: self.digests.iter().map(|d| d.to_vec()).collect(),
             sealed_box: self.sealed_box.clone(),
@@ -157,6 +164,7 @@ impl MemberView {
             job_id: job_id.into(),
             round,
             participant: id(&v.participant)?,
+            plan_hash: hash32(&v.plan_hash, "plan_hash")?,
             vector_hash: hash32(&v.vector_hash, "vector_hash")?,
             digests: v
                 .digests
@@ -225,6 +233,37 @@ impl Approval {
     }
 }
 
+impl Complaint {
+    /// The wire form (job, round and member travel in the signed report around it).
+    pub fn to_wire(&self) -> v1::Complaint {
+        v1::Complaint {
+            participant: self.participant.to_string(),
+            manifest_hash: self.manifest_hash.to_vec(),
+            reason: self.reason.code() as i32,
+            signature: self.signature.clone(),
+        }
+    }
+
+    /// Parses a complaint `member` filed in `job_id`'s round `round`.
+    pub fn from_wire(
+        job_id: &str,
+        round: u32,
+        member: ParticipantId,
+        c: &v1::Complaint,
+    ) -> Result<Self, ProtocolError> {
+        Ok(Complaint {
+            job_id: job_id.into(),
+            round,
+            member,
+            participant: id(&c.participant)?,
+            manifest_hash: hash32(&c.manifest_hash, "manifest_hash")?,
+            reason: ComplaintReason::from_code(c.reason)
+                .ok_or_else(|| bad(format!("unknown complaint reason {}", c.reason)))?,
+            signature: c.signature.clone(),
+        })
+    }
+}
+
 impl RevealedShare {
     pub fn to_wire(&self) -> v1::RevealedShare {
         v1::RevealedShare {
@@ -267,6 +306,11 @@ mod tests {
             threshold: 2,
             min_participants: 2,
             len: 5,
+            plan_hash: [0; 32],
+        };
+        let config = RoundConfig {
+            plan_hash: plan_digest("j", 2, &config.to_plan([1; 32])),
+            ..config
         };
         (people, config)
     }

@@ -16,7 +16,7 @@ use conclave_aggregation::{
 use conclave_coordinator::{LocalServer, State};
 use conclave_crypto::Identity;
 use conclave_participant::client::{Client, connect, jobs_client, upload_messages};
-use conclave_participant::{Event, SecaggDuties};
+use conclave_participant::{Event, Pin, SecaggDuties};
 use conclave_proto::v1::{self, work_item::Item};
 use rand::Rng;
 use serde_json::json;
@@ -114,6 +114,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         round_deadline_secs: args.deadline,
         privacy: Privacy::Plain,
         clip_norm: Some(1.0),
+        max_samples: None,
         seed: 1,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
@@ -155,7 +156,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             leavers.push(identity.participant_id().to_string());
         }
         let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
-        let info = client.join(&job).await?;
+        let info = client.join(&job, secagg).await?;
         coordinator = conclave_crypto::ParticipantId::parse(&info.coordinator).ok();
         clients.push((client, identity));
     }
@@ -172,18 +173,27 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     // counts the leavers out when the last upload arrives and it picks who answers.
     let (left_tx, left_rx) = tokio::sync::watch::channel(0usize);
     let left_tx = Arc::new(left_tx);
+    let coordinator = coordinator.context("the coordinator named no key")?;
     for (i, (mut client, identity)) in clients.into_iter().enumerate() {
         let (job, spec) = (job.clone(), Arc::clone(&spec));
         let (left_tx, mut left_rx) = (Arc::clone(&left_tx), left_rx.clone());
-        let coordinator = coordinator.clone();
         let mask_slots = Arc::clone(&mask_slots);
         let leaves = i < dropped;
+        // Each simulated participant pins the job and keeps its own state and ledger replica,
+        // as a real one does.
+        let pin = Pin {
+            job_id: job.clone(),
+            coordinator: coordinator.clone(),
+            spec: (*spec).clone(),
+        };
+        let state_dir = dir.path().join(format!("participant-{i}"));
+        let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut work = client.work(&job).await?;
-            let mut duties = SecaggDuties::new(identity);
-            if let Some(c) = coordinator {
-                duties.pin_coordinator(c);
-            }
+            let mut duties = match secagg {
+                true => Some(SecaggDuties::open(identity, pin, &state_dir, &url).await?),
+                false => None,
+            };
             let mut bytes = 0;
             let mut left = false;
             while let Some(item) = work.next().await {
@@ -194,10 +204,10 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                             tokio::time::sleep(Duration::from_millis(300)).await;
                         }
                         let delta = synthetic_update(dim, 0.5);
-                        bytes = match &task.secagg {
-                            Some(_) => {
+                        bytes = match &mut duties {
+                            Some(duties) => {
                                 let slot = mask_slots.acquire().await?;
-                                let masked = duties.mask(&spec, &job, &task, delta, 100).await?;
+                                let masked = duties.mask(&spec, &task, delta, 100).await?;
                                 drop(slot);
                                 client.send_upload(masked.messages).await?.1
                             }
@@ -219,16 +229,34 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                             break;
                         }
                     }
-                    Some(Item::Sign(task)) => {
+                    Some(Item::Draw(task)) => {
+                        let duties = duties.as_mut().context("a draw in a plain job")?;
+                        if let Event::DrawRefused { reason, .. } =
+                            duties.draw(&mut client, task).await?
+                        {
+                            bail!("a participant refused the committee draw: {reason}");
+                        }
+                    }
+                    Some(Item::Check(task)) => {
+                        let duties = duties.as_mut().context("a check in a plain job")?;
                         if let Event::CommitteeRefused { reason, .. } =
-                            duties.sign(&mut client, &job, task).await?
+                            duties.check(&mut client, task).await?
+                        {
+                            bail!("a committee member refused to check the uploads: {reason}");
+                        }
+                    }
+                    Some(Item::Sign(task)) => {
+                        let duties = duties.as_mut().context("a statement in a plain job")?;
+                        if let Event::CommitteeRefused { reason, .. } =
+                            duties.sign(&mut client, task).await?
                         {
                             bail!("a committee member refused the statement: {reason}");
                         }
                     }
                     Some(Item::Reveal(task)) => {
+                        let duties = duties.as_mut().context("a reveal in a plain job")?;
                         if let Event::CommitteeRefused { reason, .. } =
-                            duties.reveal(&mut client, &job, task).await?
+                            duties.reveal(&mut client, task).await?
                         {
                             bail!("a committee member refused to reveal: {reason}");
                         }
@@ -242,7 +270,8 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
                 drop(client);
                 left_tx.send_modify(|n| *n += 1);
             }
-            Ok::<_, anyhow::Error>((bytes, duties.committee_time()))
+            let committee = duties.map_or(Duration::ZERO, |d| d.committee_time());
+            Ok::<_, anyhow::Error>((bytes, committee))
         }));
     }
     // Wait for the coordinator to hold the new model (or give up on a failed round).

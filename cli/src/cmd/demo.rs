@@ -15,7 +15,7 @@ use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
 use conclave_participant::client::{connect, jobs_client};
-use conclave_participant::{Event, ParticipantConfig, run as run_participant};
+use conclave_participant::{Event, ParticipantConfig, Policy, run as run_participant};
 use conclave_proto::v1;
 
 use crate::cmd::model::{ModelFormat, export};
@@ -89,6 +89,7 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
         round_deadline_secs: 120,
         privacy: Privacy::Plain,
         clip_norm: None,
+        max_samples: None,
         seed: 42,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
@@ -218,6 +219,13 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             data: train,
             eval_data: Some(test),
             device,
+            policy: Policy {
+                allow_plain: spec.secagg().is_none(),
+                ..Policy::default()
+            },
+            state_dir: dir
+                .join("hospitals")
+                .join(format!("hospital-{}.state", i + 1)),
         };
         tasks.push(tokio::spawn(run_participant(
             config,

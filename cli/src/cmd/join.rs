@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use conclave_crypto::Identity;
-use conclave_participant::{Event, ParticipantConfig, parse_device, run as run_participant};
+use conclave_participant::{
+    Event, ParticipantConfig, Policy, parse_device, run as run_participant,
+};
 
 use crate::printer::Printer;
 use crate::{CoordinatorArg, existing};
@@ -29,6 +31,22 @@ pub struct Args {
     /// Where to train: cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where this participant keeps what it pinned of the job, the round plans and statements
+    /// it acted on, and its verified replica of the ledger (default: IDENTITY.state).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Take part in a plain job (updates sent in the clear). Refused without this flag.
+    #[arg(long)]
+    allow_plain: bool,
+    /// Refuse secure jobs whose committee is smaller than this.
+    #[arg(long, default_value_t = 0)]
+    min_committee: u32,
+    /// Refuse secure jobs whose threshold is lower than this.
+    #[arg(long, default_value_t = 0)]
+    min_threshold: u32,
+    /// Refuse jobs whose rounds may sum fewer than this many participants.
+    #[arg(long, default_value_t = 0)]
+    min_participants: u32,
 }
 
 pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
@@ -37,12 +55,24 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         Identity::load(&args.identity)
             .with_context(|| format!("loading identity {}", args.identity.display()))?,
     );
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        let mut name = args.identity.clone().into_os_string();
+        name.push(".state");
+        PathBuf::from(name)
+    });
     let config = ParticipantConfig {
         coordinator: args.coordinator.coordinator,
         job_id: args.job,
         data: existing(args.data)?,
         eval_data: args.eval_data.map(existing).transpose()?,
         device,
+        policy: Policy {
+            allow_plain: args.allow_plain,
+            min_committee: args.min_committee,
+            min_threshold: args.min_threshold,
+            min_participants: args.min_participants,
+        },
+        state_dir,
     };
     printer.status(format!(
         "joining job {} as {} (training on {:?})",
@@ -54,6 +84,26 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     let task = tokio::spawn(run_participant(config, identity, Some(tx)));
     while let Some(event) = rx.recv().await {
         match event {
+            Event::Pinned {
+                settings,
+                first_contact,
+            } => printer.status(if first_contact {
+                format!("pinned the job's settings and coordinator key: {settings}")
+            } else {
+                format!("the job matches what was pinned: {settings}")
+            }),
+            Event::Refused { round, reason } => {
+                printer.status(format!("round {round}: refused: {reason}"))
+            }
+            Event::CommitteeChecked { round, complaints } => printer.status(format!(
+                "round {round}: checked every upload's box ({complaints} complaints)"
+            )),
+            Event::DrawRevealed { attempt } => printer.status(format!(
+                "revealed this hospital's link for committee draw attempt {attempt}"
+            )),
+            Event::DrawRefused { attempt, reason } => printer.status(format!(
+                "committee draw attempt {attempt}: refused: {reason}"
+            )),
             Event::Joined {
                 train_rows,
                 eval_rows,

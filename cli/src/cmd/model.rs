@@ -1,11 +1,12 @@
 //! `conclave model export`: write a global model version as safetensors or a PyTorch file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
 use conclave_crypto::Identity;
-use conclave_participant::client::{connect, download_model, jobs_client, rounds_client, sign};
+use conclave_participant::client::{Client, connect, download_model, jobs_client, rounds_client};
 use conclave_proto::v1;
 
 use crate::CoordinatorArg;
@@ -64,20 +65,18 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     .await?;
     printer.status(format!("exported model version {version} of job {job}"));
     if let Some(identity) = identity {
-        let mut req = v1::RecordExportRequest {
-            job_id: job.clone(),
-            model_version: version,
-            model_hash: model_hash.to_vec(),
-            format: format!("{format:?}").to_lowercase(),
-            auth: None,
-        };
-        sign(&identity, &mut req);
-        let index = jobs_client(connect(&coordinator.coordinator).await?)
-            .record_export(req)
+        // Signed twice over: the request (fresh, for the coordinator) and the export itself
+        // (kept in the ledger, so anyone can check who exported what).
+        let index = Client::connect(&coordinator.coordinator, Arc::new(identity))
+            .await?
+            .record_export(
+                &job,
+                version,
+                &model_hash,
+                &format!("{format:?}").to_lowercase(),
+            )
             .await
-            .context("recording the export in the ledger")?
-            .into_inner()
-            .ledger_index;
+            .context("recording the export in the ledger")?;
         printer.status(format!("recorded in the ledger as entry {index}"));
     }
     printer.data(path.display().to_string());

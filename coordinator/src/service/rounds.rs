@@ -144,6 +144,27 @@ impl Rounds for RoundsService {
         Ok(Response::new(receipt))
     }
 
+    async fn submit_check(
+        &self,
+        request: Request<v1::CheckReport>,
+    ) -> Result<Response<v1::CheckReceipt>, Status> {
+        let state = Arc::clone(&self.state);
+        let req = request.into_inner();
+        // May read back complained-about vectors from disk: off the async threads.
+        tokio::task::spawn_blocking(move || state.submit_check(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::CheckReceipt {}))
+    }
+
+    async fn submit_draw_reveal(
+        &self,
+        request: Request<v1::DrawRevealRequest>,
+    ) -> Result<Response<v1::DrawRevealReceipt>, Status> {
+        self.state.submit_draw_reveal(&request.into_inner())?;
+        Ok(Response::new(v1::DrawRevealReceipt {}))
+    }
+
     async fn submit_approval(
         &self,
         request: Request<v1::ApprovalRequest>,

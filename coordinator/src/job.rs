@@ -1,0 +1,559 @@
+//! One job's state behind the coordinator's lock — its durable record, latest model, nonces,
+//! the secure round or committee draw in progress, open work streams — and the round logic
+//! that moves it on: open a round (drawing its committee), the secure round's phases (collect,
+//! check, sign, reveal), close a round with its model or its failure. Request handlers
+//! (`state`, `committee`, `draw`) and the round driver call these narrow methods.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use conclave_aggregation::fedavg::{self, WeightedUpdate};
+use conclave_aggregation::{JobSpec, ModelLayout};
+use conclave_crypto::ParticipantId;
+use conclave_ledger::{Batch, Payload};
+use conclave_proto::v1;
+use prost::Message;
+use tokio::sync::{Notify, watch};
+
+use crate::CoordinatorError;
+use crate::auth::Nonces;
+use crate::draw::Gathering;
+use crate::secagg::{self, Phase, SecaggRound};
+use crate::store::{EvalRecord, RoundRecord, RoundStatus, Store};
+
+/// A job and everything the coordinator holds of it.
+pub(crate) struct Job {
+    pub spec: JobSpec,
+    pub layout: ModelLayout,
+    pub record: crate::store::JobRecord,
+    /// Flat little-endian f32 parameters of `record.model_version`.
+    pub latest_model: Arc<Vec<u8>>,
+    pub nonces: Nonces,
+    pub changes: watch::Sender<u64>,
+    pub wake: Arc<Notify>,
+    /// The secure-aggregation round in progress (rebuilt from disk after a restart).
+    pub secagg: Option<SecaggRound>,
+    /// A secure job's draw attempt in progress: the reveals gathered so far (in memory).
+    pub gathering: Option<Gathering>,
+    /// Open work streams per participant: committee members with none are not asked to answer.
+    pub connected: HashMap<String, usize>,
+    /// The coordinator's did:key (shown in the job's info).
+    pub coordinator: String,
+}
+
+/// What the open round does next.
+pub(crate) enum Step {
+    /// Stay open until this time (or until woken by a message).
+    Wait(u64),
+    /// Close the round: with the new parameters and Σ n_i (secagg), or failed, with why.
+    Close(Result<(Vec<f32>, Option<u64>), String>),
+}
+
+pub(crate) fn hex_to_bytes(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap_or_default()
+}
+
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Decodes little-endian f32s, refusing NaN and infinities.
+pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(CoordinatorError::NonFinite { index }),
+        None => Ok(values),
+    }
+}
+
+impl Job {
+    /// A job as loaded or created, with no round state in memory yet.
+    pub fn new(
+        spec: JobSpec,
+        record: crate::store::JobRecord,
+        latest_model: Arc<Vec<u8>>,
+        coordinator: String,
+    ) -> Self {
+        Self {
+            layout: spec.layout(),
+            spec,
+            record,
+            latest_model,
+            nonces: Nonces::default(),
+            changes: watch::channel(0).0,
+            wake: Arc::new(Notify::new()),
+            secagg: None,
+            gathering: None,
+            connected: HashMap::new(),
+            coordinator,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn is_joined(&self, did: &ParticipantId) -> bool {
+        self.record
+            .participants
+            .iter()
+            .any(|p| p.did == did.as_str())
+    }
+
+    pub fn require_joined(&self, did: &ParticipantId) -> Result<(), CoordinatorError> {
+        if self.is_joined(did) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::NotJoined {
+                job: self.id().into(),
+                did: did.to_string(),
+            })
+        }
+    }
+
+    pub fn open_round(&self) -> Option<&RoundRecord> {
+        self.record
+            .rounds
+            .last()
+            .filter(|r| r.status == RoundStatus::Open)
+    }
+
+    pub fn model_hash(&self, version: u32) -> Vec<u8> {
+        hex_to_bytes(&self.record.model_hashes[version as usize])
+    }
+
+    /// Wakes the job's work streams and its round driver.
+    pub fn bump(&self) {
+        self.changes.send_modify(|v| *v += 1);
+        self.wake.notify_one();
+    }
+
+    /// Starts the first round when enough participants have joined: a plain job opens it; a
+    /// secure job first fixes a draw pool (unless its draw is done), and the round opens when
+    /// the pool has revealed ([`crate::draw`]).
+    pub fn start_if_ready(&mut self, now: u64, batch: &mut Batch<'_>) {
+        if !self.record.rounds.is_empty() || self.record.finished {
+            return;
+        }
+        if self.spec.secagg().is_some() && self.record.draw.entropy.is_none() {
+            self.start_draw_attempt(now, batch);
+        } else if self.record.participants.len() >= self.spec.start_participants as usize {
+            self.open_next_round(now, batch);
+        }
+    }
+
+    /// Opens the next round for every participant who has joined; in a secure-aggregation
+    /// job, draws its committee (seeded by the job's draw entropy) and sets up the aggregator
+    /// with a signed plan. Records the opening in `batch`.
+    pub fn open_next_round(&mut self, now: u64, batch: &mut Batch<'_>) {
+        let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
+        let mut record = RoundRecord {
+            round,
+            status: RoundStatus::Open,
+            base_version: self.record.model_version,
+            result_version: None,
+            expected: self
+                .record
+                .participants
+                .iter()
+                .map(|p| p.did.clone())
+                .collect(),
+            uploads: Vec::new(),
+            deadline_unix_ms: now + self.spec.round_deadline_secs as u64 * 1000,
+            committee: Vec::new(),
+            draw_seed: String::new(),
+            plan: String::new(),
+            total_samples: None,
+        };
+        self.secagg = None;
+        let mut plan_hash = Vec::new();
+        if self.spec.secagg().is_some() {
+            let previous: Vec<ParticipantId> = self
+                .record
+                .rounds
+                .last()
+                .map(|r| {
+                    r.committee
+                        .iter()
+                        .filter_map(|d| ParticipantId::parse(d).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let entropy: [u8; 32] = self
+                .record
+                .draw
+                .entropy
+                .as_deref()
+                .and_then(|e| hex::decode(e).ok())
+                .and_then(|e| e.try_into().ok())
+                .unwrap_or_default();
+            let seed = conclave_crypto::committee::draw_seed(&self.record.id, round, &entropy);
+            // The seed is recorded even if the draw fails, so the ledger shows why.
+            record.draw_seed = hex::encode(seed);
+            match secagg::open_round(
+                &self.spec,
+                &self.record.id,
+                round,
+                seed,
+                &self.record.participants,
+                &previous,
+                batch.signer(),
+            ) {
+                Ok(sa) => {
+                    record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
+                    record.plan = hex::encode(sa.plan.encode_to_vec());
+                    plan_hash = sa.aggregator.config().plan_hash.to_vec();
+                    self.secagg = Some(sa);
+                }
+                // The round then fails at its first step and the next one is drawn afresh.
+                Err(e) => {
+                    tracing::error!(job = %self.record.id, round, error = %e, "cannot open secure-aggregation round")
+                }
+            }
+        }
+        batch.push(Payload::RoundOpened(v1::RoundOpened {
+            job_id: self.record.id.clone(),
+            round,
+            base_version: record.base_version,
+            base_model_hash: self.model_hash(record.base_version),
+            participants: record.expected.clone(),
+            committee: record.committee.clone(),
+            draw_seed: hex_to_bytes(&record.draw_seed),
+            deadline_unix_ms: record.deadline_unix_ms,
+            plan_hash,
+        }));
+        self.record.rounds.push(record);
+    }
+
+    /// The participants' evaluation of a model version so far (weighted means).
+    pub fn evaluation(&self, version: u32) -> Option<v1::Evaluation> {
+        let reports = self.record.evaluations.get(&version)?;
+        let n: u64 = reports.iter().map(|e| e.num_examples).sum();
+        let mean = |f: fn(&EvalRecord) -> f64| {
+            reports
+                .iter()
+                .map(|e| f(e) * e.num_examples as f64)
+                .sum::<f64>()
+                / n.max(1) as f64
+        };
+        Some(v1::Evaluation {
+            model_version: version,
+            loss: mean(|e| e.loss),
+            accuracy: mean(|e| e.accuracy),
+            num_examples: n,
+            reports: reports.len() as u32,
+        })
+    }
+
+    /// The secure-aggregation state of the open round `round`.
+    pub fn secagg_round(&mut self, round: u32) -> Result<&mut SecaggRound, CoordinatorError> {
+        let job = self.record.id.clone();
+        let current = self
+            .open_round()
+            .map_or("none".to_string(), |r| r.round.to_string());
+        self.secagg
+            .as_mut()
+            .filter(|sa| sa.round == round)
+            .ok_or(CoordinatorError::RoundNotOpen {
+                job,
+                round,
+                current,
+            })
+    }
+
+    /// The job's public description.
+    pub fn info(&self) -> v1::JobInfo {
+        let r = &self.record;
+        let state = if r.finished {
+            v1::JobState::Finished
+        } else if r.rounds.is_empty() {
+            v1::JobState::Waiting
+        } else {
+            v1::JobState::Running
+        };
+        v1::JobInfo {
+            job_id: r.id.clone(),
+            spec: Some(self.spec.to_proto()),
+            state: state.into(),
+            model_version: r.model_version,
+            dim: self.layout.dim() as u64,
+            participants: r.participants.iter().map(|p| p.did.clone()).collect(),
+            rounds: r
+                .rounds
+                .iter()
+                .map(|round| v1::RoundSummary {
+                    round: round.round,
+                    state: match round.status {
+                        RoundStatus::Open => v1::RoundState::Open,
+                        RoundStatus::Closed => v1::RoundState::Closed,
+                        RoundStatus::Failed => v1::RoundState::Failed,
+                    }
+                    .into(),
+                    base_version: round.base_version,
+                    result_version: round.result_version.unwrap_or(0),
+                    expected: round.expected.clone(),
+                    uploaded: round.uploads.iter().map(|u| u.did.clone()).collect(),
+                    total_samples: round
+                        .total_samples
+                        .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum()),
+                    deadline_unix_ms: round.deadline_unix_ms,
+                    committee: round.committee.clone(),
+                    draw_seed: hex_to_bytes(&round.draw_seed),
+                })
+                .collect(),
+            evaluations: r
+                .evaluations
+                .keys()
+                .filter_map(|&version| self.evaluation(version))
+                .collect(),
+            created_unix_ms: r.created_unix_ms,
+            coordinator: self.coordinator.clone(),
+        }
+    }
+
+    /// One step of the open secure-aggregation round.
+    pub fn secagg_step(&mut self, round: &RoundRecord, complete: bool, now: u64) -> Step {
+        let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
+        let dim = self.layout.dim();
+        let connected = &self.connected;
+        let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round.round) else {
+            return Step::Close(Err("the secure round could not be set up or resumed".into()));
+        };
+        let min = self.spec.min_participants as usize;
+        let mut changed = false;
+        let step = match sa.phase {
+            Phase::Collecting => {
+                if !complete && now < round.deadline_unix_ms {
+                    Step::Wait(round.deadline_unix_ms)
+                } else if now < sa.not_before {
+                    Step::Wait(sa.not_before)
+                } else if sa.aggregator.uploads() < min {
+                    Step::Close(Err(format!(
+                        "{} uploads, fewer than min_participants ({min})",
+                        sa.aggregator.uploads()
+                    )))
+                } else {
+                    // Members open every upload's box and complain before any statement.
+                    sa.phase = Phase::Checking {
+                        deadline: now + phase_ms,
+                    };
+                    changed = true;
+                    Step::Wait(now + phase_ms)
+                }
+            }
+            Phase::Checking { deadline } => {
+                let waiting = sa.committee.iter().any(|m| {
+                    connected.contains_key(m.as_str()) && !sa.checked.contains(m.as_str())
+                });
+                if waiting && now < deadline {
+                    Step::Wait(deadline)
+                } else {
+                    // A: the members that checked and are still connected.
+                    let answering: Vec<ParticipantId> = sa
+                        .committee
+                        .iter()
+                        .filter(|m| {
+                            connected.contains_key(m.as_str()) && sa.checked.contains(m.as_str())
+                        })
+                        .cloned()
+                        .collect();
+                    match sa.aggregator.propose(&answering) {
+                        Ok(st) => {
+                            tracing::info!(job = %self.record.id, round = round.round, uploads = st.uploads.len(), answering = st.answering.len(), complaints = sa.aggregator.complaints().len(), "statement proposed");
+                            sa.phase = Phase::Signing {
+                                deadline: now + phase_ms,
+                            };
+                            changed = true;
+                            Step::Wait(now + phase_ms)
+                        }
+                        Err(e) => Step::Close(Err(format!("no statement could be proposed: {e}"))),
+                    }
+                }
+            }
+            Phase::Signing { deadline } => {
+                if sa.aggregator.approved() {
+                    tracing::info!(job = %self.record.id, round = round.round, "statement approved: members reveal");
+                    sa.phase = Phase::Revealing {
+                        deadline: now + phase_ms,
+                    };
+                    changed = true;
+                    Step::Wait(now + phase_ms)
+                } else if now >= deadline {
+                    Step::Close(Err("too few committee approvals before the deadline".into()))
+                } else {
+                    Step::Wait(deadline)
+                }
+            }
+            Phase::Revealing { deadline } => {
+                if sa.aggregator.complete() {
+                    let uploads = sa.aggregator.uploads();
+                    let unmasked = sa
+                        .aggregator
+                        .finish()
+                        .map_err(|e| format!("unmasking failed: {e}"))
+                        .and_then(|sum| {
+                            sa.quant
+                                .decode_mean(&sum, dim, uploads)
+                                .map_err(|e| e.to_string())
+                        })
+                        .and_then(|(mean, total)| {
+                            let params = apply_mean(&self.latest_model, &mean)?;
+                            Ok((params, Some(total)))
+                        });
+                    Step::Close(unmasked)
+                } else if now >= deadline {
+                    Step::Close(Err(
+                        "an answering member did not reveal before the deadline".into(),
+                    ))
+                } else {
+                    Step::Wait(deadline)
+                }
+            }
+        };
+        if changed {
+            self.bump();
+        }
+        step
+    }
+
+    /// Closes the open round with its outcome (new parameters, or failure with its reason),
+    /// opens the next round or finishes the job, and makes it all durable.
+    pub fn close_round(
+        &mut self,
+        store: &Store,
+        round: &RoundRecord,
+        now: u64,
+        outcome: Result<(Vec<f32>, Option<u64>), String>,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        let mut record = self.record.clone();
+        let mut new_model = None;
+        let mut batch = store.batch(now);
+        let closed = record.rounds.last_mut().expect("open round exists");
+        let mut entry = v1::RoundClosed {
+            job_id: record.id.clone(),
+            round: round.round,
+            base_metrics: self.evaluation(round.base_version),
+            ..Default::default()
+        };
+        let mut completed = Vec::new();
+        match outcome {
+            Ok((params, total)) => {
+                let version = record.model_version + 1;
+                store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
+                let bytes = f32_bytes(&params);
+                let hash = blake3::hash(&bytes);
+                record.model_hashes.push(hash.to_hex().to_string());
+                record.model_version = version;
+                closed.status = RoundStatus::Closed;
+                closed.result_version = Some(version);
+                closed.total_samples = total;
+                new_model = Some(bytes);
+                entry.success = true;
+                entry.result_version = version;
+                entry.model_hash = hash.as_bytes().to_vec();
+                let statement = self
+                    .secagg
+                    .as_ref()
+                    .filter(|sa| sa.round == round.round)
+                    .and_then(|sa| sa.aggregator.statement().cloned());
+                entry.contributors = match &statement {
+                    // Secure: the statement's uploads, whose sample counts stay secret.
+                    Some(st) => st
+                        .uploads
+                        .iter()
+                        .map(|(d, _)| v1::Contribution {
+                            participant: d.to_string(),
+                            num_samples: 0,
+                        })
+                        .collect(),
+                    None => round
+                        .uploads
+                        .iter()
+                        .map(|u| v1::Contribution {
+                            participant: u.did.clone(),
+                            num_samples: u.num_samples,
+                        })
+                        .collect(),
+                };
+                entry.total_samples = total
+                    .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum::<u64>());
+                if let Some(st) = statement {
+                    completed = st.answering.iter().map(|a| a.to_string()).collect();
+                    entry.committee_completed = completed.clone();
+                    entry.statement = Some(st.to_wire());
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(job = %record.id, round = round.round, reason, "round failed");
+                closed.status = RoundStatus::Failed;
+                entry.failure = reason.chars().take(1024).collect();
+            }
+        }
+        let contributors: Vec<(String, u64)> = entry
+            .contributors
+            .iter()
+            .map(|c| (c.participant.clone(), c.num_samples))
+            .collect();
+        batch.push(Payload::RoundClosed(entry));
+        let awards =
+            conclave_ledger::rewards::round_awards(&self.spec.rewards, &contributors, &completed);
+        if !awards.is_empty() {
+            batch.push(Payload::Reward(v1::Reward {
+                job_id: record.id.clone(),
+                round: round.round,
+                awards,
+            }));
+        }
+        let before = std::mem::replace(&mut self.record, record);
+        let before_model = self.latest_model.clone();
+        if round.round >= self.spec.rounds {
+            self.record.finished = true;
+            self.secagg = None;
+        } else {
+            if let Some(bytes) = &new_model {
+                self.latest_model = Arc::new(bytes.clone());
+            }
+            self.open_next_round(now, &mut batch);
+        }
+        if let Err(e) = store.commit(Some(&self.record), batch) {
+            self.record = before;
+            self.latest_model = before_model;
+            return Err(e);
+        }
+        if let Some(bytes) = new_model {
+            self.latest_model = Arc::new(bytes);
+        }
+        tracing::info!(job = %self.record.id, round = round.round, model_version = self.record.model_version, status = ?self.record.rounds.iter().find(|r| r.round == round.round).map(|r| r.status), "round closed");
+        store.drop_round_updates(&self.record.id, round.round)?;
+        self.bump();
+        Ok(self.open_round().map(|r| r.deadline_unix_ms))
+    }
+}
+
+/// The next global parameters: `latest + mean`, refused (as a reason to fail the round) when
+/// any would not be finite.
+pub(crate) fn apply_mean(latest: &[u8], mean: &[f32]) -> Result<Vec<f32>, String> {
+    let mut params = decode_f32(latest).map_err(|e| e.to_string())?;
+    fedavg::add_weighted_mean(
+        &mut params,
+        &[WeightedUpdate {
+            delta: mean,
+            num_samples: 1,
+        }],
+    )
+    .map_err(|e| e.to_string())?;
+    check_finite(params)
+}
+
+/// Refuses parameters with a NaN or an infinity (an aggregate that overflowed).
+pub(crate) fn check_finite(params: Vec<f32>) -> Result<Vec<f32>, String> {
+    match params.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!(
+            "the aggregate overflows: parameter {i} of the new model is not finite"
+        )),
+        None => Ok(params),
+    }
+}
