@@ -537,23 +537,26 @@ impl Job {
 /// any would not be finite.
 pub(crate) fn apply_mean(latest: &[u8], mean: &[f32]) -> Result<Vec<f32>, String> {
     let mut params = decode_f32(latest).map_err(|e| e.to_string())?;
-    fedavg::add_weighted_mean(
-        &mut params,
-        &[WeightedUpdate {
-            delta: mean,
-            num_samples: 1,
-        }],
-    )
-    .map_err(|e| e.to_string())?;
-    check_finite(params)
+    let update = [WeightedUpdate {
+        delta: mean,
+        num_samples: 1,
+    }];
+    add_mean(&mut params, &update).map_err(|e| e.to_string())??;
+    Ok(params)
 }
 
-/// Refuses parameters with a NaN or an infinity (an aggregate that overflowed).
-pub(crate) fn check_finite(params: Vec<f32>) -> Result<Vec<f32>, String> {
-    match params.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(format!(
-            "the aggregate overflows: parameter {i} of the new model is not finite"
-        )),
-        None => Ok(params),
+/// `params += the weighted mean of updates`. An aggregate that leaves f32 (finite updates
+/// whose mean overflows the model) is the inner error: a reason to fail the round once, not a
+/// fault to retry.
+pub(crate) fn add_mean(
+    params: &mut [f32],
+    updates: &[WeightedUpdate<'_>],
+) -> Result<Result<(), String>, CoordinatorError> {
+    match fedavg::add_weighted_mean(params, updates) {
+        Ok(()) => Ok(Ok(())),
+        Err(conclave_aggregation::AggregationError::NonFinite { index }) => Ok(Err(format!(
+            "the aggregate overflows: parameter {index} of the new model is not finite"
+        ))),
+        Err(e) => Err(e.into()),
     }
 }

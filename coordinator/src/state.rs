@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::fedavg::{self, WeightedUpdate};
+use conclave_aggregation::fedavg::WeightedUpdate;
 use conclave_aggregation::quantize::CLIP_SLACK;
 use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::CoordinatorError;
 use crate::auth::{self, Signer};
-use crate::job::{Job, Step, check_finite, decode_f32, f32_bytes};
+use crate::job::{Job, Step, add_mean, decode_f32, f32_bytes};
 use crate::secagg::{self, Phase};
 use crate::store::{EvalRecord, JobRecord, ParticipantRecord, Store, UploadPart, UploadRecord};
 
@@ -957,8 +957,7 @@ impl State {
                         })
                         .collect();
                     let mut params = decode_f32(&job.latest_model)?;
-                    fedavg::add_weighted_mean(&mut params, &weighted)?;
-                    check_finite(params).map(|p| (p, None))
+                    add_mean(&mut params, &weighted)?.map(|()| (params, None))
                 }
             };
             job.close_round(store, &round, now, outcome)

@@ -165,6 +165,12 @@ impl SecaggDuties {
             })?;
         self.memory
             .remember_plan(task.round, &config.plan_hash, &plan.encode_to_vec())?;
+        if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {
+            return Err(ParticipantError::Refused(format!(
+                "round {}: this participant's upload was already accepted (a re-sent task)",
+                task.round
+            )));
+        }
         self.take_up_role(task.round, config.clone())?;
         Ok(config)
     }
@@ -223,6 +229,7 @@ impl SecaggDuties {
         let masked = self.mask(spec, task, delta, num_samples).await?;
         let weight = masked.weight;
         let (_, bytes) = client.send_upload(masked.messages).await?;
+        self.memory.mark_uploaded(task.round)?;
         Ok((weight, bytes))
     }
 

@@ -45,6 +45,9 @@ pub struct RoundRecord {
     /// As a committee member: the hash of the one statement it signed (hex).
     #[serde(default)]
     pub statement: Option<String>,
+    /// Whether the coordinator acknowledged this participant's upload for the round.
+    #[serde(default)]
+    pub uploaded: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -157,6 +160,7 @@ impl Memory {
                     plan_hash: hash,
                     plan: hex::encode(plan),
                     statement: None,
+                    uploaded: false,
                 },
             ),
         }
@@ -179,6 +183,16 @@ impl Memory {
                 write_json(&self.round_path(round), &record)
             }
         }
+    }
+
+    /// Remembers that the coordinator acknowledged this participant's upload for a round: a
+    /// re-sent training task for it is refused (one upload per round).
+    pub fn mark_uploaded(&self, round: u32) -> Result<(), ParticipantError> {
+        let mut record = self.round(round)?.ok_or_else(|| {
+            ParticipantError::State(format!("round {round}: no plan was acted on"))
+        })?;
+        record.uploaded = true;
+        write_json(&self.round_path(round), &record)
     }
 
     /// Remembers that the link of draw attempt `attempt` is revealed for the pool with this

@@ -16,6 +16,8 @@ use conclave_participant::client::{connect, jobs_client, rounds_client};
 use conclave_proto::v1::{self, jobs_client::JobsClient, rounds_client::RoundsClient};
 use tonic::transport::Channel;
 
+pub mod adversary;
+
 /// A coordinator serving on 127.0.0.1 until dropped.
 pub struct TestCoordinator {
     pub url: String,

@@ -389,3 +389,80 @@ async fn admission_list_keeps_others_out() {
     assert_eq!(coordinator.info(&job).await.participants.len(), 1);
     coordinator.stop().await;
 }
+
+/// Plain mode bounds one participant too: an update above the job's clip norm or a sample
+/// count above its max_samples is refused (InvalidArgument) and changes nothing; updates that
+/// are each finite but whose mean overflows the model fail their round once, with the reason
+/// in the ledger, and the next round runs; the ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_bounds_refuse_one_participant_and_an_overflow_fails_one_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = TestCoordinator::start(dir.path()).await;
+    let mut clipped = wdbc_job(2, 2, 600);
+    clipped.clip_norm = Some(1.0);
+    clipped.max_samples = Some(100);
+    let job = coordinator.launch(&clipped).await;
+    let dim = coordinator.info(&job).await.dim as usize;
+    let mut a = client(&coordinator, Identity::generate()).await;
+    let mut b = client(&coordinator, Identity::generate()).await;
+    a.join(&job, false).await.unwrap();
+    b.join(&job, false).await.unwrap();
+    let over = vec![1.0f32; dim];
+    let status = a.upload(&job, 1, 10, &over).await.unwrap_err();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
+    assert!(status.to_string().contains("clip_norm"), "{status}");
+    let small = vec![0.01f32; dim];
+    let status = a.upload(&job, 1, 101, &small).await.unwrap_err();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
+    assert!(status.to_string().contains("max_samples"), "{status}");
+    assert!(coordinator.info(&job).await.rounds[0].uploaded.is_empty());
+    a.upload(&job, 1, 100, &small).await.unwrap();
+    b.upload(&job, 1, 1, &small).await.unwrap();
+    coordinator.wait_for_model(&job, 1).await;
+
+    // No clip: each update finite, but the model they move reaches beyond f32 in round 2.
+    let job = coordinator.launch(&wdbc_job(3, 2, 600)).await;
+    let mut a = client(&coordinator, Identity::generate()).await;
+    let mut b = client(&coordinator, Identity::generate()).await;
+    a.join(&job, false).await.unwrap();
+    b.join(&job, false).await.unwrap();
+    let huge = vec![f32::MAX; dim];
+    for round in 1..=2 {
+        a.upload(&job, round, 10, &huge).await.unwrap();
+        b.upload(&job, round, 10, &huge).await.unwrap();
+        let started = std::time::Instant::now();
+        while coordinator.info(&job).await.rounds.len() <= round as usize {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let info = coordinator.info(&job).await;
+    assert_eq!(info.rounds[0].state, v1::RoundState::Closed as i32);
+    assert_eq!(info.rounds[1].state, v1::RoundState::Failed as i32);
+    assert_eq!(info.model_version, 1);
+    a.upload(&job, 3, 10, &small).await.unwrap();
+    b.upload(&job, 3, 10, &small).await.unwrap();
+    let info = coordinator.wait_for_model(&job, 2).await;
+    assert_eq!(info.rounds[2].state, v1::RoundState::Closed as i32);
+    let ledger = coordinator.state.ledger();
+    let mut failures = Vec::new();
+    ledger
+        .for_each(|e| {
+            if let conclave_ledger::Payload::RoundClosed(c) = e.payload()
+                && c.job_id == job
+                && !c.success
+            {
+                failures.push(c.failure.clone());
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        failures.len(),
+        1,
+        "the overflowing round failed once: {failures:?}"
+    );
+    assert!(failures[0].contains("overflows"), "{}", failures[0]);
+    let report = conclave_ledger::verify::verify_ledger(ledger, None).unwrap();
+    assert_eq!(report.problem, None);
+    coordinator.stop().await;
+}
