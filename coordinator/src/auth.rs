@@ -16,8 +16,9 @@ use crate::CoordinatorError;
 /// How far a request's signing time may be from the coordinator's clock.
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// Nonces remembered per job before those outside the time window are forgotten.
-const MAX_NONCES: usize = 1 << 20;
+/// Nonces remembered per signer and job within the time window: more requests from one signer
+/// in one window are refused (one participant cannot crowd out the others' nonces).
+const MAX_NONCES_PER_SIGNER: usize = 1 << 14;
 
 /// A checked request signature.
 #[derive(Clone, Debug)]
@@ -68,34 +69,28 @@ pub fn authenticate<T: Signed>(
     })
 }
 
-/// The nonces a job has seen, with their signing times.
+/// The nonces a job has seen, per signer, with their signing times.
 #[derive(Default)]
 pub struct Nonces {
-    seen: HashMap<Vec<u8>, u64>,
+    seen: HashMap<String, HashMap<Vec<u8>, u64>>,
 }
 
 impl Nonces {
     /// Refuses a nonce seen before from the same signer; remembers it otherwise.
     pub fn consume(&mut self, signer: &Signer, now: u64) -> Result<(), CoordinatorError> {
-        let mut key = signer.did.as_str().as_bytes().to_vec();
-        key.extend_from_slice(&signer.nonce);
-        if self.seen.contains_key(&key) {
+        let seen = self.seen.entry(signer.did.to_string()).or_default();
+        if seen.contains_key(&signer.nonce) {
             return Err(CoordinatorError::Replay(signer.did.to_string()));
         }
-        if self.seen.len() >= MAX_NONCES {
+        if seen.len() >= MAX_NONCES_PER_SIGNER {
             // Requests outside the window are refused by their time: their nonces can go.
             let oldest = now.saturating_sub(2 * MAX_CLOCK_SKEW_MS);
-            self.seen.retain(|_, t| *t >= oldest);
-            if self.seen.len() >= MAX_NONCES {
-                // Still full: forget the older half. A replay of one of those is still
-                // refused as a duplicate by every state-changing request.
-                let mut times: Vec<u64> = self.seen.values().copied().collect();
-                let (_, median, _) = times.select_nth_unstable(MAX_NONCES / 2);
-                let median = *median;
-                self.seen.retain(|_, t| *t > median);
+            seen.retain(|_, t| *t >= oldest);
+            if seen.len() >= MAX_NONCES_PER_SIGNER {
+                return Err(CoordinatorError::TooManyRequests(signer.did.to_string()));
             }
         }
-        self.seen.insert(key, signer.time);
+        seen.insert(signer.nonce.clone(), signer.time);
         Ok(())
     }
 }

@@ -49,6 +49,13 @@ impl State {
                     fresh.push(complaint);
                 }
             }
+            // After a restart, a round whose statement was attested takes no new complaint:
+            // complaints come before any statement (the ledger would refuse it).
+            if !fresh.is_empty() && !sa.attested.is_empty() {
+                return Err(CoordinatorError::Protocol(ProtocolError::OutOfOrder(
+                    "complaints are closed once a member attested the round's statement",
+                )));
+            }
             // The complained-about vectors, read back from their durable files.
             let mut vectors = Vec::with_capacity(fresh.len());
             for complaint in &fresh {

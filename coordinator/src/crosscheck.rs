@@ -66,7 +66,9 @@ fn job_disagreements(record: &JobRecord, ledger: &JobSummary) -> Vec<String> {
         .as_ref()
         .map(|(a, pool)| (*a, pool.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
     let excluded: BTreeSet<&String> = record.draw.excluded.iter().collect();
+    let revealers: Vec<String> = draw.last_revealers.iter().map(|p| p.to_string()).collect();
     if record.draw.open != open_pool
+        || record.draw.last_revealers != revealers
         || record.draw.next_attempt != draw.next_attempt
         || excluded != draw.excluded.iter().collect()
         || record.draw.entropy != draw.entropy.map(hex::encode)

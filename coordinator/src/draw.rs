@@ -54,24 +54,37 @@ impl Gathering {
 }
 
 impl Job {
-    /// Fixes the next draw attempt's pool, if enough participants are eligible (admitted, and
-    /// not left out of an earlier attempt) and no attempt is open. Recorded in `batch`.
+    /// Fixes the next draw attempt's pool, when no attempt is open and the draw is not done:
+    /// the first pool is every admitted participant, once `start_participants` have joined;
+    /// each later one is exactly those who revealed in the attempt before (newcomers train,
+    /// but do not join a retry: a retry costs the coordinator a pool member every time).
+    /// Recorded in `batch`.
     pub fn start_draw_attempt(&mut self, now: u64, batch: &mut Batch<'_>) {
         if self.record.draw.open.is_some() || self.record.draw.entropy.is_some() {
             return;
         }
-        let mut pool: Vec<ParticipantId> = self
-            .record
-            .participants
+        let attempt = self.record.draw.next_attempt;
+        let dids: Vec<String> = if attempt == 0 {
+            if self.record.participants.len() < self.spec.start_participants as usize {
+                return;
+            }
+            self.record
+                .participants
+                .iter()
+                .map(|p| p.did.clone())
+                .collect()
+        } else {
+            self.record.draw.last_revealers.clone()
+        };
+        let mut pool: Vec<ParticipantId> = dids
             .iter()
-            .filter(|p| !self.record.draw.excluded.contains(&p.did))
-            .filter_map(|p| ParticipantId::parse(&p.did).ok())
+            .filter_map(|d| ParticipantId::parse(d).ok())
             .collect();
         pool.sort();
-        if pool.len() < self.spec.start_participants as usize {
+        if pool.len() < self.spec.min_participants as usize {
+            tracing::error!(job = %self.record.id, "too few participants revealed their draw links: the job cannot start");
             return;
         }
-        let attempt = self.record.draw.next_attempt;
         if attempt >= CHAIN_LEN {
             tracing::error!(job = %self.record.id, "no draw attempts left: the job cannot start");
             return;
@@ -143,6 +156,7 @@ impl Job {
                     record.draw.excluded.push(p.to_string());
                 }
             }
+            record.draw.last_revealers = g.reveals.keys().map(|p| p.to_string()).collect();
             record.draw.next_attempt = g.attempt + 1;
             tracing::warn!(job = %record.id, attempt = g.attempt, missing = g.pool.len() - g.reveals.len(), "draw attempt incomplete: the missing members leave the pool");
         }

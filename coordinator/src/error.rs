@@ -30,6 +30,10 @@ pub enum CoordinatorError {
         "request signed at {signed} (unix ms), before this coordinator started at {started}: sign it again"
     )]
     SignedBeforeStart { signed: u64, started: u64 },
+    #[error(
+        "{0} sent more signed requests in the last minutes than the coordinator keeps track of: slow down"
+    )]
+    TooManyRequests(String),
     #[error("update has L2 norm {norm}, above the job's clip_norm {clip}")]
     NotClipped { norm: f64, clip: f32 },
     #[error("{got} samples claimed, more than the job's max_samples {max}")]
@@ -62,6 +66,12 @@ pub enum CoordinatorError {
     DuplicateUpload { did: String, round: u32 },
     #[error("{did} already reported metrics for model version {version}")]
     DuplicateReport { did: String, version: u32 },
+    #[error("{did} already recorded an export of model version {version} as {format}")]
+    DuplicateExport {
+        did: String,
+        version: u32,
+        format: String,
+    },
     #[error("job {0} has finished")]
     JobFinished(String),
     #[error("storage: {0}")]
@@ -93,10 +103,11 @@ impl CoordinatorError {
             // The client signs again and retries.
             SignedBeforeStart { .. } => Code::Aborted,
             NotAdmitted { .. } | NotJoined { .. } => Code::PermissionDenied,
-            KeyMismatch { .. } | DuplicateUpload { .. } | DuplicateReport { .. } => {
-                Code::AlreadyExists
-            }
-            ChunkTooLarge { .. } => Code::ResourceExhausted,
+            KeyMismatch { .. }
+            | DuplicateUpload { .. }
+            | DuplicateReport { .. }
+            | DuplicateExport { .. } => Code::AlreadyExists,
+            ChunkTooLarge { .. } | TooManyRequests(_) => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,

@@ -198,6 +198,7 @@ impl Job {
                 &self.record.id,
                 round,
                 seed,
+                (record.base_version, self.model_hash(record.base_version)),
                 &self.record.participants,
                 &previous,
                 batch.signer(),

@@ -54,11 +54,13 @@ const RESUME_GRACE_MS: u64 = 5_000;
 
 /// Draws the committee with `seed` (DESIGN.md step 1: from the job's draw entropy) from every
 /// admitted participant and sets up the round, with its plan signed by `coordinator`.
+#[allow(clippy::too_many_arguments)]
 pub fn open_round(
     spec: &JobSpec,
     job_id: &str,
     round: u32,
     seed: [u8; 32],
+    base: (u32, Vec<u8>),
     participants: &[ParticipantRecord],
     previous_committee: &[ParticipantId],
     coordinator: &Identity,
@@ -109,6 +111,7 @@ pub fn open_round(
         plan_hash: [0; 32],
     };
     let mut plan = config.to_plan(seed);
+    (plan.base_version, plan.base_model_hash) = base;
     sign_plan(&mut plan, job_id, round, coordinator);
     // The config as every participant will parse it from the signed plan.
     let config = RoundConfig::from_plan(job_id, round, &plan)?;

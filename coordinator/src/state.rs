@@ -258,6 +258,7 @@ impl State {
             evaluations: BTreeMap::new(),
             finished: false,
             draw: Default::default(),
+            exports: Vec::new(),
         };
         // Under the jobs lock: every append happens there, so the ledger has one order.
         let mut jobs = self.lock();
@@ -883,7 +884,17 @@ impl State {
             if job.model_hash(req.model_version) != req.model_hash {
                 return Err(CoordinatorError::HashMismatch);
             }
+            let export = (req.model_version, req.format.clone(), did.to_string());
+            if job.record.exports.contains(&export) {
+                return Err(CoordinatorError::DuplicateExport {
+                    did: did.to_string(),
+                    version: req.model_version,
+                    format: req.format.clone(),
+                });
+            }
             job.nonces.consume(&signer, now_ms())?;
+            let mut record = job.record.clone();
+            record.exports.push(export);
             let mut batch = store.batch(now_ms());
             batch.push(Payload::ModelExported(v1::ModelExported {
                 job_id: req.job_id.clone(),
@@ -893,7 +904,8 @@ impl State {
                 exported_by: did.to_string(),
                 signature: req.signature.clone(),
             }));
-            store.commit(None, batch)?;
+            store.commit(Some(&record), batch)?;
+            job.record = record;
             Ok(store.ledger().head().len - 1)
         })
     }

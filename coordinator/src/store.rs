@@ -47,6 +47,9 @@ pub struct DrawRecord {
     pub next_attempt: u32,
     /// Pool members that did not reveal in some attempt.
     pub excluded: Vec<String>,
+    /// Who revealed in the last incomplete attempt: the next attempt's pool.
+    #[serde(default)]
+    pub last_revealers: Vec<String>,
     /// The job's draw entropy (hex), once an attempt completed.
     pub entropy: Option<String>,
 }
@@ -119,6 +122,9 @@ pub struct JobRecord {
     /// Secure jobs: the committee draw.
     #[serde(default)]
     pub draw: DrawRecord,
+    /// Exports recorded in the ledger: (model version, format, exporter).
+    #[serde(default)]
+    pub exports: Vec<(u32, String, String)>,
 }
 
 /// The files an accepted upload is kept in.

@@ -94,6 +94,8 @@ pub struct DrawSummary {
     pub next_attempt: u32,
     /// Pool members that did not reveal in some attempt: never in a later pool.
     pub excluded: BTreeSet<String>,
+    /// Who revealed in the last incomplete attempt: exactly the next attempt's pool.
+    pub last_revealers: Vec<ParticipantId>,
     /// The job's draw entropy, once an attempt completed.
     pub entropy: Option<[u8; 32]>,
 }
@@ -105,6 +107,9 @@ pub struct OpenRound {
     pub participants: BTreeSet<String>,
     /// Participants whose update was accepted.
     pub uploaded: BTreeSet<String>,
+    /// The model the round trains from: its version and hash.
+    pub base_version: u32,
+    pub base_model_hash: Vec<u8>,
     /// Secure aggregation: the committee (share order), draw seed and plan digest.
     pub committee: Vec<String>,
     pub draw_seed: Vec<u8>,
@@ -119,6 +124,8 @@ pub struct OpenRound {
 #[derive(Default)]
 struct RoundState {
     participants: Vec<String>,
+    base_version: u32,
+    base_model_hash: Vec<u8>,
     committee: Vec<ParticipantId>,
     draw_seed: Vec<u8>,
     plan_hash: Vec<u8>,
@@ -145,6 +152,8 @@ struct JobState {
     previous_committee: Vec<ParticipantId>,
     finished: bool,
     draw: DrawSummary,
+    /// (version, format, exporter) of every export recorded.
+    exports: BTreeSet<(u32, String, String)>,
 }
 
 /// A successful round whose reward entry must come next.
@@ -241,6 +250,7 @@ impl Replay {
                         previous_committee: Vec::new(),
                         finished: false,
                         draw: DrawSummary::default(),
+                        exports: BTreeSet::new(),
                     },
                 );
             }
@@ -382,6 +392,15 @@ impl Replay {
                         p.model_version, p.job_id
                     ));
                 }
+                // An export is recorded once: the same signed export copied elsewhere in the
+                // ledger is not a second one.
+                let key = (p.model_version, p.format.clone(), p.exported_by.clone());
+                if !job.exports.insert(key) {
+                    return Err(format!(
+                        "{} exported model version {} as {} twice",
+                        p.exported_by, p.model_version, p.format
+                    ));
+                }
                 if !signed {
                     return Err(format!(
                         "the export is not signed by its exporter {}",
@@ -450,18 +469,34 @@ impl Replay {
         if p.attempt >= committee::CHAIN_LEN {
             return Err("no draw attempts left".into());
         }
-        if !pool.windows(2).all(|w| w[0] < w[1]) {
-            return Err("the draw pool is not sorted and distinct".into());
-        }
-        for d in &p.participants {
-            if !job.admitted.contains_key(d) {
-                return Err(format!("{d} is in the draw pool but was never admitted"));
-            }
-            if job.draw.excluded.contains(d) {
+        // The pool is not the coordinator's to pick: the first is every admitted
+        // participant (at least start_participants of them), each later one exactly those who
+        // revealed in the attempt before (no newcomers, so no retry is free).
+        let expected: Vec<ParticipantId> = if p.attempt == 0 {
+            let mut all: Vec<ParticipantId> =
+                job.admitted.values().map(|(id, _, _)| id.clone()).collect();
+            all.sort();
+            if all.len() < job.spec.start_participants as usize {
                 return Err(format!(
-                    "{d} did not reveal in an earlier attempt and cannot be in a later pool"
+                    "a first draw pool of {}, fewer than start_participants ({})",
+                    all.len(),
+                    job.spec.start_participants
                 ));
             }
+            all
+        } else {
+            job.draw.last_revealers.clone()
+        };
+        if pool != expected {
+            return Err(format!(
+                "draw attempt {}'s pool is not {}",
+                p.attempt,
+                if p.attempt == 0 {
+                    "every admitted participant"
+                } else {
+                    "exactly those who revealed in the attempt before"
+                }
+            ));
         }
         if pool.len() < job.spec.min_participants as usize {
             return Err(format!(
@@ -487,6 +522,7 @@ impl Replay {
         let pool_hash = pool_hash(&p.job_id, attempt, &pool);
         let mut links = Vec::with_capacity(p.reveals.len());
         let mut revealed = BTreeSet::new();
+        let mut revealers = Vec::with_capacity(p.reveals.len());
         let mut at = 0;
         for r in &p.reveals {
             // In pool order, each member at most once.
@@ -512,6 +548,7 @@ impl Replay {
                 return Err(format!("{}'s reveal is not signed by it", r.participant));
             }
             revealed.insert(r.participant.clone());
+            revealers.push(member.clone());
             links.push(value);
         }
         let complete = revealed.len() == pool.len();
@@ -527,6 +564,7 @@ impl Replay {
                 }
             }
             job.draw.next_attempt = attempt + 1;
+            job.draw.last_revealers = revealers;
         }
         Ok(())
     }
@@ -622,6 +660,8 @@ impl Replay {
             p.round,
             RoundState {
                 participants: p.participants.clone(),
+                base_version: p.base_version,
+                base_model_hash: p.base_model_hash.clone(),
                 committee,
                 draw_seed: p.draw_seed.clone(),
                 plan_hash: p.plan_hash.clone(),
@@ -646,6 +686,8 @@ fn summary(job: &JobState) -> JobSummary {
             round: *round,
             participants: state.participants.iter().cloned().collect(),
             uploaded: state.uploads.keys().cloned().collect(),
+            base_version: state.base_version,
+            base_model_hash: state.base_model_hash.clone(),
             committee: state.committee.iter().map(|m| m.to_string()).collect(),
             draw_seed: state.draw_seed.clone(),
             plan_hash: state.plan_hash.clone(),
@@ -772,8 +814,29 @@ fn close_round(
                         .into(),
                 );
             }
+            // A: at least t committee members, each once, in committee order; only their
+            // attestations count (a member signs only a statement that lists it).
+            let positions: Vec<usize> = statement
+                .answering
+                .iter()
+                .map(|a| round.committee.iter().position(|m| m == a))
+                .collect::<Option<_>>()
+                .ok_or("a member answers but is not on the committee")?;
+            if positions.len() < s.threshold as usize || !positions.windows(2).all(|w| w[0] < w[1])
+            {
+                return Err(format!(
+                    "the statement's answering members are not {} or more distinct committee members in committee order",
+                    s.threshold
+                ));
+            }
             let hash = statement.hash();
-            let signers = round.attestations.values().filter(|h| **h == hash).count();
+            let signers = round
+                .attestations
+                .iter()
+                .filter(|(m, h)| {
+                    **h == hash && statement.answering.iter().any(|a| a.as_str() == m.as_str())
+                })
+                .count();
             if signers < s.threshold as usize {
                 return Err(format!(
                     "the statement has {signers} committee attestations, fewer than the threshold {}",
@@ -786,11 +849,6 @@ fn close_round(
                 return Err(
                     "the members credited are not the statement's answering members".into(),
                 );
-            }
-            for a in &statement.answering {
-                if !round.committee.contains(a) {
-                    return Err(format!("{a} answers but is not on the committee"));
-                }
             }
             completed = answering;
         }

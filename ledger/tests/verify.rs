@@ -197,6 +197,7 @@ fn a_coordinator_that_signs_a_wrong_entry_is_caught_at_it() {
         "export",
         "stranger export",
         "unsigned export",
+        "copied export",
     ];
     for case in cases {
         let path = dir.path().join(format!("{case}.db"));
@@ -322,6 +323,14 @@ fn a_coordinator_that_signs_a_wrong_entry_is_caught_at_it() {
                     "j-s", version, &hash, &stranger,
                 ));
             }
+            ("copied export", None) => {
+                // An honest export, recorded twice.
+                let (hash, version) = secure.model_hash();
+                let p =
+                    conclave_ledger::sim::export("j-s", version, &hash, &secure.participants[0]);
+                entries.push(p.clone());
+                entries.push(p);
+            }
             ("unsigned export", None) => {
                 let (hash, version) = secure.model_hash();
                 let mut p =
@@ -336,6 +345,12 @@ fn a_coordinator_that_signs_a_wrong_entry_is_caught_at_it() {
         let start = ledger.head().len;
         drop(ledger);
         let mut bad_index = None;
+        // A copied export is bad at its second copy.
+        let target = if case == "copied export" {
+            target + 1
+        } else {
+            target
+        };
         for (i, p) in entries.into_iter().enumerate() {
             let idx = append_signed(&path, &coordinator, p);
             if i == target {
@@ -382,4 +397,34 @@ fn the_earliest_of_two_bad_signatures_in_one_batch_is_named() {
     .unwrap();
     drop(conn);
     assert_eq!(first_bad(&path), Some(3));
+}
+
+/// The draw's pool is not the coordinator's to pick: a first pool that leaves out an admitted
+/// participant (its reveals consistent with the smaller pool) is caught at the draw_pool entry.
+#[test]
+fn a_draw_pool_the_coordinator_picked_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let coordinator = Identity::generate();
+    let ledger = Ledger::open(&path).unwrap();
+    let mut b = ledger.batch(&coordinator, 1);
+    let mut secure = SimJob::create(&mut b, "j-s", SECAGG_JOB, 5);
+    ledger.commit(b, &[]).unwrap();
+    let mut b = ledger.batch(&coordinator, 2);
+    secure.round(&mut b);
+    let mut entries: Vec<Payload> = b.entries().iter().map(|e| e.payload().clone()).collect();
+    drop(b);
+    let Payload::DrawPool(pool) = &mut entries[0] else {
+        panic!("the first round starts with the draw")
+    };
+    let left_out = pool.participants.pop().unwrap();
+    if let Payload::DrawReveals(r) = &mut entries[1] {
+        r.reveals.retain(|v| v.participant != left_out);
+    }
+    let start = ledger.head().len;
+    drop(ledger);
+    for p in entries {
+        append_signed(&path, &coordinator, p);
+    }
+    assert_eq!(first_bad(&path), Some(start));
 }

@@ -88,6 +88,8 @@ pub struct SecaggDuties {
     /// The committee roles this participant holds, by round.
     members: HashMap<u32, Member>,
     committee_time: Duration,
+    /// The most failed draw attempts accepted ([`crate::Policy::max_draw_retries`]).
+    max_draw_retries: u32,
 }
 
 impl SecaggDuties {
@@ -111,7 +113,14 @@ impl SecaggDuties {
             ledger,
             members: HashMap::new(),
             committee_time: Duration::ZERO,
+            max_draw_retries: crate::policy::DEFAULT_MAX_DRAW_RETRIES,
         })
+    }
+
+    /// Accepts at most this many failed draw attempts before the first round.
+    pub fn with_max_draw_retries(mut self, retries: u32) -> Self {
+        self.max_draw_retries = retries;
+        self
     }
 
     /// Time spent checking, signing and revealing as a committee member so far.
@@ -159,10 +168,16 @@ impl SecaggDuties {
         self.catch_up().await?;
         let me = self.identity.participant_id();
         let job = self.ledger.replica().job(self.job_id());
-        let config =
-            check_plan(&self.pin, job.as_ref(), task.round, plan, &me).map_err(|reason| {
-                ParticipantError::Refused(format!("round {}: {reason}", task.round))
-            })?;
+        let retries = job.as_ref().map_or(0, |j| j.draw.next_attempt);
+        if retries > self.max_draw_retries {
+            return Err(ParticipantError::Refused(format!(
+                "round {}: the committee draw took {retries} failed attempts, more than this participant accepts ({}): each gave the coordinator another draw to choose from",
+                task.round, self.max_draw_retries
+            )));
+        }
+        let config = check_plan(&self.pin, job.as_ref(), task, &me).map_err(|reason| {
+            ParticipantError::Refused(format!("round {}: {reason}", task.round))
+        })?;
         self.memory
             .remember_plan(task.round, &config.plan_hash, &plan.encode_to_vec())?;
         if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {

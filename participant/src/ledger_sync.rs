@@ -98,76 +98,85 @@ pub async fn sync(
 /// A participant's verified replica, kept open while it takes part in a job and brought up to
 /// date before it acts on a round plan, so the plan can be checked against what the ledger
 /// says (DESIGN.md, "The participant's own policy": the committee is the draw recomputed from
-/// the participant's own replica).
+/// the participant's own replica). Served entries are checked and committed in batches as they
+/// arrive, so a coordinator cannot make it hold an unbounded backlog.
 pub struct Follower {
     url: String,
+    path: std::path::PathBuf,
+    /// `None` only while a batch is applied off the async threads, or after that failed
+    /// abnormally (the next catch-up reopens the replica from disk).
     replica: Option<Replica>,
 }
 
 impl Follower {
     /// Opens (creating if needed) and verifies the replica at `path`, following `url`.
     pub async fn open(url: &str, path: &Path) -> Result<Self, SyncError> {
-        let path = path.to_owned();
+        let mut follower = Self {
+            url: url.into(),
+            path: path.to_owned(),
+            replica: None,
+        };
+        follower.reopen().await?;
+        Ok(follower)
+    }
+
+    async fn reopen(&mut self) -> Result<(), SyncError> {
+        let path = self.path.clone();
         let (replica, _) = tokio::task::spawn_blocking(move || Replica::open(&path))
             .await
             .map_err(|e| SyncError::Decode(format!("replica task: {e}")))??;
-        Ok(Self {
-            url: url.into(),
-            replica: Some(replica),
-        })
+        self.replica = Some(replica);
+        Ok(())
     }
 
-    /// Brings the replica up to date with every entry the coordinator has now.
-    pub async fn catch_up(&mut self) -> Result<(), SyncError> {
-        let mut replica = self
-            .replica
-            .take()
-            .expect("the replica is back after each use");
-        let result = async {
-            let channel = connect(&self.url).await?;
-            let mut client = LedgerClient::new(channel)
-                .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let mut stream = client
-                .entries(v1::LedgerRequest {
-                    from_index: replica.begin(),
-                    follow: false,
-                })
-                .await
-                .map_err(ParticipantError::rpc("Ledger.Entries"))?
-                .into_inner();
-            let mut served = Vec::new();
-            while let Some(wire) = stream
-                .message()
-                .await
-                .map_err(ParticipantError::rpc("Ledger.Entries"))?
-            {
-                served.push(Entry::from_wire(wire).map_err(|e| SyncError::Decode(e.to_string()))?);
-            }
-            Ok::<_, SyncError>(served)
-        }
-        .await;
-        let served = match result {
-            Ok(served) => served,
-            Err(e) => {
-                self.replica = Some(replica);
-                return Err(e);
-            }
-        };
+    /// Applies a batch of served entries off the async threads.
+    async fn apply(&mut self, batch: Vec<Entry>) -> Result<(), SyncError> {
+        let mut replica = self.replica.take().expect("open between batches");
         let (replica, applied) = tokio::task::spawn_blocking(move || {
-            let applied = replica.apply(served).and_then(|_| replica.finish());
+            let applied = replica.apply(batch);
             (replica, applied)
         })
         .await
         .map_err(|e| SyncError::Decode(format!("replica task: {e}")))?;
         self.replica = Some(replica);
-        applied.map_err(SyncError::from)
+        applied.map(|_| ()).map_err(SyncError::from)
+    }
+
+    /// Brings the replica up to date with every entry the coordinator has now.
+    pub async fn catch_up(&mut self) -> Result<(), SyncError> {
+        if self.replica.is_none() {
+            self.reopen().await?;
+        }
+        let from = self.replica.as_mut().expect("opened above").begin();
+        let channel = connect(&self.url).await?;
+        let mut client = LedgerClient::new(channel)
+            .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut stream = client
+            .entries(v1::LedgerRequest {
+                from_index: from,
+                follow: false,
+            })
+            .await
+            .map_err(ParticipantError::rpc("Ledger.Entries"))?
+            .into_inner();
+        let mut pending = Vec::new();
+        while let Some(wire) = stream
+            .message()
+            .await
+            .map_err(ParticipantError::rpc("Ledger.Entries"))?
+        {
+            pending.push(Entry::from_wire(wire).map_err(|e| SyncError::Decode(e.to_string()))?);
+            if pending.len() >= BATCH {
+                self.apply(std::mem::take(&mut pending)).await?;
+            }
+        }
+        self.apply(pending).await?;
+        self.replica().finish().map_err(SyncError::from)
     }
 
     /// The verified replica.
     pub fn replica(&self) -> &Replica {
-        self.replica
-            .as_ref()
-            .expect("the replica is back after each use")
+        self.replica.as_ref().expect("open between catch-ups")
     }
 }

@@ -15,15 +15,20 @@ use conclave_proto::v1;
 
 use crate::policy::Pin;
 
-/// The round configuration of a plan that passes every check; otherwise what failed.
+/// The round configuration of a training task's plan that passes every check; otherwise what
+/// failed.
 pub fn check_plan(
     pin: &Pin,
     ledger: Option<&JobSummary>,
-    round: u32,
-    plan: &v1::SecaggPlan,
+    task: &v1::TrainTask,
     me: &ParticipantId,
 ) -> Result<RoundConfig, String> {
     let job_id = &pin.job_id;
+    let round = task.round;
+    let plan = task
+        .secagg
+        .as_ref()
+        .ok_or("a training task without a plan")?;
     verify_plan(plan, job_id, round, &pin.coordinator).map_err(|e| e.to_string())?;
     let config = RoundConfig::from_plan(job_id, round, plan).map_err(|e| e.to_string())?;
     let settings = pin
@@ -80,6 +85,14 @@ pub fn check_plan(
     }
     if plan.draw_seed != open.draw_seed {
         return Err("the plan's draw seed is not the ledger's".into());
+    }
+    // One model for all of U: the one the ledger says the round starts from, named by the
+    // plan (so by every manifest) and by the task (what is downloaded and checked).
+    if plan.base_version != open.base_version || plan.base_model_hash != open.base_model_hash {
+        return Err("the plan's base model is not the one the ledger's round starts from".into());
+    }
+    if task.model_version != plan.base_version || task.model_hash != plan.base_model_hash {
+        return Err("the task's model is not the plan's base model".into());
     }
     if config.plan_hash[..] != open.plan_hash[..] {
         return Err("the plan is not the one the ledger's round_opened entry names".into());

@@ -11,7 +11,7 @@ use conclave_proto::v1;
 use prost::Message;
 
 /// The least a participant accepts of a job.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Take part in `privacy = "plain"` jobs (updates in the clear). Off unless asked for.
     pub allow_plain: bool,
@@ -21,7 +21,27 @@ pub struct Policy {
     pub min_threshold: u32,
     /// Smallest `min_participants` accepted: fewer uploads in a sum reveal more of each.
     pub min_participants: u32,
+    /// Most failed draw attempts accepted before a secure job's first round. Each retry gives
+    /// the coordinator one more committee draw to choose from (at the price of a pool member
+    /// that did not reveal, recorded in the ledger), so this bounds how far it can bias the
+    /// committee.
+    pub max_draw_retries: u32,
 }
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_plain: false,
+            min_committee: 0,
+            min_threshold: 0,
+            min_participants: 0,
+            max_draw_retries: DEFAULT_MAX_DRAW_RETRIES,
+        }
+    }
+}
+
+/// Failed draw attempts a participant accepts unless told otherwise.
+pub const DEFAULT_MAX_DRAW_RETRIES: u32 = 3;
 
 impl Policy {
     /// Whether this policy accepts a job; the error says which rule it breaks.
@@ -114,7 +134,12 @@ impl Pin {
 /// The job's privacy settings in words, as a participant is shown them when it pins them.
 pub fn describe(spec: &JobSpec) -> String {
     let clip = spec.clip_norm.map_or("none".to_string(), |c| c.to_string());
-    match spec.secagg() {
+    let admission = if spec.admission.is_empty() {
+        "; open admission: anyone may join, so a sum may include identities the coordinator controls".to_string()
+    } else {
+        format!("; admission list of {}", spec.admission.len())
+    };
+    let settings = match spec.secagg() {
         Some(s) => format!(
             "privacy secagg, committee {} with threshold {}, at least {} participants per round, clip_norm {clip}, max_samples {}, max_participants {} (fixed-point scale {:.0})",
             s.committee_size,
@@ -128,7 +153,8 @@ pub fn describe(spec: &JobSpec) -> String {
             "privacy plain (updates in the clear), at least {} participants per round, clip_norm {clip}",
             spec.min_participants
         ),
-    }
+    };
+    settings + &admission
 }
 
 /// The settings in which two specs differ, by name (privacy settings first).

@@ -273,7 +273,8 @@ pub async fn run(
                 &config.state_dir,
                 &config.coordinator,
             )
-            .await?,
+            .await?
+            .with_max_draw_retries(config.policy.max_draw_retries),
         ),
         false => None,
     };

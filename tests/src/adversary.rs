@@ -348,6 +348,8 @@ impl Evil {
             plan_hash: [0; 32],
         };
         let mut plan = config.to_plan(seed);
+        plan.base_version = 0;
+        plan.base_model_hash = self.model_hash();
         sign_plan(&mut plan, &self.job_id, round, self.key());
         let config = RoundConfig::from_plan(&self.job_id, round, &plan).unwrap();
         (plan, config)

@@ -107,6 +107,7 @@ async fn joined_and_drawn(evil: &Evil, hospital: &Hospital) -> (Vec<Identity>, [
 /// A plan signed with the coordinator's key from a configuration of the attacker's choosing.
 fn forged_plan(evil: &Evil, config: &RoundConfig, seed: &[u8]) -> v1::SecaggPlan {
     let mut plan = config.to_plan(seed.try_into().unwrap());
+    plan.base_model_hash = evil.model_hash();
     sign_plan(&mut plan, &evil.job_id, config.round, evil.key());
     plan
 }
@@ -176,6 +177,31 @@ async fn plans_whose_committee_is_not_the_ledgers_draw_are_refused() {
         why.contains("sealing key") || why.contains("not the one the ledger"),
         "{why}"
     );
+
+    // A model of its own for this hospital: the honest plan with another model in the task,
+    // and a plan that names another base model than the ledger's round.
+    let mut task = evil.train_task(1, Some(plan.clone()));
+    if let Item::Train(t) = &mut task {
+        t.model_hash = blake3::hash(b"a model for this hospital only")
+            .as_bytes()
+            .to_vec();
+    }
+    evil.send(&hospital.did, task).await;
+    let why = hospital.refusal(1).await;
+    assert!(
+        why.contains("the task's model is not the plan's base model"),
+        "{why}"
+    );
+    let mut other_model = config.to_plan(plan.draw_seed.as_slice().try_into().unwrap());
+    other_model.base_model_hash = blake3::hash(b"another model").as_bytes().to_vec();
+    sign_plan(&mut other_model, &evil.job_id, 1, evil.key());
+    let mut task = evil.train_task(1, Some(other_model.clone()));
+    if let Item::Train(t) = &mut task {
+        t.model_hash = other_model.base_model_hash.clone();
+    }
+    evil.send(&hospital.did, task).await;
+    let why = hospital.refusal(1).await;
+    assert!(why.contains("not the one the ledger"), "{why}");
     assert!(
         uploads_by(&evil, &hospital.did).is_empty(),
         "nothing left the hospital"

@@ -223,3 +223,78 @@ async fn approvals_repeated_after_a_restart_are_recorded_once() {
     let third = TestCoordinator::restart(dir.path(), &url).await;
     third.stop().await;
 }
+
+/// The startup cross-check covers a secure round's stored plan: a plan edited in the record
+/// (here: its committee swapped for other keys, re-encoded) is not the one the ledger's
+/// round_opened names, so the coordinator refuses to start on it; put back, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_stored_plan_stops_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, spec, job, dim) = secure_job(dir.path()).await;
+    let url = first.url.clone();
+    let open = watch::channel(true).1;
+    let closed = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let gate = if i < 2 {
+            open.clone()
+        } else {
+            closed.1.clone()
+        };
+        tasks.push(tokio::spawn(scripted(
+            url.clone(),
+            Arc::new(Identity::generate()),
+            job.clone(),
+            Arc::clone(&spec),
+            vec![0.01; dim],
+            gate,
+            open.clone(),
+            dir.path().join(format!("participant-{i}")),
+        )));
+    }
+    while first
+        .info(&job)
+        .await
+        .rounds
+        .first()
+        .is_none_or(|r| r.uploaded.len() < 2)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+    for t in &tasks {
+        t.abort();
+    }
+    let db = rusqlite::Connection::open(dir.path().join("conclave.db")).unwrap();
+    let key = format!("job/{job}");
+    let original: Vec<u8> = db
+        .query_row("SELECT value FROM state WHERE key = ?1", [&key], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let plan_hex = record["rounds"][0]["plan"].as_str().unwrap().to_string();
+    let mut plan =
+        <v1::SecaggPlan as prost::Message>::decode(hex::decode(&plan_hex).unwrap().as_slice())
+            .unwrap();
+    plan.committee[0].sealing_key = Identity::generate().public().sealing_key.to_vec();
+    record["rounds"][0]["plan"] = hex::encode(prost::Message::encode_to_vec(&plan)).into();
+    db.execute(
+        "UPDATE state SET value = ?1 WHERE key = ?2",
+        rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
+    )
+    .unwrap();
+    let err = conclave_coordinator::State::open(dir.path())
+        .err()
+        .expect("a coordinator started on a stored plan the ledger does not name")
+        .to_string();
+    assert!(err.contains("stored round plan"), "{err}");
+    db.execute(
+        "UPDATE state SET value = ?1 WHERE key = ?2",
+        rusqlite::params![original, &key],
+    )
+    .unwrap();
+    let second = TestCoordinator::restart(dir.path(), &url).await;
+    assert_eq!(second.info(&job).await.rounds[0].uploaded.len(), 2);
+    second.stop().await;
+}

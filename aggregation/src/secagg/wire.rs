@@ -78,7 +78,8 @@ pub fn verify_plan(
 }
 
 impl RoundConfig {
-    /// The wire plan of this round (with the seed that drew its committee), unsigned.
+    /// The wire plan of this round (with the seed that drew its committee), unsigned and
+    /// without its base model (the coordinator fills that in).
     pub fn to_plan(&self, draw_seed: [u8; 32]) -> v1::SecaggPlan {
         v1::SecaggPlan {
             participants: self.participants.iter().map(keys_to_wire).collect(),
@@ -89,6 +90,8 @@ impl RoundConfig {
             draw_seed: draw_seed.to_vec(),
             coordinator: String::new(),
             signature: Vec::new(),
+            base_version: 0,
+            base_model_hash: Vec::new(),
         }
     }
 

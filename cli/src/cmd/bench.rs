@@ -2,9 +2,11 @@
 //! secure-aggregation mode and in plain mode, in one process run; prints one JSON line.
 //!
 //! Every participant is an in-process client that uploads a synthetic update (uniform noise
-//! scaled to half the clip norm). Round time runs from the moment the last participant has
-//! joined (the round opens) until the coordinator holds the new model. Participants, committee
-//! and coordinator share this machine's cores, as in Flower's simulation.
+//! scaled to half the clip norm). Round time runs from the moment the round opens (in plain
+//! mode at the last join; in secure mode once the pool has revealed its draw links, which is
+//! reported apart as `secagg_draw_s`: it happens once per job) until the coordinator holds the
+//! new model. Participants, committee and coordinator share this machine's cores, as in
+//! Flower's simulation.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +82,8 @@ fn synthetic_update(dim: usize, norm: f32) -> Vec<f32> {
 }
 
 struct RoundStats {
+    /// From the last join to the round's opening: a secure job's draw (once per job).
+    draw_seconds: f64,
     /// Committee members among the participants who left after uploading.
     committee_dropped: usize,
     seconds: f64,
@@ -275,18 +279,26 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         }));
     }
     // Wait for the coordinator to hold the new model (or give up on a failed round).
-    let (seconds, cpu_seconds, info) = loop {
+    // A secure job first gathers its committee draw's entropy (once per job); the round's
+    // time runs from the moment it opens.
+    let mut opened: Option<(Instant, Option<f64>)> = None;
+    let (seconds, draw_seconds, cpu_seconds, info) = loop {
         let info = jobs
             .get_job(v1::GetJobRequest {
                 job_id: job.clone(),
             })
             .await?
             .into_inner();
+        if opened.is_none() && !info.rounds.is_empty() {
+            opened = Some((Instant::now(), process_cpu_seconds()));
+        }
         if info.model_version == 1 {
+            let (open, cpu_open) = opened.unwrap_or((started, cpu_before));
             let cpu = process_cpu_seconds()
-                .zip(cpu_before)
+                .zip(cpu_open)
                 .map(|(after, before)| after - before);
-            break (started.elapsed().as_secs_f64(), cpu, info);
+            let draw = (open - started).as_secs_f64();
+            break (open.elapsed().as_secs_f64(), draw, cpu, info);
         }
         if info
             .rounds
@@ -314,6 +326,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
         .filter(|m| leavers.contains(m))
         .count();
     Ok(RoundStats {
+        draw_seconds,
         committee_dropped,
         seconds,
         cpu_seconds,
@@ -363,6 +376,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             "threshold": args.threshold.unwrap_or(args.committee / 2 + 1),
             "dropout": args.dropout,
             "secagg_s": secagg.seconds,
+            "secagg_draw_s": secagg.draw_seconds,
             "plain_s": plain.seconds,
             "ratio": secagg.seconds / plain.seconds,
             "upload_bytes_per_participant": secagg.upload_bytes,

@@ -47,6 +47,10 @@ pub struct Args {
     /// Refuse jobs whose rounds may sum fewer than this many participants.
     #[arg(long, default_value_t = 0)]
     min_participants: u32,
+    /// Refuse a secure job whose committee draw failed more attempts than this (each retry
+    /// lets the coordinator choose among more draws).
+    #[arg(long, default_value_t = conclave_participant::policy::DEFAULT_MAX_DRAW_RETRIES)]
+    max_draw_retries: u32,
 }
 
 pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             min_committee: args.min_committee,
             min_threshold: args.min_threshold,
             min_participants: args.min_participants,
+            max_draw_retries: args.max_draw_retries,
         },
         state_dir,
     };
