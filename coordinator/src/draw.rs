@@ -143,6 +143,7 @@ impl Job {
             attempt: g.attempt,
             reveals,
             complete,
+            pool_hash: g.pool_hash.to_vec(),
         }));
         record.draw.open = None;
         if complete {

@@ -18,6 +18,8 @@ use crate::{CryptoError, ParticipantId, random_bytes};
 pub struct Identity {
     signing: SigningKey,
     sealing: StaticSecret,
+    /// The did:key of `signing`, computed once (it is asked for often).
+    id: ParticipantId,
 }
 
 /// The public half of an [`Identity`]: what other parties may know.
@@ -32,21 +34,51 @@ pub struct PublicIdentity {
 /// Key-derivation context of [`Identity::derive_secret`]'s key.
 const DERIVE_CONTEXT: &str = "conclave 2026-12 identity secret derivation v1";
 
+/// The encodings of the points of small order on Curve25519 and its twist (u-coordinates,
+/// little-endian, bit 255 ignored), as libsodium's X25519 blacklist lists them: a key
+/// agreement with any of them gives the all-zero secret whatever the other side's key.
+const LOW_ORDER: [[u8; 32]; 7] = {
+    let mut t = [[0u8; 32]; 7];
+    // 0 and 1.
+    t[1][0] = 1;
+    // The two points of order 8.
+    t[2] = [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ];
+    t[3] = [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ];
+    // p - 1, and the non-canonical p (= 0) and p + 1 (= 1).
+    let mut k = 4;
+    while k < 7 {
+        let mut i = 1;
+        while i < 31 {
+            t[k][i] = 0xff;
+            i += 1;
+        }
+        t[k][0] = 0xec + (k as u8 - 4);
+        t[k][31] = 0x7f;
+        k += 1;
+    }
+    t
+};
+
 impl PublicIdentity {
     /// Refuses an X25519 public key that is a low-order point (e.g. 32 zero bytes): a key
     /// agreement with it gives the all-zero secret whatever the other side's key, so nothing
-    /// sealed to it would be secret, and sealing to it fails. Checked with the dalek crate's
-    /// own contributory test, on a fixed clamped scalar (any scalar detects every low-order
-    /// point, since clamping clears the cofactor bits).
+    /// sealed to it would be secret, and sealing to it fails. A table lookup (libsodium's
+    /// blacklist); a test checks it against the dalek crate's contributory test.
     pub fn check_sealing_key(key: &[u8; 32]) -> Result<(), CryptoError> {
-        let probe = StaticSecret::from([0x5a; 32]);
-        if probe
-            .diffie_hellman(&PublicKey::from(*key))
-            .was_contributory()
-        {
-            Ok(())
-        } else {
+        let mut masked = *key;
+        masked[31] &= 0x7f;
+        if LOW_ORDER.contains(&masked) {
             Err(CryptoError::LowOrderKey)
+        } else {
+            Ok(())
         }
     }
 }
@@ -70,15 +102,18 @@ impl Identity {
     }
 
     fn from_secret_bytes(ed25519: &[u8; 32], x25519: &[u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(ed25519);
+        let id = ParticipantId::from_key(signing.verifying_key());
         Self {
-            signing: SigningKey::from_bytes(ed25519),
+            signing,
             sealing: StaticSecret::from(*x25519),
+            id,
         }
     }
 
     /// The participant id (`did:key`) of this identity.
     pub fn participant_id(&self) -> ParticipantId {
-        ParticipantId::from_key(self.signing.verifying_key())
+        self.id.clone()
     }
 
     /// The public half of this identity.
@@ -265,7 +300,23 @@ mod tests {
         ] {
             low.push(hex::decode(hex).unwrap().try_into().unwrap());
         }
-        for key in &low {
+        // With bit 255 set too (X25519 ignores it).
+        let high: Vec<[u8; 32]> = low
+            .iter()
+            .map(|k| {
+                let mut h = *k;
+                h[31] |= 0x80;
+                h
+            })
+            .collect();
+        // The dalek crate's own test: the shared secret with a clamped scalar is all zeros.
+        let contributory = |key: &[u8; 32]| {
+            StaticSecret::from([0x5a; 32])
+                .diffie_hellman(&PublicKey::from(*key))
+                .was_contributory()
+        };
+        for key in low.iter().chain(&high) {
+            assert!(!contributory(key), "{} is low-order", hex::encode(key));
             assert!(
                 matches!(
                     PublicIdentity::check_sealing_key(key),
@@ -275,8 +326,19 @@ mod tests {
                 hex::encode(key)
             );
         }
-        for _ in 0..8 {
-            PublicIdentity::check_sealing_key(&Identity::generate().public().sealing_key).unwrap();
+        for i in 0..2000u32 {
+            // Real keys, and arbitrary bytes near the blacklist's values.
+            let mut key = Identity::generate().public().sealing_key;
+            if i % 2 == 1 {
+                key = low[(i as usize / 2) % low.len()];
+                key[(i as usize / 14) % 31] ^= 1 << (i % 8);
+            }
+            assert_eq!(
+                contributory(&key),
+                PublicIdentity::check_sealing_key(&key).is_ok(),
+                "{}",
+                hex::encode(key)
+            );
         }
     }
 

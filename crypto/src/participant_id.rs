@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::CryptoError;
 
@@ -28,7 +28,8 @@ impl ParticipantId {
         Self { did, key }
     }
 
-    /// Parses a `did:key` string, checking that it encodes a valid Ed25519 point.
+    /// Parses a `did:key` string, checking that it encodes a valid Ed25519 point that is not
+    /// of small order.
     pub fn parse(did: &str) -> Result<Self, CryptoError> {
         let bad = |reason| CryptoError::InvalidDid {
             id: did.chars().take(80).collect(),
@@ -47,6 +48,11 @@ impl ParticipantId {
             .try_into()
             .map_err(|_| bad("ed25519 key must be 32 bytes"))?;
         let key = VerifyingKey::from_bytes(&key).map_err(|_| bad("not a valid ed25519 point"))?;
+        // A small-order key is nobody's: anyone can make signatures that verify under it
+        // (batch verification does not refuse them as `verify_strict` does).
+        if key.is_weak() {
+            return Err(bad("a small-order ed25519 point"));
+        }
         let id = Self::from_key(key);
         if id.did != did {
             return Err(bad("non-canonical encoding"));
@@ -71,11 +77,11 @@ impl ParticipantId {
             signer: self.did.clone(),
         };
         let signature = Signature::from_slice(signature).map_err(|_| bad())?;
+        // verify_strict checks RFC 8032's equation as `verify` does and also rejects
+        // small-order keys and R values: strictly stronger, so `verify` is not run again.
         self.key
             .verify_strict(message, &signature)
-            .map_err(|_| bad())?;
-        // verify_strict implies verify; kept explicit for readers comparing with RFC 8032.
-        self.key.verify(message, &signature).map_err(|_| bad())
+            .map_err(|_| bad())
     }
 }
 
@@ -121,6 +127,20 @@ mod tests {
     fn rfc_id() -> ParticipantId {
         let key: [u8; 32] = hex::decode(RFC8032_PUB).unwrap().try_into().unwrap();
         ParticipantId::from_key(VerifyingKey::from_bytes(&key).unwrap())
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        // The identity point (y = 1) and the order-4 point with y = 0: valid encodings that
+        // anyone can "sign" for.
+        for y in [1u8, 0] {
+            let mut key = [0u8; 32];
+            key[0] = y;
+            let weak = VerifyingKey::from_bytes(&key).unwrap();
+            let did = ParticipantId::from_key(weak).to_string();
+            assert!(ParticipantId::parse(&did).is_err(), "{did}");
+        }
+        assert!(ParticipantId::parse(rfc_id().as_str()).is_ok());
     }
 
     #[test]

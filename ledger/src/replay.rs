@@ -20,20 +20,44 @@ use prost::Message;
 
 use crate::entry::{Entry, Hash, Payload};
 use crate::rewards::round_awards;
-use crate::signed::{
-    admission_digest, contribution_digest, draw_reveal_digest, export_digest, signed_by,
-};
+use crate::signed::{admission_digest, contribution_digest, draw_reveal_digest, export_digest};
 
-/// The participant signature an entry carries over a digest of its own fields — an
-/// admission, an accepted upload, a complaint, an export — as (signer, digest, signature).
-/// These need no replay state, so they are checked ahead of the replay, in parallel.
-pub(crate) fn participant_signature(entry: &Entry) -> Option<(String, [u8; 32], &[u8])> {
-    let parse = |d: &str| ParticipantId::parse(d).ok();
-    match entry.payload() {
+/// A signature an entry carries: (signer, digest signed, signature bytes).
+pub(crate) type Signed<'a> = (ParticipantId, [u8; 32], &'a [u8]);
+
+/// The participant signatures an entry carries over digests of its own fields — an admission,
+/// an accepted upload, a complaint, an export, a draw attempt's reveals; `None` when one of
+/// them cannot even be parsed. These need no replay state, so they are checked ahead of the
+/// replay, in parallel. `id` parses a did:key (a cache of the ones seen before: parsing
+/// decompresses a curve point).
+pub(crate) fn participant_signatures<'a>(
+    entry: &'a Entry,
+    id: &impl Fn(&str) -> Option<ParticipantId>,
+) -> Option<Vec<Signed<'a>>> {
+    if let Payload::DrawReveals(p) = entry.payload() {
+        let pool_hash: [u8; 32] = p.pool_hash.as_slice().try_into().ok()?;
+        return p
+            .reveals
+            .iter()
+            .map(|r| {
+                let signer = id(&r.participant)?;
+                let d = draw_reveal_digest(&p.job_id, p.attempt, &pool_hash, &signer, &r.value);
+                Some((signer, d, r.signature.as_slice()))
+            })
+            .collect();
+    }
+    participant_signature(entry, id).map(|one| one.into_iter().collect())
+}
+
+fn participant_signature<'a>(
+    entry: &'a Entry,
+    parse: &impl Fn(&str) -> Option<ParticipantId>,
+) -> Option<Option<Signed<'a>>> {
+    Some(match entry.payload() {
         Payload::ParticipantAdmitted(p) => {
             let id = parse(&p.participant)?;
             let d = admission_digest(&p.job_id, &id, &p.sealing_key, &p.draw_commitment);
-            Some((p.participant.clone(), d, &p.signature))
+            Some((id, d, &p.signature[..]))
         }
         Payload::UpdateAccepted(p) => {
             let id = parse(&p.participant)?;
@@ -45,7 +69,7 @@ pub(crate) fn participant_signature(entry: &Entry) -> Option<(String, [u8; 32], 
                 &p.payload_hash,
                 &p.manifest_hash,
             );
-            Some((p.participant.clone(), d, &p.signature))
+            Some((id, d, &p.signature[..]))
         }
         Payload::CommitteeComplaint(p) => {
             let member = parse(&p.member)?;
@@ -53,15 +77,15 @@ pub(crate) fn participant_signature(entry: &Entry) -> Option<(String, [u8; 32], 
             let manifest: [u8; 32] = p.manifest_hash.as_slice().try_into().ok()?;
             let reason = ComplaintReason::from_code(p.reason)?;
             let d = complaint_hash(&p.job_id, p.round, &member, &participant, &manifest, reason);
-            Some((p.member.clone(), d, &p.signature))
+            Some((member, d, &p.signature[..]))
         }
         Payload::ModelExported(p) => {
             let id = parse(&p.exported_by)?;
             let d = export_digest(&p.job_id, p.model_version, &p.model_hash, &p.format, &id);
-            Some((p.exported_by.clone(), d, &p.signature))
+            Some((id, d, &p.signature[..]))
         }
         _ => None,
-    }
+    })
 }
 
 /// Longest failure reason a failed round may record.
@@ -179,6 +203,11 @@ fn hash32(bytes: &[u8], what: &str) -> Result<Hash, String> {
 }
 
 impl Replay {
+    /// A did:key parsed before, if any.
+    pub(crate) fn known_id(&self, did: &str) -> Option<&ParticipantId> {
+        self.ids.get(did)
+    }
+
     fn id(&mut self, did: &str) -> Result<ParticipantId, String> {
         if let Some(id) = self.ids.get(did) {
             return Ok(id.clone());
@@ -208,7 +237,7 @@ impl Replay {
     }
 
     /// Applies the next entry. `signed`: whether the participant signature the entry carries
-    /// over its own fields ([`participant_signature`]) verified — checked ahead, in parallel.
+    /// over its own fields ([`participant_signatures`]) verified — checked ahead, in parallel.
     pub(crate) fn apply(&mut self, entry: &Entry, signed: bool) -> Result<(), String> {
         if let Some(p) = self.pending_reward.take() {
             return match entry.payload() {
@@ -256,7 +285,7 @@ impl Replay {
             }
             Payload::ParticipantAdmitted(p) => self.admit(p, signed)?,
             Payload::DrawPool(p) => self.draw_pool(p)?,
-            Payload::DrawReveals(p) => self.draw_reveals(p)?,
+            Payload::DrawReveals(p) => self.draw_reveals(p, signed)?,
             Payload::RoundOpened(p) => self.open_round(p)?,
             Payload::UpdateAccepted(p) => {
                 let job = self.job(&p.job_id)?;
@@ -508,7 +537,7 @@ impl Replay {
         Ok(())
     }
 
-    fn draw_reveals(&mut self, p: &v1::DrawReveals) -> Result<(), String> {
+    fn draw_reveals(&mut self, p: &v1::DrawReveals, signed: bool) -> Result<(), String> {
         let job = self.job(&p.job_id)?;
         let Some((attempt, pool)) = job.draw.open_attempt.take() else {
             return Err("no draw attempt is open".into());
@@ -520,6 +549,12 @@ impl Replay {
             ));
         }
         let pool_hash = pool_hash(&p.job_id, attempt, &pool);
+        if p.pool_hash != pool_hash {
+            return Err("the reveals name another pool than the open attempt's".into());
+        }
+        if !signed {
+            return Err("a reveal is not signed by its pool member".into());
+        }
         let mut links = Vec::with_capacity(p.reveals.len());
         let mut revealed = BTreeSet::new();
         let mut revealers = Vec::with_capacity(p.reveals.len());
@@ -542,10 +577,6 @@ impl Replay {
                     "{}'s link does not match its draw commitment",
                     r.participant
                 ));
-            }
-            let digest = draw_reveal_digest(&p.job_id, attempt, &pool_hash, member, &value);
-            if !signed_by(member, &digest, &r.signature) {
-                return Err(format!("{}'s reveal is not signed by it", r.participant));
             }
             revealed.insert(r.participant.clone());
             revealers.push(member.clone());

@@ -171,6 +171,7 @@ impl SimJob {
                 })
                 .collect(),
             complete: true,
+            pool_hash: hash.to_vec(),
         }));
         draw_entropy(&hash, &links)
     }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::db::{Ledger, RawRow, decode_row};
 use crate::entry::{Entry, GENESIS, Hash};
 pub use crate::replay::{DrawSummary, JobSummary, OpenRound};
-use crate::replay::{Replay, participant_signature};
+use crate::replay::{Replay, participant_signatures as all_signatures};
 use crate::{EntryError, LedgerError};
 
 /// The first entry found wrong.
@@ -175,7 +175,7 @@ impl Verifier {
             problems.push(p);
         }
         let limit = problems.iter().map(|p| p.index).min().unwrap_or(u64::MAX);
-        let signed = participant_signatures(&entries);
+        let signed = participant_signatures(&entries, &self.replay);
         for (entry, signed) in entries
             .iter()
             .zip(signed)
@@ -251,26 +251,34 @@ fn first_bad_signature(entries: &[Entry], signer: &ParticipantId) -> Option<Prob
     })
 }
 
-/// For each entry, whether the participant signature it carries (if any) verifies: batch
-/// verification per chunk, in parallel; a failing chunk is checked one by one.
-fn participant_signatures(entries: &[Entry]) -> Vec<bool> {
+/// For each entry, whether the participant signatures it carries (if any) verify: batch
+/// verification per chunk, in parallel; a failing chunk is checked one by one. did:keys the
+/// replay has parsed before are taken from it.
+fn participant_signatures(entries: &[Entry], replay: &Replay) -> Vec<bool> {
     type Item = (ParticipantId, [u8; 32], ed25519_dalek::Signature);
+    let id = |did: &str| {
+        replay
+            .known_id(did)
+            .cloned()
+            .or_else(|| ParticipantId::parse(did).ok())
+    };
     entries
         .par_chunks(SIG_BATCH)
         .flat_map_iter(|chunk| {
-            // Outer None: the entry carries no participant signature; inner None: one that
-            // cannot even be parsed.
-            let items: Vec<Option<Option<Item>>> = chunk
+            // Per entry: its parsed signatures, or None if one cannot even be parsed.
+            let items: Vec<Option<Vec<Item>>> = chunk
                 .iter()
                 .map(|e| {
-                    participant_signature(e).map(|(did, digest, sig)| {
-                        let id = ParticipantId::parse(&did).ok()?;
-                        let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;
-                        Some((id, digest, sig))
-                    })
+                    all_signatures(e, &id)?
+                        .into_iter()
+                        .map(|(signer, digest, sig)| {
+                            let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;
+                            Some((signer, digest, sig))
+                        })
+                        .collect()
                 })
                 .collect();
-            let present: Vec<&Item> = items.iter().flatten().flatten().collect();
+            let present: Vec<_> = items.iter().flatten().flatten().collect();
             let messages: Vec<&[u8]> = present.iter().map(|(_, d, _)| &d[..]).collect();
             let signatures: Vec<_> = present.iter().map(|(_, _, s)| *s).collect();
             let keys: Vec<_> = present
@@ -281,10 +289,12 @@ fn participant_signatures(entries: &[Entry]) -> Vec<bool> {
             items
                 .into_iter()
                 .map(move |item| match item {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some((id, digest, sig))) => {
-                        all_good || id.verify(&digest, &sig.to_bytes()).is_ok()
+                    None => false,
+                    Some(sigs) => {
+                        all_good
+                            || sigs
+                                .iter()
+                                .all(|(id, digest, sig)| id.verify(digest, &sig.to_bytes()).is_ok())
                     }
                 })
                 .collect::<Vec<_>>()

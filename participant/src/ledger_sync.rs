@@ -103,6 +103,8 @@ pub async fn sync(
 pub struct Follower {
     url: String,
     path: std::path::PathBuf,
+    /// The connection to the coordinator's ledger service, kept across catch-ups.
+    client: Option<LedgerClient<tonic::transport::Channel>>,
     /// `None` only while a batch is applied off the async threads, or after that failed
     /// abnormally (the next catch-up reopens the replica from disk).
     replica: Option<Replica>,
@@ -114,6 +116,7 @@ impl Follower {
         let mut follower = Self {
             url: url.into(),
             path: path.to_owned(),
+            client: None,
             replica: None,
         };
         follower.reopen().await?;
@@ -148,10 +151,12 @@ impl Follower {
             self.reopen().await?;
         }
         let from = self.replica.as_mut().expect("opened above").begin();
-        let channel = connect(&self.url).await?;
-        let mut client = LedgerClient::new(channel)
-            .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => LedgerClient::new(connect(&self.url).await?)
+                .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        };
         let mut stream = client
             .entries(v1::LedgerRequest {
                 from_index: from,
@@ -160,6 +165,8 @@ impl Follower {
             .await
             .map_err(ParticipantError::rpc("Ledger.Entries"))?
             .into_inner();
+        // Kept for the next catch-up only once this one got through.
+        self.client = Some(client);
         let mut pending = Vec::new();
         while let Some(wire) = stream
             .message()

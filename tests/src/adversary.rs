@@ -322,6 +322,7 @@ impl Evil {
             attempt: 0,
             reveals,
             complete: true,
+            pool_hash: hash.to_vec(),
         })]);
         draw_entropy(&hash, &links)
     }

@@ -87,6 +87,11 @@ fn secure_spec() -> conclave_aggregation::JobSpec {
     wdbc_secagg_job(1, 2, 3, 60, (3, 2), 10)
 }
 
+/// A hospital with a fresh key and the default policy.
+fn fresh_hospital(evil: &Evil, dir: &std::path::Path) -> Hospital {
+    start_hospital(evil, dir, Arc::new(Identity::generate()), Policy::default())
+}
+
 /// The hospital joins, two identities the test holds (other hospitals) are admitted, and the
 /// draw runs; returns them and the draw entropy.
 async fn joined_and_drawn(evil: &Evil, hospital: &Hospital) -> (Vec<Identity>, [u8; 32]) {
@@ -122,12 +127,7 @@ async fn plans_whose_committee_is_not_the_ledgers_draw_are_refused() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let evil = Evil::start(secure_spec()).await;
-    let mut hospital = start_hospital(
-        &evil,
-        dir.path(),
-        Arc::new(Identity::generate()),
-        Policy::default(),
-    );
+    let mut hospital = fresh_hospital(&evil, dir.path());
     let (_others, entropy) = joined_and_drawn(&evil, &hospital).await;
     let (plan, config) = evil.honest_plan(1, &entropy);
     evil.open_round(1, &plan, &config);
@@ -229,12 +229,7 @@ async fn a_ledger_whose_committee_is_not_the_draw_is_refused() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let evil = Evil::start(secure_spec()).await;
-    let mut hospital = start_hospital(
-        &evil,
-        dir.path(),
-        Arc::new(Identity::generate()),
-        Policy::default(),
-    );
+    let mut hospital = fresh_hospital(&evil, dir.path());
     let (others, entropy) = joined_and_drawn(&evil, &hospital).await;
     let (plan, config) = evil.honest_plan(1, &entropy);
     // The committee in another order is not the draw's.
@@ -522,12 +517,7 @@ async fn an_upload_made_under_another_plan_is_refused_by_members() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let evil = Evil::start(secure_spec()).await;
-    let mut hospital = start_hospital(
-        &evil,
-        dir.path(),
-        Arc::new(Identity::generate()),
-        Policy::default(),
-    );
+    let mut hospital = fresh_hospital(&evil, dir.path());
     let (others, entropy) = joined_and_drawn(&evil, &hospital).await;
     let (plan, config) = evil.honest_plan(1, &entropy);
     evil.open_round(1, &plan, &config);
@@ -581,12 +571,7 @@ async fn a_draw_pool_not_in_the_ledger_or_a_second_pool_gets_no_link() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let evil = Evil::start(secure_spec()).await;
-    let mut hospital = start_hospital(
-        &evil,
-        dir.path(),
-        Arc::new(Identity::generate()),
-        Policy::default(),
-    );
+    let mut hospital = fresh_hospital(&evil, dir.path());
     let did = hospital.did.to_string();
     evil.wait_for(|s| matches!(s, Sent::Join(_) if s.sender() == did).then_some(()))
         .await;

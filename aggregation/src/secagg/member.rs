@@ -195,13 +195,16 @@ impl Member {
                     "manifest does not match the statement's entry for {id}"
                 )));
             }
-            manifest.verify(config, self.position)?;
-            if self
-                .checked
-                .get(id)
-                .is_some_and(|(h, opened)| h == manifest_hash && opened.is_err())
-            {
-                return Err(ProtocolError::Complained(id.to_string()));
+            match self.checked.get(id) {
+                Some((h, Err(_))) if h == manifest_hash => {
+                    return Err(ProtocolError::Complained(id.to_string()));
+                }
+                // This member's check verified this participant's signature over this very
+                // manifest hash (which binds the plan, the vector and every box digest).
+                Some((h, Ok(_))) if h == manifest_hash => {
+                    manifest.verify_unsigned(config, self.position)?
+                }
+                _ => manifest.verify(config, self.position)?,
             }
         }
         // Everything this member will need, opened before committing to the statement, so a

@@ -354,6 +354,22 @@ fn members_refuse_statements_that_are_not_for_them_or_are_tampered() {
         fresh(0).sign_statement(&s, &views),
         Err(ProtocolError::BadSignature(_))
     ));
+    // The same after checking the genuine uploads: what the check verified covers only the
+    // manifest hashes it saw, not the participant.
+    let mut checked = fresh(0);
+    assert!(checked.check(&v0(&manifests)).unwrap().is_empty());
+    assert!(matches!(
+        checked.sign_statement(&s, &views),
+        Err(ProtocolError::BadSignature(_))
+    ));
+    // And a checked upload's box swapped after the check is still refused.
+    let mut checked = fresh(0);
+    checked.check(&v0(&manifests)).unwrap();
+    assert!(matches!(
+        checked.sign_statement(&base, &bad),
+        Err(ProtocolError::BadManifest(_))
+    ));
+    assert!(checked.sign_statement(&base, &v0(&manifests)).is_ok());
     // A non-member in A.
     let mut s = base.clone();
     s.answering.push(mallory.participant_id());
