@@ -217,6 +217,10 @@ impl Replay {
         Ok(id)
     }
 
+    fn ids(&mut self, dids: &[String]) -> Result<Vec<ParticipantId>, String> {
+        dids.iter().map(|d| self.id(d)).collect()
+    }
+
     fn job(&mut self, id: &str) -> Result<&mut JobState, String> {
         self.jobs
             .get_mut(id)
@@ -477,11 +481,7 @@ impl Replay {
     }
 
     fn draw_pool(&mut self, p: &v1::DrawPool) -> Result<(), String> {
-        let pool: Vec<ParticipantId> = p
-            .participants
-            .iter()
-            .map(|d| self.id(d))
-            .collect::<Result<_, _>>()?;
+        let pool: Vec<ParticipantId> = self.ids(&p.participants)?;
         let job = self.job(&p.job_id)?;
         if job.spec.secagg().is_none() {
             return Err("a plain job draws no committee".into());
@@ -601,16 +601,8 @@ impl Replay {
     }
 
     fn open_round(&mut self, p: &v1::RoundOpened) -> Result<(), String> {
-        let ids: Vec<ParticipantId> = p
-            .participants
-            .iter()
-            .map(|d| self.id(d))
-            .collect::<Result<_, _>>()?;
-        let committee: Vec<ParticipantId> = p
-            .committee
-            .iter()
-            .map(|d| self.id(d))
-            .collect::<Result<_, _>>()?;
+        let ids: Vec<ParticipantId> = self.ids(&p.participants)?;
+        let committee: Vec<ParticipantId> = self.ids(&p.committee)?;
         let job = self.job(&p.job_id)?;
         if job.finished || job.open.is_some() || p.round != job.last_round + 1 {
             return Err(format!(

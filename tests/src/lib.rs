@@ -224,6 +224,22 @@ pub fn participant_config(
     }
 }
 
+/// Runs a participant whose events reach `events` tagged with `i` (to tell hospitals apart).
+pub async fn run_tagged(
+    config: conclave_participant::ParticipantConfig,
+    identity: Arc<Identity>,
+    i: usize,
+    events: tokio::sync::mpsc::UnboundedSender<(usize, conclave_participant::Event)>,
+) -> Result<u32, conclave_participant::ParticipantError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let _ = events.send((i, e));
+        }
+    });
+    conclave_participant::run(config, identity, Some(tx)).await
+}
+
 /// A plain upload header for `values`, with the participant's contribution signature and the
 /// request signature (a test may change a field and call [`resign_header`]).
 pub fn plain_header(

@@ -14,12 +14,12 @@ use std::time::Duration;
 use conclave_aggregation::secagg::{RoundConfig, contribute};
 use conclave_crypto::Identity;
 use conclave_ledger::Payload;
+use conclave_participant::Event;
 use conclave_participant::client::masked_upload_messages;
-use conclave_participant::{Event, run};
 use conclave_proto::v1::{self, work_item::Item};
 use conclave_tests::{
-    TestCoordinator, client, hospital_files, join_request, participant_config, secagg_duties,
-    wdbc_secagg_job,
+    TestCoordinator, client, hospital_files, join_request, participant_config, run_tagged,
+    secagg_duties, wdbc_secagg_job,
 };
 use tokio_stream::StreamExt;
 
@@ -118,17 +118,11 @@ async fn a_bad_participant_and_a_stranger_do_not_stop_a_secure_job() {
             f,
             dir.path().join(format!("hospital-{i}.state")),
         );
-        let tx = tx.clone();
-        let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(e) = inner_rx.recv().await {
-                let _ = tx.send((i, e));
-            }
-        });
-        tasks.push(tokio::spawn(run(
+        tasks.push(tokio::spawn(run_tagged(
             config,
             Arc::new(Identity::generate()),
-            Some(inner_tx),
+            i,
+            tx.clone(),
         )));
     }
     drop(tx);

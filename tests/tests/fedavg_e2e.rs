@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use conclave_crypto::Identity;
+use conclave_participant::Event;
 use conclave_participant::client::download_model;
-use conclave_participant::{Event, run};
-use conclave_tests::{TestCoordinator, hospital_files, participant_config, wdbc_job};
+use conclave_tests::{TestCoordinator, hospital_files, participant_config, run_tagged, wdbc_job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
@@ -27,17 +27,11 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
             &files,
             dir.path().join(format!("hospital-{i}.state")),
         );
-        let tx = tx.clone();
-        let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(e) = inner_rx.recv().await {
-                let _ = tx.send((i, e));
-            }
-        });
-        tasks.push(tokio::spawn(run(
+        tasks.push(tokio::spawn(run_tagged(
             config,
             Arc::new(Identity::generate()),
-            Some(inner_tx),
+            i,
+            tx.clone(),
         )));
     }
     drop(tx);

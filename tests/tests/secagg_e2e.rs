@@ -12,11 +12,11 @@ use conclave_crypto::{Identity, ParticipantId};
 use conclave_ledger::Payload;
 use conclave_ledger::rewards::Balances;
 use conclave_ledger::verify::verify_ledger;
+use conclave_participant::Event;
 use conclave_participant::client::download_model;
-use conclave_participant::{Event, run};
 use conclave_proto::v1::{self, work_item::Item};
 use conclave_tests::{
-    TestCoordinator, client, committee_from_ledger, hospital_files, participant_config,
+    TestCoordinator, client, committee_from_ledger, hospital_files, participant_config, run_tagged,
     secagg_duties, wdbc_secagg_job,
 };
 use tokio_stream::StreamExt;
@@ -92,13 +92,7 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
                     }
                 }
                 drop(work);
-                let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(async move {
-                    while let Some(e) = inner_rx.recv().await {
-                        let _ = tx.send((i, e));
-                    }
-                });
-                let _ = run(config, identity, Some(inner_tx)).await;
+                let _ = run_tagged(config, identity, i, tx).await;
             }),
         );
     }
