@@ -7,14 +7,14 @@
 //!
 //! Refusals are [`ParticipantError::Refused`]: the caller reports them and stays connected.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::secagg::{
-    Approval, Member, MemberView, RoundConfig, Statement, contribute,
+    Approval, Member, MemberView, RoundConfig, Statement, contribute, plan_digest,
 };
 use conclave_crypto::committee::{DrawChain, pool_hash};
 use conclave_crypto::{Identity, ParticipantId};
@@ -28,6 +28,9 @@ use crate::memory::Memory;
 use crate::plan::check_plan;
 use crate::policy::Pin;
 use crate::{Event, ParticipantError};
+
+/// Accepted plans kept for reuse at upload: the current round's and a few before it.
+const ACCEPTED_KEPT: usize = 4;
 
 /// Runs CPU-bound work (training, masking, unmasking) off the async runtime's threads.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -87,6 +90,9 @@ pub struct SecaggDuties {
     ledger: Follower,
     /// The committee roles this participant holds, by round.
     members: HashMap<u32, Member>,
+    /// The plans this process checked and accepted, by round (the latest few): masking under
+    /// one of them reuses its check (see [`SecaggDuties::mask`]).
+    accepted: BTreeMap<u32, RoundConfig>,
     committee_time: Duration,
     /// The most failed draw attempts accepted ([`crate::Policy::max_draw_retries`]).
     max_draw_retries: u32,
@@ -112,6 +118,7 @@ impl SecaggDuties {
             memory,
             ledger,
             members: HashMap::new(),
+            accepted: BTreeMap::new(),
             committee_time: Duration::ZERO,
             max_draw_retries: crate::policy::DEFAULT_MAX_DRAW_RETRIES,
         })
@@ -187,7 +194,37 @@ impl SecaggDuties {
             )));
         }
         self.take_up_role(task.round, config.clone())?;
+        self.accepted.insert(task.round, config.clone());
+        while self.accepted.len() > ACCEPTED_KEPT {
+            self.accepted.pop_first();
+        }
         Ok(config)
+    }
+
+    /// The configuration of `task`'s plan if this process already accepted that very plan
+    /// (the same digest) for its round, and has not uploaded in the round since.
+    ///
+    /// Why the check need not run again: [`SecaggDuties::accept_plan`] checked this plan
+    /// against the pin and against the replica's job (committee = the draw, sealing keys =
+    /// the admissions, base model, threshold), and remembered it durably. Each of those is
+    /// fixed by entries before the round opened, and a replica only ever grows by verified
+    /// entries after its head (a rewrite is refused at the next catch-up), so a second check
+    /// of the same plan could only give the same answer. A task carrying any other plan for
+    /// the round takes the full path, where the remembered plan refuses it.
+    fn accepted_plan(&self, task: &v1::TrainTask) -> Result<Option<RoundConfig>, ParticipantError> {
+        let (Some(plan), Some(config)) = (&task.secagg, self.accepted.get(&task.round)) else {
+            return Ok(None);
+        };
+        if plan_digest(self.job_id(), task.round, plan) != config.plan_hash {
+            return Ok(None);
+        }
+        if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {
+            return Err(ParticipantError::Refused(format!(
+                "round {}: this participant's upload was already accepted (a re-sent task)",
+                task.round
+            )));
+        }
+        Ok(Some(config.clone()))
     }
 
     /// Sets up the member state of a round whose plan was accepted, if this participant is on
@@ -258,7 +295,12 @@ impl SecaggDuties {
         num_samples: u64,
     ) -> Result<MaskedUpload, ParticipantError> {
         let round = task.round;
-        let config = self.accept_plan(task).await?;
+        // The runner accepts a task's plan on arrival, before training; the same plan is not
+        // checked twice (see `accepted_plan`), so training time adds no catch-up here.
+        let config = match self.accepted_plan(task)? {
+            Some(config) => config,
+            None => self.accept_plan(task).await?,
+        };
         let settings = *spec.secagg().ok_or_else(|| {
             ParticipantError::Config("a secure-aggregation plan for a plain job".into())
         })?;
@@ -490,5 +532,101 @@ fn refused(round: u32, reason: &str) -> Event {
     Event::CommitteeRefused {
         round,
         reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "p"
+rounds = 3
+min_participants = 2
+start_participants = 3
+privacy = "secagg"
+committee_size = 3
+threshold = 2
+clip_norm = 1.0
+max_samples = 100
+[model]
+kind = "logistic_regression"
+[data]
+features = ["a"]
+label = "y"
+"#;
+
+    /// Masking reuses the check of a plan accepted for its round only for that very plan: a
+    /// task for the round carrying any other plan goes through the full check (here it needs
+    /// the coordinator's ledger, which is unreachable, so nothing is masked), and a round this
+    /// participant already uploaded in is refused even with the accepted plan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn masking_reuses_only_the_plan_accepted_for_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JobSpec::from_toml(SPEC).unwrap();
+        let people: Vec<Arc<Identity>> = (0..3).map(|_| Arc::new(Identity::generate())).collect();
+        let mut config = RoundConfig {
+            job_id: "j-1".into(),
+            round: 1,
+            participants: people.iter().map(|p| p.public()).collect(),
+            committee: people.iter().map(|p| p.public()).collect(),
+            threshold: 2,
+            min_participants: 2,
+            len: spec.layout().dim() + 1,
+            plan_hash: [0; 32],
+        };
+        let plan = config.to_plan([5; 32]);
+        config.plan_hash = plan_digest("j-1", 1, &plan);
+        let task = |plan: v1::SecaggPlan| v1::TrainTask {
+            round: 1,
+            secagg: Some(plan),
+            ..Default::default()
+        };
+        let pin = Pin {
+            job_id: "j-1".into(),
+            coordinator: Identity::generate().participant_id(),
+            spec: spec.clone(),
+        };
+        // Nothing listens on port 1: any catch-up fails.
+        let mut duties = SecaggDuties::open(
+            Arc::clone(&people[0]),
+            pin,
+            dir.path(),
+            "http://127.0.0.1:1",
+        )
+        .await
+        .unwrap();
+        // The state `accept_plan` leaves behind once its checks passed.
+        duties
+            .memory
+            .remember_plan(1, &config.plan_hash, &plan.encode_to_vec())
+            .unwrap();
+        duties.accepted.insert(1, config.clone());
+
+        let delta = vec![0.1f32; spec.layout().dim()];
+        let masked = duties
+            .mask(&spec, &task(plan.clone()), delta.clone(), 10)
+            .await
+            .expect("the accepted plan is reused without the coordinator");
+        assert_eq!(masked.weight, 10);
+
+        let mut other = plan.clone();
+        other.threshold = 3;
+        let swapped = duties.mask(&spec, &task(other), delta.clone(), 10).await;
+        assert!(
+            swapped.is_err(),
+            "another plan for an accepted round was masked under without a check"
+        );
+
+        duties.memory.mark_uploaded(1).unwrap();
+        match duties.mask(&spec, &task(plan), delta, 10).await {
+            Err(ParticipantError::Refused(why)) => {
+                assert!(why.contains("already accepted"), "{why}")
+            }
+            other => panic!(
+                "a second upload in round 1 was not refused: {:?}",
+                other.map(|m| m.weight)
+            ),
+        }
     }
 }

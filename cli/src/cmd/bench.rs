@@ -203,6 +203,11 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             while let Some(item) = work.next().await {
                 match item.context("work stream")?.item {
                     Some(Item::Train(task)) => {
+                        // As `conclave join` does: the plan is checked on arrival, before
+                        // the (here synthetic) training; masking then reuses the check.
+                        if let Some(duties) = &mut duties {
+                            duties.accept_plan(&task).await?;
+                        }
                         if !leaves && dropped > 0 {
                             left_rx.wait_for(|n| *n >= dropped).await?;
                             tokio::time::sleep(Duration::from_millis(300)).await;
