@@ -210,13 +210,23 @@ impl SecaggDuties {
     /// fixed by entries before the round opened, and a replica only ever grows by verified
     /// entries after its head (a rewrite is refused at the next catch-up), so a second check
     /// of the same plan could only give the same answer. A task carrying any other plan for
-    /// the round takes the full path, where the remembered plan refuses it.
+    /// the round takes the full path, where the remembered plan refuses it. What the check
+    /// compares of the task itself rather than its plan (the model it names against the
+    /// plan's base model) is compared again here: a re-sent task may carry the same plan with
+    /// another model. (The one fact that can change after acceptance is the round's close; an
+    /// upload after it cannot be recorded, and the coordinator chooses when to close anyway.)
     fn accepted_plan(&self, task: &v1::TrainTask) -> Result<Option<RoundConfig>, ParticipantError> {
         let (Some(plan), Some(config)) = (&task.secagg, self.accepted.get(&task.round)) else {
             return Ok(None);
         };
         if plan_digest(self.job_id(), task.round, plan) != config.plan_hash {
             return Ok(None);
+        }
+        if task.model_version != plan.base_version || task.model_hash != plan.base_model_hash {
+            return Err(ParticipantError::Refused(format!(
+                "round {}: the task's model is not the plan's base model",
+                task.round
+            )));
         }
         if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {
             return Err(ParticipantError::Refused(format!(
@@ -285,8 +295,9 @@ impl SecaggDuties {
         Ok((weight, bytes))
     }
 
-    /// The CPU part of [`SecaggDuties::upload`]: check and remember the plan, quantize, mask,
-    /// seal, sign and encode the upload stream.
+    /// The CPU part of [`SecaggDuties::upload`]: check and remember the plan (or, for the plan
+    /// [`SecaggDuties::accept_plan`] already accepted for the round, compare the task with it),
+    /// quantize, mask, seal, sign and encode the upload stream.
     pub async fn mask(
         &mut self,
         spec: &JobSpec,
@@ -556,10 +567,11 @@ features = ["a"]
 label = "y"
 "#;
 
-    /// Masking reuses the check of a plan accepted for its round only for that very plan: a
-    /// task for the round carrying any other plan goes through the full check (here it needs
-    /// the coordinator's ledger, which is unreachable, so nothing is masked), and a round this
-    /// participant already uploaded in is refused even with the accepted plan.
+    /// Masking reuses the check of a plan accepted for its round only for that very plan in a
+    /// task naming the plan's base model: a task for the round with any other plan, or the
+    /// plan in another round's task, goes through the full check (here it needs the
+    /// coordinator's ledger, which is unreachable, so nothing is masked); a plan whose check
+    /// failed is not kept; a round this participant already uploaded in is refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn masking_reuses_only_the_plan_accepted_for_the_round() {
         let dir = tempfile::tempdir().unwrap();
@@ -575,11 +587,15 @@ label = "y"
             len: spec.layout().dim() + 1,
             plan_hash: [0; 32],
         };
-        let plan = config.to_plan([5; 32]);
+        let mut plan = config.to_plan([5; 32]);
+        plan.base_version = 0;
+        plan.base_model_hash = vec![3; 32];
         config.plan_hash = plan_digest("j-1", 1, &plan);
-        let task = |plan: v1::SecaggPlan| v1::TrainTask {
+        let task = |plan: &v1::SecaggPlan| v1::TrainTask {
             round: 1,
-            secagg: Some(plan),
+            model_version: plan.base_version,
+            model_hash: plan.base_model_hash.clone(),
+            secagg: Some(plan.clone()),
             ..Default::default()
         };
         let pin = Pin {
@@ -596,36 +612,62 @@ label = "y"
         )
         .await
         .unwrap();
+        let delta = vec![0.1f32; spec.layout().dim()];
+        let unchecked = |r: Result<MaskedUpload, ParticipantError>, what: &str| match r {
+            Err(ParticipantError::Connect { .. }) => {}
+            Err(e) => panic!("{what}: expected the full check (a catch-up), got: {e}"),
+            Ok(_) => panic!("{what}: masked without a check"),
+        };
+
+        // A plan whose check did not pass (no ledger to check it against) is not kept.
+        assert!(duties.accept_plan(&task(&plan)).await.is_err());
+        unchecked(
+            duties.mask(&spec, &task(&plan), delta.clone(), 10).await,
+            "after a failed acceptance",
+        );
+
         // The state `accept_plan` leaves behind once its checks passed.
         duties
             .memory
             .remember_plan(1, &config.plan_hash, &plan.encode_to_vec())
             .unwrap();
         duties.accepted.insert(1, config.clone());
-
-        let delta = vec![0.1f32; spec.layout().dim()];
         let masked = duties
-            .mask(&spec, &task(plan.clone()), delta.clone(), 10)
+            .mask(&spec, &task(&plan), delta.clone(), 10)
             .await
             .expect("the accepted plan is reused without the coordinator");
         assert_eq!(masked.weight, 10);
 
         let mut other = plan.clone();
         other.threshold = 3;
-        let swapped = duties.mask(&spec, &task(other), delta.clone(), 10).await;
-        assert!(
-            swapped.is_err(),
-            "another plan for an accepted round was masked under without a check"
+        unchecked(
+            duties.mask(&spec, &task(&other), delta.clone(), 10).await,
+            "another plan for the accepted round",
         );
+        let mut later = task(&plan);
+        later.round = 2;
+        unchecked(
+            duties.mask(&spec, &later, delta.clone(), 10).await,
+            "round 1's plan in a round 2 task",
+        );
+        let mut other_model = task(&plan);
+        other_model.model_hash = vec![9; 32];
+        match duties.mask(&spec, &other_model, delta.clone(), 10).await {
+            Err(ParticipantError::Refused(why)) => assert!(why.contains("base model"), "{why}"),
+            r => panic!(
+                "a task naming another model was masked: {:?}",
+                r.map(|m| m.weight)
+            ),
+        }
 
         duties.memory.mark_uploaded(1).unwrap();
-        match duties.mask(&spec, &task(plan), delta, 10).await {
+        match duties.mask(&spec, &task(&plan), delta, 10).await {
             Err(ParticipantError::Refused(why)) => {
                 assert!(why.contains("already accepted"), "{why}")
             }
-            other => panic!(
+            r => panic!(
                 "a second upload in round 1 was not refused: {:?}",
-                other.map(|m| m.weight)
+                r.map(|m| m.weight)
             ),
         }
     }
