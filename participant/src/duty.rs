@@ -550,23 +550,6 @@ fn refused(round: u32, reason: &str) -> Event {
 mod tests {
     use super::*;
 
-    const SPEC: &str = r#"
-name = "p"
-rounds = 3
-min_participants = 2
-start_participants = 3
-privacy = "secagg"
-committee_size = 3
-threshold = 2
-clip_norm = 1.0
-max_samples = 100
-[model]
-kind = "logistic_regression"
-[data]
-features = ["a"]
-label = "y"
-"#;
-
     /// Masking reuses the check of a plan accepted for its round only for that very plan in a
     /// task naming the plan's base model: a task for the round with any other plan, or the
     /// plan in another round's task, goes through the full check (here it needs the
@@ -575,7 +558,7 @@ label = "y"
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn masking_reuses_only_the_plan_accepted_for_the_round() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = JobSpec::from_toml(SPEC).unwrap();
+        let spec = JobSpec::from_toml(crate::policy::TEST_SECAGG_SPEC).unwrap();
         let people: Vec<Arc<Identity>> = (0..3).map(|_| Arc::new(Identity::generate())).collect();
         let mut config = RoundConfig {
             job_id: "j-1".into(),

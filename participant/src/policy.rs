@@ -208,11 +208,9 @@ pub fn differences(pinned: &JobSpec, now: &JobSpec) -> Vec<String> {
     out
 }
 
+/// A small secure job for unit tests: 3 participants, committee 3, threshold 2.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECAGG: &str = r#"
+pub(crate) const TEST_SECAGG_SPEC: &str = r#"
 name = "p"
 rounds = 3
 min_participants = 2
@@ -229,10 +227,15 @@ features = ["a"]
 label = "y"
 "#;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     #[test]
     fn plain_is_refused_unless_allowed_and_minimums_hold() {
-        let secure = JobSpec::from_toml(SECAGG).unwrap();
-        let plain = JobSpec::from_toml(&SECAGG.replace("\"secagg\"", "\"plain\"")).unwrap();
+        let secure = JobSpec::from_toml(TEST_SECAGG_SPEC).unwrap();
+        let plain =
+            JobSpec::from_toml(&TEST_SECAGG_SPEC.replace("\"secagg\"", "\"plain\"")).unwrap();
         let policy = Policy::default();
         policy.admit(&secure).unwrap();
         assert!(policy.admit(&plain).unwrap_err().contains("--allow-plain"));
@@ -255,7 +258,7 @@ label = "y"
 
     #[test]
     fn a_changed_spec_or_coordinator_is_named() {
-        let spec = JobSpec::from_toml(SECAGG).unwrap();
+        let spec = JobSpec::from_toml(TEST_SECAGG_SPEC).unwrap();
         let coordinator = conclave_crypto::Identity::generate().participant_id();
         let pin = Pin {
             job_id: "j".into(),
@@ -265,10 +268,13 @@ label = "y"
         pin.check(coordinator.as_str(), &spec).unwrap();
         let back = Pin::from_parts("j", coordinator.as_str(), &pin.spec_bytes()).unwrap();
         assert_eq!(back, pin);
-        let plain = JobSpec::from_toml(&SECAGG.replace("\"secagg\"", "\"plain\"")).unwrap();
+        let plain =
+            JobSpec::from_toml(&TEST_SECAGG_SPEC.replace("\"secagg\"", "\"plain\"")).unwrap();
         let err = pin.check(coordinator.as_str(), &plain).unwrap_err();
         assert!(err.contains("privacy is plain, pinned secagg"), "{err}");
-        let weaker = JobSpec::from_toml(&SECAGG.replace("threshold = 2", "threshold = 3")).unwrap();
+        let weaker =
+            JobSpec::from_toml(&TEST_SECAGG_SPEC.replace("threshold = 2", "threshold = 3"))
+                .unwrap();
         assert!(
             pin.check(coordinator.as_str(), &weaker)
                 .unwrap_err()
@@ -280,7 +286,8 @@ label = "y"
                 .unwrap_err()
                 .contains("coordinator key")
         );
-        let renamed = JobSpec::from_toml(&SECAGG.replace("rounds = 3", "rounds = 4")).unwrap();
+        let renamed =
+            JobSpec::from_toml(&TEST_SECAGG_SPEC.replace("rounds = 3", "rounds = 4")).unwrap();
         assert!(
             pin.check(coordinator.as_str(), &renamed)
                 .unwrap_err()
