@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::db::{Ledger, RawRow, decode_row};
 use crate::entry::{Entry, GENESIS, Hash};
 pub use crate::replay::{DrawSummary, JobSummary, OpenRound};
-use crate::replay::{Replay, participant_signatures as all_signatures};
+use crate::replay::{Replay, participant_signatures};
 use crate::{EntryError, LedgerError};
 
 /// The first entry found wrong.
@@ -175,7 +175,7 @@ impl Verifier {
             problems.push(p);
         }
         let limit = problems.iter().map(|p| p.index).min().unwrap_or(u64::MAX);
-        let signed = participant_signatures(&entries, &self.replay);
+        let signed = verify_participant_signatures(&entries, &self.replay);
         for (entry, signed) in entries
             .iter()
             .zip(signed)
@@ -254,7 +254,7 @@ fn first_bad_signature(entries: &[Entry], signer: &ParticipantId) -> Option<Prob
 /// For each entry, whether the participant signatures it carries (if any) verify: batch
 /// verification per chunk, in parallel; a failing chunk is checked one by one. did:keys the
 /// replay has parsed before are taken from it.
-fn participant_signatures(entries: &[Entry], replay: &Replay) -> Vec<bool> {
+fn verify_participant_signatures(entries: &[Entry], replay: &Replay) -> Vec<bool> {
     type Item = (ParticipantId, [u8; 32], ed25519_dalek::Signature);
     let id = |did: &str| {
         replay
@@ -269,7 +269,7 @@ fn participant_signatures(entries: &[Entry], replay: &Replay) -> Vec<bool> {
             let items: Vec<Option<Vec<Item>>> = chunk
                 .iter()
                 .map(|e| {
-                    all_signatures(e, &id)?
+                    participant_signatures(e, &id)?
                         .into_iter()
                         .map(|(signer, digest, sig)| {
                             let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;

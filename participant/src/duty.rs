@@ -25,7 +25,7 @@ use prost::Message;
 use crate::client::{Client, masked_upload_messages};
 use crate::ledger_sync::Follower;
 use crate::memory::Memory;
-use crate::plan::check_plan;
+use crate::plan::{check_plan, check_task_model};
 use crate::policy::Pin;
 use crate::{Event, ParticipantError};
 
@@ -187,12 +187,7 @@ impl SecaggDuties {
         })?;
         self.memory
             .remember_plan(task.round, &config.plan_hash, &plan.encode_to_vec())?;
-        if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {
-            return Err(ParticipantError::Refused(format!(
-                "round {}: this participant's upload was already accepted (a re-sent task)",
-                task.round
-            )));
-        }
+        self.refuse_if_uploaded(task.round)?;
         self.take_up_role(task.round, config.clone())?;
         self.accepted.insert(task.round, config.clone());
         while self.accepted.len() > ACCEPTED_KEPT {
@@ -222,19 +217,22 @@ impl SecaggDuties {
         if plan_digest(self.job_id(), task.round, plan) != config.plan_hash {
             return Ok(None);
         }
-        if task.model_version != plan.base_version || task.model_hash != plan.base_model_hash {
-            return Err(ParticipantError::Refused(format!(
-                "round {}: the task's model is not the plan's base model",
-                task.round
-            )));
-        }
-        if self.memory.round(task.round)?.is_some_and(|r| r.uploaded) {
-            return Err(ParticipantError::Refused(format!(
-                "round {}: this participant's upload was already accepted (a re-sent task)",
-                task.round
-            )));
-        }
+        check_task_model(task, plan).map_err(|reason| {
+            ParticipantError::Refused(format!("round {}: {reason}", task.round))
+        })?;
+        self.refuse_if_uploaded(task.round)?;
         Ok(Some(config.clone()))
+    }
+
+    /// Refuses a task for a round whose upload the coordinator already accepted (a re-sent
+    /// task: one upload per round).
+    fn refuse_if_uploaded(&self, round: u32) -> Result<(), ParticipantError> {
+        if self.memory.round(round)?.is_some_and(|r| r.uploaded) {
+            return Err(ParticipantError::Refused(format!(
+                "round {round}: this participant's upload was already accepted (a re-sent task)"
+            )));
+        }
+        Ok(())
     }
 
     /// Sets up the member state of a round whose plan was accepted, if this participant is on

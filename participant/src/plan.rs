@@ -91,9 +91,7 @@ pub fn check_plan(
     if plan.base_version != open.base_version || plan.base_model_hash != open.base_model_hash {
         return Err("the plan's base model is not the one the ledger's round starts from".into());
     }
-    if task.model_version != plan.base_version || task.model_hash != plan.base_model_hash {
-        return Err("the task's model is not the plan's base model".into());
-    }
+    check_task_model(task, plan)?;
     if config.plan_hash[..] != open.plan_hash[..] {
         return Err("the plan is not the one the ledger's round_opened entry names".into());
     }
@@ -114,4 +112,13 @@ pub fn check_plan(
         }
     }
     Ok(config)
+}
+
+/// The check [`check_plan`] makes of the task itself rather than its plan: the model the task
+/// names is the plan's base model.
+pub fn check_task_model(task: &v1::TrainTask, plan: &v1::SecaggPlan) -> Result<(), String> {
+    if task.model_version != plan.base_version || task.model_hash != plan.base_model_hash {
+        return Err("the task's model is not the plan's base model".into());
+    }
+    Ok(())
 }
