@@ -71,6 +71,30 @@ struct CoordinatorArg {
     coordinator: String,
 }
 
+/// Who a client command signs its requests as.
+#[derive(clap::Args, Clone)]
+struct SignerArg {
+    /// Identity file to sign requests with: a launcher's (see `conclave serve --launcher`) or
+    /// one the job admits. Without it, reads go unsigned, which only a coordinator serving
+    /// with --public-read answers.
+    #[arg(long, env = "CONCLAVE_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+impl SignerArg {
+    /// The identity, loaded, if one was named.
+    fn load(&self) -> anyhow::Result<Option<conclave_crypto::Identity>> {
+        use anyhow::Context;
+        self.identity
+            .as_ref()
+            .map(|p| {
+                conclave_crypto::Identity::load(p)
+                    .with_context(|| format!("loading identity {}", p.display()))
+            })
+            .transpose()
+    }
+}
+
 /// Output format of inspection commands.
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum Format {

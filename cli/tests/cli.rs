@@ -5,10 +5,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The researcher of these tests: every coordinator they start lets it launch jobs, and
+/// client commands sign as it unless told otherwise (`CONCLAVE_IDENTITY`).
+struct Launcher {
+    _dir: tempfile::TempDir,
+    file: String,
+    did: String,
+}
+
+fn launcher() -> &'static Launcher {
+    static LAUNCHER: std::sync::OnceLock<Launcher> = std::sync::OnceLock::new();
+    LAUNCHER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("launcher.identity");
+        let identity = conclave_crypto::Identity::generate();
+        identity.save(&file).unwrap();
+        Launcher {
+            file: file.to_str().unwrap().to_string(),
+            did: identity.participant_id().to_string(),
+            _dir: dir,
+        }
+    })
+}
+
 fn conclave() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conclave"));
     cmd.env_remove("CONCLAVE_COORDINATOR")
         .env_remove("CONCLAVE_TLS_CA")
+        .env("CONCLAVE_IDENTITY", &launcher().file)
         .env("CONCLAVE_LOG", "warn");
     cmd
 }
@@ -39,6 +63,8 @@ impl Server {
                     &format!("127.0.0.1:{port}"),
                     "--data-dir",
                     data_dir,
+                    "--launcher",
+                    &launcher().did,
                 ])
                 .stderr(Stdio::null())
                 .spawn()
@@ -628,6 +654,7 @@ fn serve_tls(port: u16, data_dir: &str, cert: &str, key: &str) -> Server {
         conclave()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", data_dir, "--tls-cert", cert, "--tls-key", key])
+            .args(["--launcher", &launcher().did])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -821,4 +848,94 @@ fn tls_coordinator_talks_only_to_clients_that_trust_it() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = run(&["ledger", "verify", "--ledger", &d("replica.db")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Only the operator's launchers launch jobs, and a job whose admission is closed is read only
+/// by its launcher and the identities it lists; each refusal names the identity refused.
+#[test]
+fn only_launchers_launch_and_a_closed_job_is_read_only_by_whom_it_admits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = Server::start(port, &d("coordinator"));
+    let did_of = |file: &str| {
+        let out = run(&["identity", "new", "--out", file]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let (stranger, hospital) = (d("stranger.identity"), d("hospital.identity"));
+    let (stranger_did, hospital_did) = (did_of(&stranger), did_of(&hospital));
+    let job_file = two_hospital_job(&d("job.toml"), 1);
+    let closed = std::fs::read_to_string(&job_file).unwrap().replacen(
+        "[model]",
+        &format!("admission = [\"{hospital_did}\"]\n\n[model]"),
+        1,
+    );
+    std::fs::write(&job_file, closed).unwrap();
+
+    let out = once_up(&["job", "list", "--coordinator", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let launch = |identity: &str| {
+        conclave()
+            .args(["job", "launch", &job_file, "--coordinator", &url])
+            .args(["--identity", identity])
+            .output()
+            .unwrap()
+    };
+    let refused = launch(&stranger);
+    assert!(!refused.status.success(), "a stranger launched a job");
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains(&stranger_did) && err.contains("--launcher"),
+        "{err}"
+    );
+    let launched = launch(&launcher().file);
+    assert!(launched.status.success(), "{}", text(&launched.stderr));
+    let job = text(&launched.stdout).trim().to_string();
+
+    let status = |identity: Option<&str>| {
+        let mut cmd = conclave();
+        cmd.args(["job", "status", &job, "--coordinator", &url]);
+        match identity {
+            Some(file) => cmd.args(["--identity", file]),
+            None => cmd.env_remove("CONCLAVE_IDENTITY"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = status(Some(&stranger));
+    assert!(!out.status.success(), "a stranger read a closed job");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&stranger_did) && err.contains("may not read"),
+        "{err}"
+    );
+    let out = status(None);
+    assert!(!out.status.success(), "an unsigned read was answered");
+    assert!(
+        text(&out.stderr).contains("not signed"),
+        "{}",
+        text(&out.stderr)
+    );
+    for reader in [&hospital, &launcher().file] {
+        let out = status(Some(reader));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // The stranger's list is empty; the hospital's holds the job.
+    let list = |identity: &str| {
+        let out = run(&[
+            "job",
+            "list",
+            "--coordinator",
+            &url,
+            "--format",
+            "json",
+            "--identity",
+            identity,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(list(&stranger).as_array().unwrap().len(), 0);
+    assert_eq!(list(&hospital)[0]["job_id"], job.as_str());
 }

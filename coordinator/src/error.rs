@@ -84,6 +84,18 @@ pub enum CoordinatorError {
     Protocol(ProtocolError),
     #[error("job {job} is full ({max} participants)")]
     JobFull { job: String, max: u32 },
+    #[error(
+        "{0} may not launch jobs on this coordinator (its operator names launchers with `conclave serve --launcher`)"
+    )]
+    NotLauncher(String),
+    #[error("{did} may not read {what}: {why}")]
+    NotReader {
+        did: String,
+        what: String,
+        why: &'static str,
+    },
+    #[error("refused: {0}")]
+    LimitReached(String),
 }
 
 impl CoordinatorError {
@@ -102,12 +114,14 @@ impl CoordinatorError {
             BadAuth(_) | Replay(_) | ClockSkew { .. } => Code::Unauthenticated,
             // The client signs again and retries.
             SignedBeforeStart { .. } => Code::Aborted,
-            NotAdmitted { .. } | NotJoined { .. } => Code::PermissionDenied,
+            NotAdmitted { .. } | NotJoined { .. } | NotLauncher(_) | NotReader { .. } => {
+                Code::PermissionDenied
+            }
             KeyMismatch { .. }
             | DuplicateUpload { .. }
             | DuplicateReport { .. }
             | DuplicateExport { .. } => Code::AlreadyExists,
-            ChunkTooLarge { .. } | TooManyRequests(_) => Code::ResourceExhausted,
+            ChunkTooLarge { .. } | TooManyRequests(_) | LimitReached(_) => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,

@@ -10,12 +10,15 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let state = conclave_coordinator::State::open("coordinator-data".as_ref())?;
+//! let launcher = conclave_crypto::ParticipantId::parse("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK")?;
+//! let policy = conclave_coordinator::ServerPolicy::with_launcher(launcher);
+//! let state = conclave_coordinator::State::open("coordinator-data".as_ref(), policy)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
 //! conclave_coordinator::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 mod auth;
 mod committee;
 mod crosscheck;
@@ -29,6 +32,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
+pub use access::ServerPolicy;
 pub use error::CoordinatorError;
 pub use server::{LocalServer, serve, serve_with_tls};
 pub use state::State;

@@ -22,6 +22,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::CoordinatorError;
+use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
 use crate::job::{Job, Step, add_mean, decode_f32, f32_bytes};
 use crate::secagg::{self, Phase};
@@ -100,6 +101,10 @@ pub struct State {
     closing: watch::Sender<bool>,
     /// When this coordinator started (unix ms): requests signed before are refused.
     started: u64,
+    /// Who may launch and read, and the operator's limits.
+    pub(crate) policy: ServerPolicy,
+    /// Nonces of signed requests that belong to no job's memory (launches and reads).
+    pub(crate) server_nonces: Mutex<auth::Nonces>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -115,9 +120,9 @@ pub fn decode_u32(bytes: &[u8]) -> Vec<u32> {
 }
 
 impl State {
-    /// Opens the data directory and loads every job in it. Call [`State::start_drivers`]
-    /// from inside a tokio runtime to resume their rounds.
-    pub fn open(data_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
+    /// Opens the data directory and loads every job in it, to serve under `policy`. Call
+    /// [`State::start_drivers`] from inside a tokio runtime to resume their rounds.
+    pub fn open(data_dir: &Path, policy: ServerPolicy) -> Result<Arc<Self>, CoordinatorError> {
         let store = Store::open(data_dir)?;
         // A coordinator never builds on a ledger that does not verify.
         let (report, ledger_jobs) = conclave_ledger::verify::verify_ledger_jobs(
@@ -186,6 +191,8 @@ impl State {
             jobs: Mutex::new(jobs),
             closing: watch::channel(false).0,
             started,
+            policy,
+            server_nonces: Mutex::new(auth::Nonces::default()),
         }))
     }
 
@@ -239,8 +246,16 @@ impl State {
     }
 
     /// Checks and stores a new job with its initial model (version 0); returns its id.
-    pub fn create_job(self: &Arc<Self>, wire: &v1::JobSpec) -> Result<String, CoordinatorError> {
-        let spec = JobSpec::from_proto(wire)?;
+    pub fn create_job(
+        self: &Arc<Self>,
+        req: &v1::CreateJobRequest,
+    ) -> Result<String, CoordinatorError> {
+        let signer = self.authenticate(req)?;
+        let spec = JobSpec::from_proto(req.spec.as_ref().unwrap_or(&v1::JobSpec::default()))?;
+        // Checked before the model is built; the job count again under the lock below.
+        self.policy
+            .check_launch(&signer, &spec, self.lock().len())?;
+        self.consume_server_nonce(&signer)?;
         let layout = spec.layout();
         let id = format!("j-{}", hex::encode(conclave_crypto::random_bytes::<8>()));
         let model = layout.init(spec.seed);
@@ -262,6 +277,12 @@ impl State {
         };
         // Under the jobs lock: every append happens there, so the ledger has one order.
         let mut jobs = self.lock();
+        if let Err(e) = self.policy.check_launch(&signer, &spec, jobs.len()) {
+            drop(jobs);
+            // Another launch took the last place while this model was built.
+            self.store.discard_job(&id);
+            return Err(e);
+        }
         let mut batch = self.store.batch(record.created_unix_ms);
         batch.push(Payload::JobCreated(v1::JobCreated {
             job_id: id.clone(),
@@ -279,17 +300,21 @@ impl State {
         Ok(id)
     }
 
-    /// A job's public state.
-    pub fn job_info(&self, id: &str) -> Result<v1::JobInfo, CoordinatorError> {
-        self.with_job(id, |job, _| Ok(job.info()))
-    }
-
-    /// Every job, oldest first.
-    pub fn list_jobs(&self) -> Vec<v1::JobInfo> {
+    /// Every job the predicate allows, oldest first.
+    pub(crate) fn jobs_where(&self, allowed: impl Fn(&JobSpec) -> bool) -> Vec<v1::JobInfo> {
         let jobs = self.lock();
-        let mut out: Vec<_> = jobs.values().map(Job::info).collect();
+        let mut out: Vec<_> = jobs
+            .values()
+            .filter(|j| allowed(&j.spec))
+            .map(Job::info)
+            .collect();
         out.sort_by_key(|j| j.created_unix_ms);
         out
+    }
+
+    /// Whether any job's spec satisfies the predicate.
+    pub(crate) fn any_job(&self, pred: impl Fn(&JobSpec) -> bool) -> bool {
+        self.lock().values().any(|j| pred(&j.spec))
     }
 
     /// Admits a participant to a job (idempotent for the same keys) and starts the job once
@@ -532,7 +557,7 @@ impl State {
     }
 
     /// A model version's flat parameters (little-endian f32) and their BLAKE3 hash.
-    pub fn model(
+    pub(crate) fn model(
         &self,
         job_id: &str,
         version: u32,

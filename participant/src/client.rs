@@ -93,23 +93,37 @@ pub fn sign<T: Signed>(identity: &Identity, request: &mut T) {
     request.auth_mut().signature = signature.to_vec();
 }
 
+/// Signs `request` with `reader` when one is given; a coordinator that serves reads publicly
+/// takes them unsigned.
+pub fn sign_read<T: Signed>(reader: Option<&Identity>, request: &mut T) {
+    if let Some(identity) = reader {
+        sign(identity, request)
+    }
+}
+
 /// Downloads a model version's flat parameters, checking offsets, length, hash and that
-/// every value is finite. `expected_hash`, when given, must match too.
+/// every value is finite. `expected_hash`, when given, must match too. The request is signed
+/// by `reader` when given (see [`sign_read`]).
 pub async fn download_model(
     rounds: &mut RoundsClient<Channel>,
+    reader: Option<&Identity>,
     job_id: &str,
     version: u32,
     expected_hash: Option<&[u8]>,
 ) -> Result<Vec<f32>, ParticipantError> {
-    let request = v1::DownloadModelRequest {
-        job_id: job_id.into(),
-        model_version: version,
-    };
-    let mut stream = rounds
-        .download_model(request)
-        .await
-        .map_err(ParticipantError::rpc("DownloadModel"))?
-        .into_inner();
+    let mut stream = resigning(|| {
+        let mut request = v1::DownloadModelRequest {
+            job_id: job_id.into(),
+            model_version: version,
+            auth: None,
+        };
+        sign_read(reader, &mut request);
+        let mut rounds = rounds.clone();
+        async move { rounds.download_model(request).await }
+    })
+    .await
+    .map_err(ParticipantError::rpc("DownloadModel"))?
+    .into_inner();
     let mut bytes = Vec::new();
     let mut total = None;
     let mut hash = Vec::new();
@@ -191,7 +205,7 @@ const RESIGN_ATTEMPTS: u32 = 5;
 
 /// Runs `call` (which signs its request afresh each time) again after a short wait while the
 /// coordinator answers ABORTED: it refused a signature made before it started.
-async fn resigning<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+pub(crate) async fn resigning<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -285,6 +299,26 @@ fn upload_stream(
     .collect()
 }
 
+/// Reads a job's description and state, signed by `reader` when given (see [`sign_read`]).
+pub async fn get_job(
+    jobs: &JobsClient<Channel>,
+    reader: Option<&Identity>,
+    job_id: &str,
+) -> Result<v1::JobInfo, ParticipantError> {
+    Ok(resigning(|| {
+        let mut req = v1::GetJobRequest {
+            job_id: job_id.into(),
+            auth: None,
+        };
+        sign_read(reader, &mut req);
+        let mut jobs = jobs.clone();
+        async move { jobs.get_job(req).await }
+    })
+    .await
+    .map_err(ParticipantError::rpc("GetJob"))?
+    .into_inner())
+}
+
 /// A participant's session with one coordinator.
 #[derive(Clone)]
 pub struct Client {
@@ -304,17 +338,9 @@ impl Client {
         })
     }
 
-    /// Reads a job's description and state (no signature needed).
+    /// Reads a job's description and state (a signed read).
     pub async fn job(&mut self, job_id: &str) -> Result<v1::JobInfo, ParticipantError> {
-        let req = v1::GetJobRequest {
-            job_id: job_id.into(),
-        };
-        Ok(self
-            .jobs
-            .get_job(req)
-            .await
-            .map_err(ParticipantError::rpc("GetJob"))?
-            .into_inner())
+        get_job(&self.jobs, Some(&self.identity), job_id).await
     }
 
     /// The identity this client signs with.
@@ -393,7 +419,14 @@ impl Client {
         version: u32,
         expected_hash: &[u8],
     ) -> Result<Vec<f32>, ParticipantError> {
-        download_model(&mut self.rounds, job_id, version, Some(expected_hash)).await
+        download_model(
+            &mut self.rounds,
+            Some(&self.identity),
+            job_id,
+            version,
+            Some(expected_hash),
+        )
+        .await
     }
 
     /// Uploads an update for a round.

@@ -109,7 +109,7 @@ impl SecaggDuties {
     ) -> Result<Self, ParticipantError> {
         let memory = Memory::open(state_dir, &pin.job_id)?;
         let replica = Memory::replica_path(state_dir, pin.coordinator.as_str());
-        let ledger = Follower::open(url, &replica)
+        let ledger = Follower::open(url, Some(Arc::clone(&identity)), &replica)
             .await
             .map_err(|e| ParticipantError::State(format!("ledger replica: {e}")))?;
         Ok(Self {

@@ -4,6 +4,9 @@
 //! that rewrote or truncated what it served before is caught (see `conclave_ledger::replica`).
 
 use std::path::Path;
+use std::sync::Arc;
+
+use conclave_crypto::Identity;
 
 use conclave_ledger::entry::MAX_ENTRY_BYTES;
 use conclave_ledger::replica::Replica;
@@ -12,7 +15,7 @@ use conclave_proto::MAX_MESSAGE_BYTES;
 use conclave_proto::v1::{self, ledger_client::LedgerClient};
 
 use crate::ParticipantError;
-use crate::client::connect;
+use crate::client::{connect, resigning, sign_read};
 
 /// Entries checked and committed together.
 const BATCH: usize = 1024;
@@ -40,11 +43,13 @@ pub enum SyncError {
     Decode(String),
 }
 
-/// Brings the replica at `replica` up to date with the coordinator at `url`. With `follow`,
-/// keeps going as entries are appended, calling `progress` after each commit, until the
-/// coordinator closes the stream.
+/// Brings the replica at `replica` up to date with the coordinator at `url`, asking as
+/// `reader` when given (a coordinator that does not serve reads publicly wants them signed).
+/// With `follow`, keeps going as entries are appended, calling `progress` after each commit,
+/// until the coordinator closes the stream.
 pub async fn sync(
     url: &str,
+    reader: Option<&Identity>,
     replica: &Path,
     follow: bool,
     mut progress: impl FnMut(&SyncReport),
@@ -57,17 +62,23 @@ pub async fn sync(
         signer: opened.signer,
     };
     let channel = connect(url).await?;
-    let mut client = LedgerClient::new(channel)
+    let client = LedgerClient::new(channel)
         .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut stream = client
-        .entries(v1::LedgerRequest {
-            from_index: replica.request_from(),
+    let from_index = replica.request_from();
+    let mut stream = resigning(|| {
+        let mut request = v1::LedgerRequest {
+            from_index,
             follow,
-        })
-        .await
-        .map_err(ParticipantError::rpc("Ledger.Entries"))?
-        .into_inner();
+            auth: None,
+        };
+        sign_read(reader, &mut request);
+        let mut client = client.clone();
+        async move { client.entries(request).await }
+    })
+    .await
+    .map_err(ParticipantError::rpc("Ledger.Entries"))?
+    .into_inner();
     let mut pending: Vec<Entry> = Vec::new();
     loop {
         let next = stream
@@ -102,6 +113,8 @@ pub async fn sync(
 /// arrive, so a coordinator cannot make it hold an unbounded backlog.
 pub struct Follower {
     url: String,
+    /// Who the ledger reads are signed by.
+    reader: Option<Arc<Identity>>,
     path: std::path::PathBuf,
     /// The connection to the coordinator's ledger service, kept across catch-ups.
     client: Option<LedgerClient<tonic::transport::Channel>>,
@@ -111,10 +124,16 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Opens (creating if needed) and verifies the replica at `path`, following `url`.
-    pub async fn open(url: &str, path: &Path) -> Result<Self, SyncError> {
+    /// Opens (creating if needed) and verifies the replica at `path`, following `url` and
+    /// signing its reads as `reader` when given.
+    pub async fn open(
+        url: &str,
+        reader: Option<Arc<Identity>>,
+        path: &Path,
+    ) -> Result<Self, SyncError> {
         let mut follower = Self {
             url: url.into(),
+            reader,
             path: path.to_owned(),
             client: None,
             replica: None,
@@ -151,20 +170,26 @@ impl Follower {
             self.reopen().await?;
         }
         let from = self.replica.as_mut().expect("opened above").begin();
-        let mut client = match self.client.take() {
+        let client = match self.client.take() {
             Some(c) => c,
             None => LedgerClient::new(connect(&self.url).await?)
                 .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         };
-        let mut stream = client
-            .entries(v1::LedgerRequest {
+        let reader = self.reader.as_deref();
+        let mut stream = resigning(|| {
+            let mut request = v1::LedgerRequest {
                 from_index: from,
                 follow: false,
-            })
-            .await
-            .map_err(ParticipantError::rpc("Ledger.Entries"))?
-            .into_inner();
+                auth: None,
+            };
+            sign_read(reader, &mut request);
+            let mut client = client.clone();
+            async move { client.entries(request).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("Ledger.Entries"))?
+        .into_inner();
         // Kept for the next catch-up only once this one got through.
         self.client = Some(client);
         let mut pending = Vec::new();

@@ -23,8 +23,9 @@ pub mod v1 {
 
 use prost::Message;
 use v1::{
-    ApprovalRequest, Auth, CheckReport, DrawRevealRequest, JoinRequest, MetricsReport,
-    RecordExportRequest, RevealHeader, UploadHeader, WorkRequest,
+    ApprovalRequest, Auth, CheckReport, CreateJobRequest, DownloadModelRequest, DrawRevealRequest,
+    GetJobRequest, JoinRequest, LedgerRequest, ListJobsRequest, MetricsReport, RecordExportRequest,
+    RevealHeader, UploadHeader, WorkRequest,
 };
 
 /// Largest payload of one model or update chunk, in bytes (256 Ki f32 elements).
@@ -86,6 +87,11 @@ signed!(DrawRevealRequest, "/conclave.v1.Rounds/SubmitDrawReveal");
 signed!(ApprovalRequest, "/conclave.v1.Rounds/SubmitApproval");
 signed!(RevealHeader, "/conclave.v1.Rounds/SubmitReveal");
 signed!(RecordExportRequest, "/conclave.v1.Jobs/RecordExport");
+signed!(CreateJobRequest, "/conclave.v1.Jobs/CreateJob");
+signed!(GetJobRequest, "/conclave.v1.Jobs/GetJob");
+signed!(ListJobsRequest, "/conclave.v1.Jobs/ListJobs");
+signed!(DownloadModelRequest, "/conclave.v1.Rounds/DownloadModel");
+signed!(LedgerRequest, "/conclave.v1.Ledger/Entries");
 
 #[cfg(test)]
 mod tests {

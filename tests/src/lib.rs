@@ -8,15 +8,33 @@ use std::sync::Arc;
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
-use conclave_coordinator::{LocalServer, State};
+use conclave_coordinator::{LocalServer, ServerPolicy, State};
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
-use conclave_participant::client::{connect, jobs_client, rounds_client};
+use conclave_participant::client::{connect, get_job, jobs_client, rounds_client, sign};
 use conclave_proto::v1::{self, jobs_client::JobsClient, rounds_client::RoundsClient};
 use tonic::transport::Channel;
 
 pub mod adversary;
+
+/// The launcher of every test coordinator: one identity per test process, so a coordinator
+/// restarted in a test still lets it launch and read.
+pub fn launcher() -> &'static Identity {
+    static LAUNCHER: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+    LAUNCHER.get_or_init(Identity::generate)
+}
+
+/// The policy of a test coordinator: [`launcher`] may launch, reads are signed.
+pub fn test_policy() -> ServerPolicy {
+    ServerPolicy::with_launcher(launcher().participant_id())
+}
+
+/// `request`, signed by [`launcher`].
+pub fn as_launcher<T: conclave_proto::Signed>(mut request: T) -> T {
+    sign(launcher(), &mut request);
+    request
+}
 
 /// A coordinator serving on 127.0.0.1 until dropped.
 pub struct TestCoordinator {
@@ -26,9 +44,14 @@ pub struct TestCoordinator {
 }
 
 impl TestCoordinator {
-    /// Starts a coordinator with its data in `dir`.
+    /// Starts a coordinator with its data in `dir`, under [`test_policy`].
     pub async fn start(dir: &Path) -> Self {
-        let state = State::open(dir).expect("open coordinator state");
+        Self::start_with(dir, test_policy()).await
+    }
+
+    /// Starts a coordinator with its data in `dir`, under `policy`.
+    pub async fn start_with(dir: &Path, policy: ServerPolicy) -> Self {
+        let state = State::open(dir, policy).expect("open coordinator state");
         let server = LocalServer::start(Arc::clone(&state))
             .await
             .expect("serve on loopback");
@@ -45,7 +68,7 @@ impl TestCoordinator {
             .trim_start_matches("http://")
             .parse()
             .expect("a loopback address");
-        let state = State::open(dir).expect("open coordinator state");
+        let state = State::open(dir, test_policy()).expect("open coordinator state");
         let server = LocalServer::start_on(Arc::clone(&state), addr)
             .await
             .expect("serve on the same address");
@@ -69,11 +92,13 @@ impl TestCoordinator {
         rounds_client(connect(&self.url).await.unwrap())
     }
 
-    /// Launches a job; returns its id.
+    /// Launches a job as [`launcher`]; returns its id.
     pub async fn launch(&self, spec: &JobSpec) -> String {
-        let req = v1::CreateJobRequest {
+        let mut req = v1::CreateJobRequest {
             spec: Some(spec.to_proto()),
+            auth: None,
         };
+        sign(launcher(), &mut req);
         self.jobs()
             .await
             .create_job(req)
@@ -83,13 +108,11 @@ impl TestCoordinator {
             .job_id
     }
 
+    /// The job as [`launcher`] reads it.
     pub async fn info(&self, job: &str) -> v1::JobInfo {
-        self.jobs()
-            .await
-            .get_job(v1::GetJobRequest { job_id: job.into() })
+        get_job(&self.jobs().await, Some(launcher()), job)
             .await
             .unwrap()
-            .into_inner()
     }
 
     /// The job once it holds model `version`. A round closes on the coordinator's driver

@@ -8,7 +8,8 @@ use conclave_participant::client::sign;
 use conclave_proto::v1::{self, upload_chunk::Part};
 use conclave_proto::{MAX_CHUNK_BYTES, Signed};
 use conclave_tests::{
-    TestCoordinator, client, join_request, le_bytes, plain_header, resign_header, wdbc_job,
+    TestCoordinator, as_launcher, client, join_request, le_bytes, plain_header, resign_header,
+    wdbc_job,
 };
 use tonic::Code;
 
@@ -54,9 +55,10 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     // Unknown job.
     let mut jobs = coordinator.jobs().await;
     let status = jobs
-        .get_job(v1::GetJobRequest {
+        .get_job(as_launcher(v1::GetJobRequest {
             job_id: "j-doesnotexist".into(),
-        })
+            auth: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -81,15 +83,16 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let mut bad_spec = wdbc_job(3, 2, 600).to_proto();
     bad_spec.rounds = 0;
     let status = jobs
-        .create_job(v1::CreateJobRequest {
+        .create_job(as_launcher(v1::CreateJobRequest {
             spec: Some(bad_spec),
-        })
+            auth: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("rounds"), "{}", status.message());
     assert_eq!(
-        jobs.list_jobs(v1::ListJobsRequest {})
+        jobs.list_jobs(as_launcher(v1::ListJobsRequest { auth: None }))
             .await
             .unwrap()
             .into_inner()
@@ -357,10 +360,11 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let status = coordinator
         .rounds()
         .await
-        .download_model(v1::DownloadModelRequest {
+        .download_model(as_launcher(v1::DownloadModelRequest {
             job_id: job.clone(),
             model_version: 7,
-        })
+            auth: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use conclave_crypto::Identity;
 use conclave_participant::Event;
 use conclave_participant::client::download_model;
-use conclave_tests::{TestCoordinator, hospital_files, participant_config, run_tagged, wdbc_job};
+use conclave_tests::{
+    TestCoordinator, hospital_files, launcher, participant_config, run_tagged, wdbc_job,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
@@ -70,10 +72,10 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
         assert_eq!(by_hospital.len(), 3, "round {round}: all three uploaded");
         let summary = &info.rounds[*round as usize - 1];
         assert_eq!(summary.uploaded.len(), 3);
-        let before = download_model(&mut rounds, &job, round - 1, None)
+        let before = download_model(&mut rounds, Some(launcher()), &job, round - 1, None)
             .await
             .unwrap();
-        let after = download_model(&mut rounds, &job, *round, None)
+        let after = download_model(&mut rounds, Some(launcher()), &job, *round, None)
             .await
             .unwrap();
         let total: u64 = by_hospital.values().map(|(n, _)| n).sum();

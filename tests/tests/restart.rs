@@ -7,7 +7,7 @@ use std::sync::Arc;
 use conclave_crypto::Identity;
 use conclave_participant::client::download_model;
 use conclave_proto::v1;
-use conclave_tests::{TestCoordinator, client, wdbc_job};
+use conclave_tests::{TestCoordinator, client, launcher, wdbc_job};
 
 /// A request captured before a restart (its nonce forgotten with the old process) is refused
 /// by the restarted coordinator as signed before it started, and changes nothing; the
@@ -94,8 +94,12 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     let info = second.wait_for_model(&job, 1).await;
     assert_eq!(info.model_version, 1);
     let mut rounds = second.rounds().await;
-    let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
-    let v1 = download_model(&mut rounds, &job, 1, None).await.unwrap();
+    let v0 = download_model(&mut rounds, Some(launcher()), &job, 0, None)
+        .await
+        .unwrap();
+    let v1 = download_model(&mut rounds, Some(launcher()), &job, 1, None)
+        .await
+        .unwrap();
     // (10 * 1 + 30 * -1) / 40 = -0.5: alice's pre-restart upload was counted.
     assert!(v0.iter().zip(&v1).all(|(x, y)| (y - x + 0.5).abs() < 1e-6));
     second.stop().await;
@@ -159,7 +163,7 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
             rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
         )
         .unwrap();
-        let err = conclave_coordinator::State::open(dir.path())
+        let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
             .err()
             .expect("a coordinator started on a record the ledger contradicts")
             .to_string();

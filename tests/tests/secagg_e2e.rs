@@ -16,8 +16,8 @@ use conclave_participant::Event;
 use conclave_participant::client::download_model;
 use conclave_proto::v1::{self, work_item::Item};
 use conclave_tests::{
-    TestCoordinator, client, committee_from_ledger, hospital_files, participant_config, run_tagged,
-    secagg_duties, wdbc_secagg_job,
+    TestCoordinator, client, committee_from_ledger, hospital_files, launcher, participant_config,
+    run_tagged, secagg_duties, wdbc_secagg_job,
 };
 use tokio_stream::StreamExt;
 
@@ -31,7 +31,9 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     let people: Vec<Arc<Identity>> = (0..10).map(|_| Arc::new(Identity::generate())).collect();
     let ids: Vec<ParticipantId> = people.iter().map(|p| p.participant_id()).collect();
     let mut rounds = coordinator.rounds().await;
-    let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
+    let v0 = download_model(&mut rounds, Some(launcher()), &job, 0, None)
+        .await
+        .unwrap();
 
     // All ten join; the tenth join fixes the committee draw's pool.
     let mut clients = Vec::new();
@@ -196,7 +198,9 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     );
 
     // The model equals plain FedAvg of the seven uploads, within quantization error.
-    let v1 = download_model(&mut rounds, &job, 1, None).await.unwrap();
+    let v1 = download_model(&mut rounds, Some(launcher()), &job, 1, None)
+        .await
+        .unwrap();
     let scale = spec.secagg().unwrap().quant.scale();
     let tolerance = 7.0 * 1000.0 / (scale * total as f64) + 1e-6;
     for k in 0..v0.len() {

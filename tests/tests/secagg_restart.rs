@@ -10,7 +10,7 @@ use conclave_crypto::Identity;
 use conclave_participant::ParticipantError;
 use conclave_participant::client::{Client, download_model};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, secagg_duties, wdbc_secagg_job};
+use conclave_tests::{TestCoordinator, launcher, secagg_duties, wdbc_secagg_job};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -150,8 +150,12 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     assert_eq!(info.rounds[0].uploaded.len(), 3);
     assert_eq!(info.rounds[0].total_samples, 300);
     let mut rounds = second.rounds().await;
-    let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
-    let v1 = download_model(&mut rounds, &job, 1, None).await.unwrap();
+    let v0 = download_model(&mut rounds, Some(launcher()), &job, 0, None)
+        .await
+        .unwrap();
+    let v1 = download_model(&mut rounds, Some(launcher()), &job, 1, None)
+        .await
+        .unwrap();
     let tolerance = 4.0 / spec.secagg().unwrap().quant.scale() * 1000.0 / 100.0;
     for k in 0..dim {
         let mean = deltas.iter().map(|d| d[k] as f64).sum::<f64>() / 3.0;
@@ -284,7 +288,7 @@ async fn an_edited_stored_plan_stops_the_coordinator() {
         rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
     )
     .unwrap();
-    let err = conclave_coordinator::State::open(dir.path())
+    let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
         .err()
         .expect("a coordinator started on a stored plan the ledger does not name")
         .to_string();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use conclave_crypto::Identity;
 use conclave_participant::client::{download_model, upload_messages};
 use conclave_proto::v1::{self, work_item::Item};
-use conclave_tests::{TestCoordinator, client, wdbc_job, wdbc_job_starting_at};
+use conclave_tests::{TestCoordinator, client, launcher, wdbc_job, wdbc_job_starting_at};
 use tokio_stream::StreamExt;
 
 async fn next_train(stream: &mut tonic::Streaming<v1::WorkItem>) -> v1::TrainTask {
@@ -99,8 +99,12 @@ async fn dropouts_do_not_block_the_round_past_its_deadline() {
     assert_eq!(round.uploaded.len(), 2);
     assert_eq!(round.total_samples, 40);
     let mut rounds = coordinator.rounds().await;
-    let v0 = download_model(&mut rounds, &job, 0, None).await.unwrap();
-    let v1 = download_model(&mut rounds, &job, 1, None).await.unwrap();
+    let v0 = download_model(&mut rounds, Some(launcher()), &job, 0, None)
+        .await
+        .unwrap();
+    let v1 = download_model(&mut rounds, Some(launcher()), &job, 1, None)
+        .await
+        .unwrap();
     for (a, b) in v0.iter().zip(&v1) {
         // (30 * 0.5 + 10 * -0.25) / 40 = 0.3125
         assert!((b - a - 0.3125).abs() < 1e-6);

@@ -15,9 +15,9 @@ use anyhow::{Context, bail};
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
-use conclave_coordinator::{LocalServer, State};
+use conclave_coordinator::{LocalServer, ServerPolicy, State};
 use conclave_crypto::Identity;
-use conclave_participant::client::{Client, connect, jobs_client, upload_messages};
+use conclave_participant::client::{Client, connect, get_job, jobs_client, sign, upload_messages};
 use conclave_participant::{Event, Pin, SecaggDuties};
 use conclave_proto::v1::{self, work_item::Item};
 use rand::Rng;
@@ -140,15 +140,18 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
             .with_context(|| format!("temp dir in {}", parent.display()))?,
         None => tempfile::tempdir()?,
     };
-    let state = State::open(dir.path())?;
+    let launcher = Identity::generate();
+    let policy = ServerPolicy::with_launcher(launcher.participant_id());
+    let state = State::open(dir.path(), policy)?;
     let server = LocalServer::start(state).await?;
     let url = server.url.clone();
     let mut jobs = jobs_client(connect(&url).await?);
-    let job = jobs
-        .create_job(v1::CreateJobRequest { spec: Some(wire) })
-        .await?
-        .into_inner()
-        .job_id;
+    let mut launch = v1::CreateJobRequest {
+        spec: Some(wire),
+        auth: None,
+    };
+    sign(&launcher, &mut launch);
+    let job = jobs.create_job(launch).await?.into_inner().job_id;
 
     let dropped = (args.dropout * n as f64).round() as usize;
     let mut clients = Vec::with_capacity(n);
@@ -288,12 +291,7 @@ async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats
     // time runs from the moment it opens.
     let mut opened: Option<(Instant, Option<f64>)> = None;
     let (seconds, draw_seconds, cpu_seconds, info) = loop {
-        let info = jobs
-            .get_job(v1::GetJobRequest {
-                job_id: job.clone(),
-            })
-            .await?
-            .into_inner();
+        let info = get_job(&jobs, Some(&launcher), &job).await?;
         if opened.is_none() && !info.rounds.is_empty() {
             opened = Some((Instant::now(), process_cpu_seconds()));
         }

@@ -10,11 +10,11 @@ use anyhow::{Context, bail};
 use conclave_aggregation::{
     DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
 };
-use conclave_coordinator::{LocalServer, State};
+use conclave_coordinator::{LocalServer, ServerPolicy, State};
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
-use conclave_participant::client::{connect, jobs_client};
+use conclave_participant::client::{connect, get_job, jobs_client, sign};
 use conclave_participant::{Event, ParticipantConfig, Policy, run as run_participant};
 use conclave_proto::v1;
 
@@ -177,18 +177,19 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     printer.status(format!("demo state in {}", dir.display()));
     let files = prepare_data(&dir, args.participants, args.dirichlet_alpha)?;
 
-    // Coordinator on an ephemeral loopback port.
-    let state = State::open(&dir.join("coordinator"))?;
+    // Coordinator on an ephemeral loopback port; the demo's researcher is its one launcher.
+    let launcher = load_or_create_identity(&dir.join("launcher.identity"))?;
+    let policy = ServerPolicy::with_launcher(launcher.participant_id());
+    let state = State::open(&dir.join("coordinator"), policy)?;
     let server = LocalServer::start(state).await?;
     let url = server.url.clone();
     let mut jobs = jobs_client(connect(&url).await?);
-    let job_id = jobs
-        .create_job(v1::CreateJobRequest {
-            spec: Some(spec.to_proto()),
-        })
-        .await?
-        .into_inner()
-        .job_id;
+    let mut launch = v1::CreateJobRequest {
+        spec: Some(spec.to_proto()),
+        auth: None,
+    };
+    sign(&launcher, &mut launch);
+    let job_id = jobs.create_job(launch).await?.into_inner().job_id;
     let privacy = match spec.secagg() {
         Some(s) => format!(
             "secagg (committee {} of {}, threshold {}, updates clipped to {})",
@@ -246,12 +247,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         if *count < args.participants {
             continue;
         }
-        let info = jobs
-            .get_job(v1::GetJobRequest {
-                job_id: job_id.clone(),
-            })
-            .await?
-            .into_inner();
+        let info = get_job(&jobs, Some(&launcher), &job_id).await?;
         let Some(eval) = info
             .evaluations
             .iter()
@@ -287,15 +283,17 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             .context("hospital failed")?;
     }
 
-    let info = jobs
-        .get_job(v1::GetJobRequest {
-            job_id: job_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let info = get_job(&jobs, Some(&launcher), &job_id).await?;
     let out = dir.join("model-final.safetensors");
-    let (path, version, _) =
-        export(&url, &job_id, None, ModelFormat::Safetensors, Some(&out)).await?;
+    let (path, version, ..) = export(
+        &url,
+        Some(&launcher),
+        &job_id,
+        None,
+        ModelFormat::Safetensors,
+        Some(&out),
+    )
+    .await?;
     server.stop().await.context("coordinator")?;
     let failed = info
         .rounds
@@ -314,5 +312,10 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         if failed > 0 { format!(" ({failed} failed)") } else { String::new() }
     ));
     printer.data(format!("model: {}", path.display()));
+    let ledger = dir.join("coordinator");
+    printer.data(format!(
+        "ledger: conclave ledger verify --ledger {0}   (or: conclave ledger show --ledger {0})",
+        ledger.display()
+    ));
     Ok(())
 }

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use conclave_aggregation::JobSpec;
-use conclave_participant::client::{connect, jobs_client};
+use conclave_participant::client::{connect, get_job, jobs_client, sign, sign_read};
 use conclave_proto::v1;
 use serde_json::json;
 
 use crate::printer::Printer;
-use crate::{CoordinatorArg, Format, existing};
+use crate::{CoordinatorArg, Format, SignerArg, existing};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -20,12 +20,17 @@ pub enum Command {
         file: PathBuf,
         #[command(flatten)]
         coordinator: CoordinatorArg,
+        /// The launcher's identity, one the coordinator's operator allows to launch jobs.
+        #[command(flatten)]
+        signer: SignerArg,
     },
     /// Show a job's rounds and metrics.
     Status {
         job: String,
         #[command(flatten)]
         coordinator: CoordinatorArg,
+        #[command(flatten)]
+        signer: SignerArg,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -33,6 +38,8 @@ pub enum Command {
     List {
         #[command(flatten)]
         coordinator: CoordinatorArg,
+        #[command(flatten)]
+        signer: SignerArg,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -57,29 +64,38 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             ));
             warn_open_admission(&spec, printer);
         }
-        Command::Launch { file, coordinator } => {
+        Command::Launch {
+            file,
+            coordinator,
+            signer,
+        } => {
             let spec = read_job(&file)?;
+            let Some(launcher) = signer.load()? else {
+                anyhow::bail!(
+                    "launching a job needs --identity (or CONCLAVE_IDENTITY): the identity file \
+                     of a launcher the coordinator allows (`conclave serve --launcher DID`)"
+                );
+            };
             warn_open_admission(&spec, printer);
             let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let resp = jobs
-                .create_job(v1::CreateJobRequest {
-                    spec: Some(spec.to_proto()),
-                })
-                .await
-                .context("launching job")?;
+            let mut req = v1::CreateJobRequest {
+                spec: Some(spec.to_proto()),
+                auth: None,
+            };
+            sign(&launcher, &mut req);
+            let resp = jobs.create_job(req).await.context("launching job")?;
             printer.data(resp.into_inner().job_id);
         }
         Command::Status {
             job,
             coordinator,
+            signer,
             format,
         } => {
-            let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let info = jobs
-                .get_job(v1::GetJobRequest { job_id: job })
+            let jobs = jobs_client(connect(&coordinator.coordinator).await?);
+            let info = get_job(&jobs, signer.load()?.as_ref(), &job)
                 .await
-                .context("fetching job")?
-                .into_inner();
+                .context("fetching job")?;
             match format {
                 Format::Json => printer.data(job_json(&info).to_string()),
                 Format::Table => print_status(&info, printer),
@@ -87,11 +103,14 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         }
         Command::List {
             coordinator,
+            signer,
             format,
         } => {
             let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
+            let mut req = v1::ListJobsRequest { auth: None };
+            sign_read(signer.load()?.as_ref(), &mut req);
             let list = jobs
-                .list_jobs(v1::ListJobsRequest {})
+                .list_jobs(req)
                 .await
                 .context("listing jobs")?
                 .into_inner()

@@ -13,7 +13,7 @@ use conclave_ledger::view::{Filter, Row, row};
 use polars::prelude::*;
 
 use crate::printer::Printer;
-use crate::{CoordinatorArg, Format};
+use crate::{CoordinatorArg, Format, SignerArg};
 
 /// Where the ledger is.
 #[derive(clap::Args, Clone)]
@@ -106,6 +106,8 @@ pub enum Command {
     Sync {
         #[command(flatten)]
         coordinator: CoordinatorArg,
+        #[command(flatten)]
+        signer: SignerArg,
         /// The replica database file (created if missing).
         #[arg(long, default_value = "conclave-ledger.db")]
         replica: PathBuf,
@@ -144,11 +146,14 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         }
         Command::Sync {
             coordinator,
+            signer,
             replica,
             follow,
         } => {
+            let reader = signer.load()?;
             let report = conclave_participant::ledger_sync::sync(
                 &coordinator.coordinator,
+                reader.as_ref(),
                 &replica,
                 follow,
                 |r| {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
 use conclave_crypto::Identity;
-use conclave_participant::client::{Client, connect, download_model, jobs_client, rounds_client};
+use conclave_participant::client::{
+    Client, connect, download_model, get_job, jobs_client, rounds_client,
+};
 use conclave_proto::v1;
 
 use crate::CoordinatorArg;
@@ -35,8 +37,9 @@ pub enum Command {
         /// Output file; default: <job>-round<N>.<ext> in the current directory.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Sign the export with this identity so the coordinator records it in the ledger.
-        #[arg(long)]
+        /// Sign the requests with this identity (a launcher's or one the job admits). When it
+        /// is a participant of the job, the export is signed and recorded in the ledger too.
+        #[arg(long, env = "CONCLAVE_IDENTITY", value_name = "FILE")]
         identity: Option<PathBuf>,
         #[command(flatten)]
         coordinator: CoordinatorArg,
@@ -55,8 +58,9 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     let identity = identity
         .map(|p| Identity::load(&p).with_context(|| format!("loading identity {}", p.display())))
         .transpose()?;
-    let (path, version, model_hash) = export(
+    let (path, version, model_hash, participants) = export(
         &coordinator.coordinator,
+        identity.as_ref(),
         &job,
         round,
         format,
@@ -64,6 +68,17 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     )
     .await?;
     printer.status(format!("exported model version {version} of job {job}"));
+    let identity = identity.filter(|id| {
+        let did = id.participant_id().to_string();
+        let joined = participants.contains(&did);
+        if !joined {
+            printer.status(format!(
+                "not recorded in the ledger: {did} is not a participant of the job (only \
+                 participants' exports are recorded)"
+            ));
+        }
+        joined
+    });
     if let Some(identity) = identity {
         // Signed twice over: the request (fresh, for the coordinator) and the export itself
         // (kept in the ledger, so anyone can check who exported what).
@@ -107,25 +122,25 @@ fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u3
     }
 }
 
-/// Downloads a model version and writes it; returns the path, the version and the BLAKE3
-/// hash of its flat f32 parameters (checked against the coordinator's while downloading).
+/// Downloads a model version and writes it, reading as `reader` when given; returns the path,
+/// the version, the BLAKE3 hash of its flat f32 parameters (checked against the coordinator's
+/// while downloading) and the job's participants.
 pub async fn export(
     url: &str,
+    reader: Option<&Identity>,
     job: &str,
     round: Option<u32>,
     format: ModelFormat,
     out: Option<&Path>,
-) -> anyhow::Result<(PathBuf, u32, [u8; 32])> {
+) -> anyhow::Result<(PathBuf, u32, [u8; 32], Vec<String>)> {
     let channel = connect(url).await?;
-    let info = jobs_client(channel.clone())
-        .get_job(v1::GetJobRequest { job_id: job.into() })
+    let info = get_job(&jobs_client(channel.clone()), reader, job)
         .await
-        .context("fetching job")?
-        .into_inner();
+        .context("fetching job")?;
     let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
     let layout = spec.layout();
     let version = version_of_round(&info, round)?;
-    let params = download_model(&mut rounds_client(channel), job, version, None).await?;
+    let params = download_model(&mut rounds_client(channel), reader, job, version, None).await?;
     let ext = match format {
         ModelFormat::Safetensors => "safetensors",
         ModelFormat::Pt => "pt",
@@ -155,5 +170,10 @@ pub async fn export(
         }
     }
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok((path, version, *blake3::hash(&bytes).as_bytes()))
+    Ok((
+        path,
+        version,
+        *blake3::hash(&bytes).as_bytes(),
+        info.participants,
+    ))
 }

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use conclave_coordinator::State;
+use conclave_aggregation::job::MAX_MODEL_PARAMS;
+use conclave_coordinator::access::{DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS};
+use conclave_coordinator::{ServerPolicy, State};
+use conclave_crypto::ParticipantId;
 
 use crate::printer::Printer;
 
@@ -22,6 +25,36 @@ pub struct Args {
     /// The PEM private key of --tls-cert (mode 0600 or stricter).
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// An identity allowed to launch jobs (its did:key, as `conclave identity new` prints it);
+    /// repeat for several. Without one, every launch is refused.
+    #[arg(long = "launcher", value_name = "DID", value_parser = parse_did)]
+    launchers: Vec<ParticipantId>,
+    /// Serve reads (jobs, models, the ledger) without a signature. By default a read must be
+    /// signed by a launcher or by an identity the job admits.
+    #[arg(long)]
+    public_read: bool,
+    /// Most jobs this coordinator keeps, finished ones included (each is reloaded at start).
+    #[arg(long, default_value_t = DEFAULT_MAX_JOBS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_jobs: u64,
+    /// Most parameters a job's model may have.
+    #[arg(long, default_value_t = DEFAULT_MAX_MODEL_PARAMS, value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_PARAMS))]
+    max_model_params: u64,
+}
+
+fn parse_did(s: &str) -> Result<ParticipantId, String> {
+    ParticipantId::parse(s).map_err(|e| e.to_string())
+}
+
+impl Args {
+    /// The access policy and limits these flags describe.
+    fn policy(&self) -> ServerPolicy {
+        ServerPolicy {
+            launchers: self.launchers.iter().cloned().collect(),
+            public_read: self.public_read,
+            max_jobs: self.max_jobs as usize,
+            max_model_params: self.max_model_params,
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -46,7 +79,8 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(conclave_coordinator::tls::server_config(cert, key)?),
         _ => None,
     };
-    let state = State::open(&args.data_dir)
+    let policy = args.policy();
+    let state = State::open(&args.data_dir, policy.clone())
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -57,6 +91,19 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         listener.local_addr()?,
         args.data_dir.display()
     ));
+    if policy.launchers.is_empty() {
+        eprintln!(
+            "note: no --launcher given: this coordinator refuses every new job (it still runs \
+             the jobs it has)"
+        );
+    }
+    if policy.public_read && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: --public-read on {}: anyone who reaches the port can read every job, \
+             model and the ledger",
+            args.listen
+        );
+    }
     if tls.is_none() && !args.listen.ip().is_loopback() {
         eprintln!(
             "warning: serving without TLS on {}: plain-mode updates and models cross the \

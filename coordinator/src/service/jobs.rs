@@ -18,9 +18,16 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::CreateJobRequest>,
     ) -> Result<Response<v1::CreateJobResponse>, Status> {
-        let spec = request.into_inner().spec.unwrap_or_default();
-        let job_id = self.state.create_job(&spec)?;
-        tracing::info!(job = %job_id, name = %spec.name, "job created");
+        let req = request.into_inner();
+        let state = Arc::clone(&self.state);
+        // Builds and durably writes the initial model: off the async threads.
+        let (job_id, req) = tokio::task::spawn_blocking(move || (state.create_job(&req), req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let job_id = job_id?;
+        let launcher = req.auth.map(|a| a.participant).unwrap_or_default();
+        let name = req.spec.map(|s| s.name).unwrap_or_default();
+        tracing::info!(job = %job_id, %name, %launcher, "job created");
         Ok(Response::new(v1::CreateJobResponse { job_id }))
     }
 
@@ -28,9 +35,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::JobInfo>, Status> {
-        Ok(Response::new(
-            self.state.job_info(&request.into_inner().job_id)?,
-        ))
+        Ok(Response::new(self.state.read_job(&request.into_inner())?))
     }
 
     async fn record_export(
@@ -48,10 +53,10 @@ impl Jobs for JobsService {
 
     async fn list_jobs(
         &self,
-        _: Request<v1::ListJobsRequest>,
+        request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         Ok(Response::new(v1::ListJobsResponse {
-            jobs: self.state.list_jobs(),
+            jobs: self.state.read_jobs(&request.into_inner())?,
         }))
     }
 }

@@ -32,6 +32,7 @@ impl Ledger for LedgerService {
         request: Request<v1::LedgerRequest>,
     ) -> Result<Response<Self::EntriesStream>, Status> {
         let req = request.into_inner();
+        self.state.allow_ledger_read(&req)?;
         let state = Arc::clone(&self.state);
         let mut appended = state.ledger().subscribe();
         let mut closing = state.closing();

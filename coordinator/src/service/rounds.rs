@@ -88,7 +88,7 @@ impl Rounds for RoundsService {
         request: Request<v1::DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let req = request.into_inner();
-        let (bytes, hash) = self.state.model(&req.job_id, req.model_version)?;
+        let (bytes, hash) = self.state.read_model(&req)?;
         let total = bytes.len() as u64;
         let chunks = (0..bytes.len().max(1))
             .step_by(MAX_CHUNK_BYTES)

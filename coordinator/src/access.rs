@@ -1,0 +1,248 @@
+//! Who may do what on a coordinator, and how much one request may make it hold: the operator's
+//! [`ServerPolicy`] (`conclave serve --launcher`, `--public-read`, `--max-jobs`,
+//! `--max-model-params`) and the checks the `Jobs`, `Rounds` and `Ledger` services apply
+//! with it.
+//!
+//! - Launching a job takes a signed `CreateJob` from one of the launcher identities; nobody
+//!   else can make the coordinator build, store and reload a model.
+//! - Reading (a job, the job list, a model, the ledger) takes a signed request, unless the
+//!   server reads publicly. A job may be read by a launcher
+//!   and by any identity its admission lets join (everyone, under open admission: such an
+//!   identity could join and read anyway). The ledger is one chain for all jobs, so it is
+//!   served whole to a launcher and to any identity that may read at least one job.
+//! - A signed request's nonce is remembered only once the request is allowed, so a stranger's
+//!   signatures take no memory.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use conclave_aggregation::JobSpec;
+use conclave_crypto::ParticipantId;
+use conclave_proto::Signed;
+use conclave_proto::v1;
+
+use crate::auth::Signer;
+use crate::state::now_ms;
+use crate::{CoordinatorError, State};
+
+/// Jobs a server keeps by default (every one is reloaded, model included, at each start).
+pub const DEFAULT_MAX_JOBS: usize = 64;
+
+/// Model parameters a job may have by default (400 MB of f32 per model version).
+pub const DEFAULT_MAX_MODEL_PARAMS: u64 = 100_000_000;
+
+/// What the operator allows, set when the coordinator starts.
+#[derive(Clone, Debug)]
+pub struct ServerPolicy {
+    /// The identities whose signed `CreateJob` is accepted. Empty: no job can be launched.
+    pub launchers: BTreeSet<ParticipantId>,
+    /// Serve reads without a signature.
+    pub public_read: bool,
+    /// Most jobs the server keeps (finished ones included).
+    pub max_jobs: usize,
+    /// Most parameters a job's model may have.
+    pub max_model_params: u64,
+}
+
+impl Default for ServerPolicy {
+    /// No launcher, signed reads, the default limits.
+    fn default() -> Self {
+        Self {
+            launchers: BTreeSet::new(),
+            public_read: false,
+            max_jobs: DEFAULT_MAX_JOBS,
+            max_model_params: DEFAULT_MAX_MODEL_PARAMS,
+        }
+    }
+}
+
+impl ServerPolicy {
+    /// A policy that lets `launcher` launch jobs, with everything else at its default.
+    pub fn with_launcher(launcher: ParticipantId) -> Self {
+        Self {
+            launchers: BTreeSet::from([launcher]),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `did` may launch jobs.
+    pub fn is_launcher(&self, did: &ParticipantId) -> bool {
+        self.launchers.contains(did)
+    }
+
+    /// Checks that `signer` may launch `spec` on a server that keeps `jobs` jobs.
+    pub fn check_launch(
+        &self,
+        signer: &Signer,
+        spec: &JobSpec,
+        jobs: usize,
+    ) -> Result<(), CoordinatorError> {
+        if !self.is_launcher(&signer.did) {
+            return Err(CoordinatorError::NotLauncher(signer.did.to_string()));
+        }
+        let params = spec.layout().dim() as u64;
+        if params > self.max_model_params {
+            return Err(CoordinatorError::LimitReached(format!(
+                "the job's model has {params} parameters, more than this coordinator's limit \
+                 of {} (conclave serve --max-model-params)",
+                self.max_model_params
+            )));
+        }
+        if jobs >= self.max_jobs {
+            return Err(CoordinatorError::LimitReached(format!(
+                "this coordinator keeps {jobs} jobs, its limit (conclave serve --max-jobs)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Who a read comes from: nobody in particular on a public server, or a checked signer.
+#[derive(Clone, Debug)]
+enum Reader {
+    Public,
+    Signed(Box<Signer>),
+}
+
+/// Whether `did` may read a job with this admission list: a launcher, or an identity the
+/// admission lets join (a participant that joined was let in by it).
+pub fn may_read_job(
+    policy: &ServerPolicy,
+    did: &ParticipantId,
+    admission: &[ParticipantId],
+) -> bool {
+    policy.is_launcher(did) || admission.is_empty() || admission.contains(did)
+}
+
+impl State {
+    /// Who a read comes from. On a server that does not read publicly, an unsigned read, a
+    /// bad signature or a stale signing time is refused.
+    fn reader<T: Signed>(&self, req: &T) -> Result<Reader, CoordinatorError> {
+        if self.policy.public_read {
+            return Ok(Reader::Public);
+        }
+        if req.auth().is_none() {
+            return Err(CoordinatorError::BadAuth(format!(
+                "{} is not signed, and this coordinator serves reads to signed requests only \
+                 (sign it with a launcher's identity or one the job admits)",
+                T::METHOD
+            )));
+        }
+        self.authenticate(req).map(|s| Reader::Signed(Box::new(s)))
+    }
+
+    /// Remembers the nonce of an allowed launch or read (refusing a replay).
+    pub(crate) fn consume_server_nonce(&self, signer: &Signer) -> Result<(), CoordinatorError> {
+        self.server_nonces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .consume(signer, now_ms())
+    }
+
+    /// Allows `reader` to read the job `job` with this spec, or says who was refused.
+    fn allow_job_read(
+        &self,
+        reader: &Reader,
+        spec: &JobSpec,
+        job: &str,
+    ) -> Result<(), CoordinatorError> {
+        match reader {
+            Reader::Public => Ok(()),
+            Reader::Signed(s) if may_read_job(&self.policy, &s.did, &spec.admission) => {
+                self.consume_server_nonce(s)
+            }
+            Reader::Signed(s) => Err(CoordinatorError::NotReader {
+                did: s.did.to_string(),
+                what: format!("job {job}"),
+                why: "it is not a launcher, and the job's admission list does not name it",
+            }),
+        }
+    }
+
+    /// `GetJob`: a job's state, for a reader allowed to see it.
+    pub fn read_job(&self, req: &v1::GetJobRequest) -> Result<v1::JobInfo, CoordinatorError> {
+        let reader = self.reader(req)?;
+        self.with_job(&req.job_id, |job, _| {
+            self.allow_job_read(&reader, &job.spec, job.id())?;
+            Ok(job.info())
+        })
+    }
+
+    /// `ListJobs`: every job the reader may read, oldest first.
+    pub fn read_jobs(
+        &self,
+        req: &v1::ListJobsRequest,
+    ) -> Result<Vec<v1::JobInfo>, CoordinatorError> {
+        match self.reader(req)? {
+            Reader::Public => Ok(self.jobs_where(|_| true)),
+            Reader::Signed(s) => {
+                let jobs =
+                    self.jobs_where(|spec| may_read_job(&self.policy, &s.did, &spec.admission));
+                // A list with nothing in it tells a replay nothing: no nonce is kept for it.
+                if !jobs.is_empty() {
+                    self.consume_server_nonce(&s)?;
+                }
+                Ok(jobs)
+            }
+        }
+    }
+
+    /// `DownloadModel`: a model version's flat parameters and hash, for a reader allowed to
+    /// read the job.
+    pub fn read_model(
+        &self,
+        req: &v1::DownloadModelRequest,
+    ) -> Result<(Arc<Vec<u8>>, Vec<u8>), CoordinatorError> {
+        let reader = self.reader(req)?;
+        self.with_job(&req.job_id, |job, _| {
+            self.allow_job_read(&reader, &job.spec, job.id())
+        })?;
+        self.model(&req.job_id, req.model_version)
+    }
+
+    /// `Ledger.Entries`: allowed to a launcher and to any identity that may read some job.
+    pub fn allow_ledger_read(&self, req: &v1::LedgerRequest) -> Result<(), CoordinatorError> {
+        match self.reader(req)? {
+            Reader::Public => Ok(()),
+            Reader::Signed(s) => {
+                let allowed = self.policy.is_launcher(&s.did)
+                    || self.any_job(|spec| may_read_job(&self.policy, &s.did, &spec.admission));
+                if !allowed {
+                    return Err(CoordinatorError::NotReader {
+                        did: s.did.to_string(),
+                        what: "the ledger".into(),
+                        why: "it is not a launcher, and no job on this coordinator admits it",
+                    });
+                }
+                self.consume_server_nonce(&s)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_crypto::Identity;
+
+    fn did() -> ParticipantId {
+        Identity::generate().participant_id()
+    }
+
+    #[test]
+    fn a_job_is_read_by_launchers_and_its_admission_only() {
+        let (launcher, listed, stranger) = (did(), did(), did());
+        let policy = ServerPolicy::with_launcher(launcher.clone());
+        let admission = vec![listed.clone()];
+        assert!(may_read_job(&policy, &launcher, &admission));
+        assert!(may_read_job(&policy, &listed, &admission));
+        assert!(!may_read_job(&policy, &stranger, &admission));
+        // Open admission: whoever signs could join, so may read.
+        assert!(may_read_job(&policy, &stranger, &[]));
+        assert!(!may_read_job(
+            &ServerPolicy::default(),
+            &launcher,
+            &admission
+        ));
+    }
+}
