@@ -396,6 +396,7 @@ fn separate_processes_train_and_export_like_the_readme() {
         &d("final.safetensors"),
         "--identity",
         &d("h1.identity"),
+        "--record",
         "--coordinator",
         &url,
     ]);
@@ -938,4 +939,18 @@ fn only_launchers_launch_and_a_closed_job_is_read_only_by_whom_it_admits() {
     };
     assert_eq!(list(&stranger).as_array().unwrap().len(), 0);
     assert_eq!(list(&hospital)[0]["job_id"], job.as_str());
+
+    // The operator's flags are checked before anything starts.
+    for (flags, reason) in [
+        (&["--launcher", "did:key:z6Mnot-a-key"][..], "--launcher"),
+        (&["--max-jobs", "0"][..], "--max-jobs"),
+        (&["--upload-idle-secs", "0"][..], "--upload-idle-secs"),
+    ] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data = d("refused");
+        let args = [&["serve", "--listen", &listen, "--data-dir", &data], flags].concat();
+        let out = run_within(&args, 20);
+        assert!(!out.status.success(), "served with {flags:?}");
+        assert!(text(&out.stderr).contains(reason), "{}", text(&out.stderr));
+    }
 }

@@ -6,15 +6,18 @@
 //! - Launching a job takes a signed `CreateJob` from one of the launcher identities; nobody
 //!   else can make the coordinator build, store and reload a model.
 //! - Reading (a job, the job list, a model, the ledger) takes a signed request, unless the
-//!   server reads publicly. A job may be read by a launcher
-//!   and by any identity its admission lets join (everyone, under open admission: such an
-//!   identity could join and read anyway). The ledger is one chain for all jobs, so it is
-//!   served whole to a launcher and to any identity that may read at least one job.
-//! - A signed request's nonce is remembered only once the request is allowed, so a stranger's
+//!   server reads publicly. A job may be read by a launcher and by any identity its admission
+//!   lets join (everyone, under open admission: such an identity could join and read anyway).
+//!   The ledger is one chain for all jobs: it is served whole to a launcher and to a
+//!   participant that joined some job, so the participants of one job see the entries of the
+//!   others (one coordinator per consortium keeps them apart).
+//! - A signed request's nonce is remembered only once the request is allowed, and only when
+//!   the answer depends on who signed (not for a read of an open job), so a stranger's
 //!   signatures take no memory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use conclave_aggregation::JobSpec;
 use conclave_crypto::ParticipantId;
@@ -22,6 +25,7 @@ use conclave_proto::Signed;
 use conclave_proto::v1;
 
 use crate::auth::Signer;
+use crate::limits::StreamLimits;
 use crate::state::now_ms;
 use crate::{CoordinatorError, State};
 
@@ -42,6 +46,8 @@ pub struct ServerPolicy {
     pub max_jobs: usize,
     /// Most parameters a job's model may have.
     pub max_model_params: u64,
+    /// Bounds on open streams.
+    pub streams: StreamLimits,
 }
 
 impl Default for ServerPolicy {
@@ -52,6 +58,7 @@ impl Default for ServerPolicy {
             public_read: false,
             max_jobs: DEFAULT_MAX_JOBS,
             max_model_params: DEFAULT_MAX_MODEL_PARAMS,
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -70,30 +77,59 @@ impl ServerPolicy {
         self.launchers.contains(did)
     }
 
-    /// Checks that `signer` may launch `spec` on a server that keeps `jobs` jobs.
-    pub fn check_launch(
-        &self,
-        signer: &Signer,
-        spec: &JobSpec,
-        jobs: usize,
-    ) -> Result<(), CoordinatorError> {
-        if !self.is_launcher(&signer.did) {
-            return Err(CoordinatorError::NotLauncher(signer.did.to_string()));
+    /// Checks that `signer` may launch jobs.
+    pub fn check_launcher(&self, signer: &Signer) -> Result<(), CoordinatorError> {
+        if self.is_launcher(&signer.did) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::NotLauncher(signer.did.to_string()))
         }
+    }
+
+    /// Checks that `spec`'s model is within this server's size limit.
+    pub fn check_model(&self, spec: &JobSpec) -> Result<(), CoordinatorError> {
         let params = spec.layout().dim() as u64;
         if params > self.max_model_params {
-            return Err(CoordinatorError::LimitReached(format!(
-                "the job's model has {params} parameters, more than this coordinator's limit \
-                 of {} (conclave serve --max-model-params)",
-                self.max_model_params
-            )));
-        }
-        if jobs >= self.max_jobs {
-            return Err(CoordinatorError::LimitReached(format!(
-                "this coordinator keeps {jobs} jobs, its limit (conclave serve --max-jobs)"
-            )));
+            return Err(CoordinatorError::ModelTooLarge {
+                params,
+                max: self.max_model_params,
+            });
         }
         Ok(())
+    }
+}
+
+/// Launches in progress: each holds a place among the server's jobs from before its model is
+/// built until it is stored (or refused).
+#[derive(Default)]
+pub(crate) struct Launching(AtomicUsize);
+
+/// A reserved place among the jobs, given back when dropped.
+pub(crate) struct LaunchPlace<'a>(&'a Launching);
+
+impl Launching {
+    /// Reserves a place on a server that keeps `jobs` jobs and may keep `max` (call under the
+    /// jobs lock, so the count cannot change meanwhile).
+    pub(crate) fn reserve(
+        &self,
+        jobs: usize,
+        max: usize,
+    ) -> Result<LaunchPlace<'_>, CoordinatorError> {
+        let launching = self.0.load(Ordering::SeqCst);
+        if jobs + launching >= max {
+            return Err(CoordinatorError::LimitReached(format!(
+                "this coordinator keeps {jobs} jobs ({launching} more being launched), its \
+                 limit (conclave serve --max-jobs)"
+            )));
+        }
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(LaunchPlace(self))
+    }
+}
+
+impl Drop for LaunchPlace<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -148,6 +184,9 @@ impl State {
     ) -> Result<(), CoordinatorError> {
         match reader {
             Reader::Public => Ok(()),
+            // Under open admission whoever signs may read: a replay gets nothing a fresh key
+            // would not, so no nonce is kept (a stranger's keys take no memory).
+            Reader::Signed(_) if spec.admission.is_empty() => Ok(()),
             Reader::Signed(s) if may_read_job(&self.policy, &s.did, &spec.admission) => {
                 self.consume_server_nonce(s)
             }
@@ -176,13 +215,15 @@ impl State {
         match self.reader(req)? {
             Reader::Public => Ok(self.jobs_where(|_| true)),
             Reader::Signed(s) => {
-                let jobs =
-                    self.jobs_where(|spec| may_read_job(&self.policy, &s.did, &spec.admission));
-                // A list with nothing in it tells a replay nothing: no nonce is kept for it.
-                if !jobs.is_empty() {
+                // The answer depends on who asks only for a launcher or an identity some
+                // admission list names; for anyone else it is the open jobs, which any fresh
+                // key gets too, so no nonce is kept for them.
+                let named = self.policy.is_launcher(&s.did)
+                    || self.any_job(|job| job.spec.admission.contains(&s.did));
+                if named {
                     self.consume_server_nonce(&s)?;
                 }
-                Ok(jobs)
+                Ok(self.jobs_where(|spec| may_read_job(&self.policy, &s.did, &spec.admission)))
             }
         }
     }
@@ -200,21 +241,28 @@ impl State {
         self.model(&req.job_id, req.model_version)
     }
 
-    /// `Ledger.Entries`: allowed to a launcher and to any identity that may read some job.
-    pub fn allow_ledger_read(&self, req: &v1::LedgerRequest) -> Result<(), CoordinatorError> {
+    /// `Ledger.Entries`: allowed to a launcher and to a participant that joined some job
+    /// (under open admission, a stranger must join, and so be recorded, before it reads the
+    /// ledger). The ledger is one chain for every job, so such a reader sees every job's
+    /// entries. Returns the reader's identity when the read is signed.
+    pub fn allow_ledger_read(
+        &self,
+        req: &v1::LedgerRequest,
+    ) -> Result<Option<ParticipantId>, CoordinatorError> {
         match self.reader(req)? {
-            Reader::Public => Ok(()),
+            Reader::Public => Ok(None),
             Reader::Signed(s) => {
-                let allowed = self.policy.is_launcher(&s.did)
-                    || self.any_job(|spec| may_read_job(&self.policy, &s.did, &spec.admission));
+                let allowed =
+                    self.policy.is_launcher(&s.did) || self.any_job(|job| job.is_joined(&s.did));
                 if !allowed {
                     return Err(CoordinatorError::NotReader {
                         did: s.did.to_string(),
                         what: "the ledger".into(),
-                        why: "it is not a launcher, and no job on this coordinator admits it",
+                        why: "it is not a launcher, and has joined no job on this coordinator",
                     });
                 }
-                self.consume_server_nonce(&s)
+                self.consume_server_nonce(&s)?;
+                Ok(Some(s.did.clone()))
             }
         }
     }

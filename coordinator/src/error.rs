@@ -96,6 +96,14 @@ pub enum CoordinatorError {
     },
     #[error("refused: {0}")]
     LimitReached(String),
+    #[error(
+        "the job's model has {params} parameters, more than this coordinator's limit of {max} (conclave serve --max-model-params)"
+    )]
+    ModelTooLarge { params: u64, max: u64 },
+    #[error(
+        "no message for {0} s: stream cut (the coordinator's --upload-idle-secs); send it again"
+    )]
+    StreamIdle(f64),
 }
 
 impl CoordinatorError {
@@ -110,7 +118,8 @@ impl CoordinatorError {
             | NonFinite { .. }
             | NotClipped { .. }
             | TooManySamples { .. }
-            | HashMismatch => Code::InvalidArgument,
+            | HashMismatch
+            | ModelTooLarge { .. } => Code::InvalidArgument,
             BadAuth(_) | Replay(_) | ClockSkew { .. } => Code::Unauthenticated,
             // The client signs again and retries.
             SignedBeforeStart { .. } => Code::Aborted,
@@ -123,6 +132,7 @@ impl CoordinatorError {
             | DuplicateExport { .. } => Code::AlreadyExists,
             ChunkTooLarge { .. } | TooManyRequests(_) | LimitReached(_) => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
+            StreamIdle(_) => Code::DeadlineExceeded,
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,
             Protocol(p) => match p {

@@ -25,6 +25,7 @@ mod crosscheck;
 mod draw;
 mod error;
 mod job;
+pub mod limits;
 mod secagg;
 pub mod server;
 mod service;

@@ -25,6 +25,7 @@ use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
 use crate::job::{Job, Step, add_mean, decode_f32, f32_bytes};
+use crate::limits::Slots;
 use crate::secagg::{self, Phase};
 use crate::store::{EvalRecord, JobRecord, ParticipantRecord, Store, UploadPart, UploadRecord};
 
@@ -105,6 +106,10 @@ pub struct State {
     pub(crate) policy: ServerPolicy,
     /// Nonces of signed requests that belong to no job's memory (launches and reads).
     pub(crate) server_nonces: Mutex<auth::Nonces>,
+    /// Places of open upload, reveal and ledger follow streams.
+    pub(crate) slots: Arc<Slots>,
+    /// Launches whose model is being built (each holds a place among the jobs).
+    launching: crate::access::Launching,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -193,6 +198,8 @@ impl State {
             started,
             policy,
             server_nonces: Mutex::new(auth::Nonces::default()),
+            slots: Arc::new(Slots::default()),
+            launching: Default::default(),
         }))
     }
 
@@ -251,10 +258,16 @@ impl State {
         req: &v1::CreateJobRequest,
     ) -> Result<String, CoordinatorError> {
         let signer = self.authenticate(req)?;
+        // Who, before anything of the spec is looked at.
+        self.policy.check_launcher(&signer)?;
         let spec = JobSpec::from_proto(req.spec.as_ref().unwrap_or(&v1::JobSpec::default()))?;
-        // Checked before the model is built; the job count again under the lock below.
-        self.policy
-            .check_launch(&signer, &spec, self.lock().len())?;
+        self.policy.check_model(&spec)?;
+        // A place among the jobs is reserved before the model is built, so concurrent
+        // launches cannot build more models than there are places.
+        let _place = {
+            let jobs = self.lock();
+            self.launching.reserve(jobs.len(), self.policy.max_jobs)?
+        };
         self.consume_server_nonce(&signer)?;
         let layout = spec.layout();
         let id = format!("j-{}", hex::encode(conclave_crypto::random_bytes::<8>()));
@@ -277,12 +290,6 @@ impl State {
         };
         // Under the jobs lock: every append happens there, so the ledger has one order.
         let mut jobs = self.lock();
-        if let Err(e) = self.policy.check_launch(&signer, &spec, jobs.len()) {
-            drop(jobs);
-            // Another launch took the last place while this model was built.
-            self.store.discard_job(&id);
-            return Err(e);
-        }
         let mut batch = self.store.batch(record.created_unix_ms);
         batch.push(Payload::JobCreated(v1::JobCreated {
             job_id: id.clone(),
@@ -312,9 +319,9 @@ impl State {
         out
     }
 
-    /// Whether any job's spec satisfies the predicate.
-    pub(crate) fn any_job(&self, pred: impl Fn(&JobSpec) -> bool) -> bool {
-        self.lock().values().any(|j| pred(&j.spec))
+    /// Whether any job satisfies the predicate.
+    pub(crate) fn any_job(&self, pred: impl Fn(&Job) -> bool) -> bool {
+        self.lock().values().any(pred)
     }
 
     /// Admits a participant to a job (idempotent for the same keys) and starts the job once
@@ -424,6 +431,16 @@ impl State {
         let signer = self.authenticate(req)?;
         self.with_job(&req.job_id, |job, _| {
             job.require_joined(&signer.did)?;
+            let max = self.policy.streams.work_streams_per_participant;
+            let open = job.connected.get(signer.did.as_str()).copied().unwrap_or(0);
+            if open >= max {
+                return Err(CoordinatorError::LimitReached(format!(
+                    "{} already holds {open} open work streams for job {}, this coordinator's \
+                     limit (--max-work-streams-per-participant)",
+                    signer.did,
+                    job.id()
+                )));
+            }
             job.nonces.consume(&signer, now_ms())?;
             *job.connected.entry(signer.did.to_string()).or_default() += 1;
             Ok((signer.did.clone(), job.changes.subscribe()))

@@ -246,15 +246,6 @@ impl Store {
         write_atomic(&self.model_path(job, version), safetensors)
     }
 
-    /// Removes the directory of a job that was never committed (its launch was refused after
-    /// its initial model was written). Best effort: a leftover directory is harmless, since
-    /// jobs are loaded from their records.
-    pub fn discard_job(&self, job: &str) {
-        if let Err(e) = fs::remove_dir_all(self.job_dir(job)) {
-            tracing::warn!(job, error = %e, "cannot remove the files of a refused job");
-        }
-    }
-
     /// Reads a model version's safetensors bytes.
     pub fn load_model(&self, job: &str, version: u32) -> Result<Vec<u8>, CoordinatorError> {
         Ok(fs::read(self.model_path(job, version))?)

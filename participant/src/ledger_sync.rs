@@ -43,6 +43,29 @@ pub enum SyncError {
     Decode(String),
 }
 
+/// Opens the ledger stream from `from_index`, signed by `reader` when given (signed again
+/// if the coordinator refuses a signature made before it started).
+async fn entries(
+    client: &LedgerClient<tonic::transport::Channel>,
+    reader: Option<&Identity>,
+    from_index: u64,
+    follow: bool,
+) -> Result<tonic::Streaming<v1::LedgerEntry>, ParticipantError> {
+    Ok(resigning(|| {
+        let mut request = v1::LedgerRequest {
+            from_index,
+            follow,
+            auth: None,
+        };
+        sign_read(reader, &mut request);
+        let mut client = client.clone();
+        async move { client.entries(request).await }
+    })
+    .await
+    .map_err(ParticipantError::rpc("Ledger.Entries"))?
+    .into_inner())
+}
+
 /// Brings the replica at `replica` up to date with the coordinator at `url`, asking as
 /// `reader` when given (a coordinator that does not serve reads publicly wants them signed).
 /// With `follow`, keeps going as entries are appended, calling `progress` after each commit,
@@ -65,20 +88,7 @@ pub async fn sync(
     let client = LedgerClient::new(channel)
         .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let from_index = replica.request_from();
-    let mut stream = resigning(|| {
-        let mut request = v1::LedgerRequest {
-            from_index,
-            follow,
-            auth: None,
-        };
-        sign_read(reader, &mut request);
-        let mut client = client.clone();
-        async move { client.entries(request).await }
-    })
-    .await
-    .map_err(ParticipantError::rpc("Ledger.Entries"))?
-    .into_inner();
+    let mut stream = entries(&client, reader, replica.request_from(), follow).await?;
     let mut pending: Vec<Entry> = Vec::new();
     loop {
         let next = stream
@@ -176,20 +186,7 @@ impl Follower {
                 .max_decoding_message_size(MAX_ENTRY_BYTES + 1024)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         };
-        let reader = self.reader.as_deref();
-        let mut stream = resigning(|| {
-            let mut request = v1::LedgerRequest {
-                from_index: from,
-                follow: false,
-                auth: None,
-            };
-            sign_read(reader, &mut request);
-            let mut client = client.clone();
-            async move { client.entries(request).await }
-        })
-        .await
-        .map_err(ParticipantError::rpc("Ledger.Entries"))?
-        .into_inner();
+        let mut stream = entries(&client, self.reader.as_deref(), from, false).await?;
         // Kept for the next catch-up only once this one got through.
         self.client = Some(client);
         let mut pending = Vec::new();

@@ -97,7 +97,7 @@ async fn only_a_launcher_launches_and_limits_refuse_before_anything_is_built() {
         .create_job(launch_request(Some(launcher())))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
         status.message().contains("--max-model-params"),
         "{}",
@@ -193,9 +193,10 @@ async fn reads_are_signed_by_a_launcher_or_an_identity_the_job_admits() {
     let ok = (Ok(()), Ok(()), Ok(()));
     let (a, b, c, n) = reads(&coordinator, Some(launcher()), &job).await;
     assert_eq!(((a, b, c), n), (ok, 1));
-    let (a, b, c, n) = reads(&coordinator, Some(&listed), &job).await;
-    assert_eq!(((a, b, c), n), (ok, 1), "listed, not yet joined");
     let denied = Err(Code::PermissionDenied);
+    // Listed, not yet joined: the job, not yet the ledger (which holds every job's entries).
+    let (a, b, c, n) = reads(&coordinator, Some(&listed), &job).await;
+    assert_eq!(((a, b, c), n), ((Ok(()), Ok(()), denied), 1), "listed");
     let (a, b, c, n) = reads(&coordinator, Some(&stranger), &job).await;
     assert_eq!(((a, b, c), n), ((denied, denied, denied), 0), "a stranger");
     let unsigned = Err(Code::Unauthenticated);
@@ -230,6 +231,31 @@ async fn reads_are_signed_by_a_launcher_or_an_identity_the_job_admits() {
     jobs.get_job(req.clone()).await.unwrap();
     let status = jobs.get_job(req).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+
+    // Under open admission anyone who signs could join, so may read that job (and a replay of
+    // such a read gets nothing a fresh key would not: it is not refused); the stranger still
+    // sees neither the closed job nor, having joined nothing, the ledger.
+    let open = coordinator.launch(&wdbc_job(1, 2, 600)).await;
+    let (_, _, c, n) = reads(&coordinator, Some(&stranger), &job).await;
+    assert_eq!((c, n), (denied, 1));
+    let (a, b, _, _) = reads(&coordinator, Some(&stranger), &open).await;
+    assert_eq!((a, b), (Ok(()), Ok(())));
+    let mut req = v1::GetJobRequest {
+        job_id: open.clone(),
+        auth: None,
+    };
+    sign(&stranger, &mut req);
+    jobs.get_job(req.clone()).await.unwrap();
+    jobs.get_job(req).await.unwrap();
+
+    // A participant that joined reads as itself (its session signs every read), the ledger
+    // included.
+    let listed = Arc::new(listed);
+    let mut hospital = client(&coordinator, Arc::clone(&listed)).await;
+    hospital.join(&job, false).await.unwrap();
+    assert_eq!(hospital.job(&job).await.unwrap().participants.len(), 1);
+    let (a, b, c, n) = reads(&coordinator, Some(&listed), &job).await;
+    assert_eq!(((a, b, c), n), (ok, 2), "joined");
     let mut follow = v1::LedgerRequest {
         from_index: 0,
         follow: false,
@@ -244,19 +270,6 @@ async fn reads_are_signed_by_a_launcher_or_an_identity_the_job_admits() {
     ledger.entries(follow.clone()).await.unwrap();
     let status = ledger.entries(follow).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
-
-    // Under open admission anyone who signs could join, so may read; the stranger now sees
-    // that job, and the ledger (one chain for all jobs), but still not the closed one.
-    let open = coordinator.launch(&wdbc_job(1, 2, 600)).await;
-    let (_, _, c, n) = reads(&coordinator, Some(&stranger), &job).await;
-    assert_eq!((c, n), (Ok(()), 1));
-    let (a, b, _, _) = reads(&coordinator, Some(&stranger), &open).await;
-    assert_eq!((a, b), (Ok(()), Ok(())));
-
-    // A participant that joined reads as itself (its session signs every read).
-    let mut hospital = client(&coordinator, Arc::new(listed)).await;
-    hospital.join(&job, false).await.unwrap();
-    assert_eq!(hospital.job(&job).await.unwrap().participants.len(), 1);
     coordinator.stop().await;
 }
 

@@ -285,7 +285,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
 
     let info = get_job(&jobs, Some(&launcher), &job_id).await?;
     let out = dir.join("model-final.safetensors");
-    let (path, version, ..) = export(
+    let (path, version, _) = export(
         &url,
         Some(&launcher),
         &job_id,

@@ -37,10 +37,13 @@ pub enum Command {
         /// Output file; default: <job>-round<N>.<ext> in the current directory.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Sign the requests with this identity (a launcher's or one the job admits). When it
-        /// is a participant of the job, the export is signed and recorded in the ledger too.
+        /// Sign the requests with this identity (a launcher's or one the job admits).
         #[arg(long, env = "CONCLAVE_IDENTITY", value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Also record the export in the ledger, signed by --identity (a participant of the
+        /// job).
+        #[arg(long)]
+        record: bool,
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },
@@ -53,12 +56,33 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         format,
         out,
         identity,
+        record,
         coordinator,
     } = command;
     let identity = identity
         .map(|p| Identity::load(&p).with_context(|| format!("loading identity {}", p.display())))
         .transpose()?;
-    let (path, version, model_hash, participants) = export(
+    if record && identity.is_none() {
+        bail!("--record needs --identity (or CONCLAVE_IDENTITY): the exporter signs the record");
+    }
+    if let (true, Some(id)) = (record, &identity) {
+        // Checked before anything is written.
+        let did = id.participant_id().to_string();
+        let info = get_job(
+            &jobs_client(connect(&coordinator.coordinator).await?),
+            Some(id),
+            &job,
+        )
+        .await
+        .context("fetching job")?;
+        if !info.participants.contains(&did) {
+            bail!(
+                "--record: {did} is not a participant of job {job}; only participants' exports \
+                 are recorded in the ledger"
+            );
+        }
+    }
+    let (path, version, model_hash) = export(
         &coordinator.coordinator,
         identity.as_ref(),
         &job,
@@ -68,18 +92,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     )
     .await?;
     printer.status(format!("exported model version {version} of job {job}"));
-    let identity = identity.filter(|id| {
-        let did = id.participant_id().to_string();
-        let joined = participants.contains(&did);
-        if !joined {
-            printer.status(format!(
-                "not recorded in the ledger: {did} is not a participant of the job (only \
-                 participants' exports are recorded)"
-            ));
-        }
-        joined
-    });
-    if let Some(identity) = identity {
+    if let (true, Some(identity)) = (record, identity) {
         // Signed twice over: the request (fresh, for the coordinator) and the export itself
         // (kept in the ledger, so anyone can check who exported what).
         let index = Client::connect(&coordinator.coordinator, Arc::new(identity))
@@ -123,8 +136,8 @@ fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u3
 }
 
 /// Downloads a model version and writes it, reading as `reader` when given; returns the path,
-/// the version, the BLAKE3 hash of its flat f32 parameters (checked against the coordinator's
-/// while downloading) and the job's participants.
+/// the version and the BLAKE3 hash of its flat f32 parameters (checked against the
+/// coordinator's while downloading).
 pub async fn export(
     url: &str,
     reader: Option<&Identity>,
@@ -132,7 +145,7 @@ pub async fn export(
     round: Option<u32>,
     format: ModelFormat,
     out: Option<&Path>,
-) -> anyhow::Result<(PathBuf, u32, [u8; 32], Vec<String>)> {
+) -> anyhow::Result<(PathBuf, u32, [u8; 32])> {
     let channel = connect(url).await?;
     let info = get_job(&jobs_client(channel.clone()), reader, job)
         .await
@@ -170,10 +183,5 @@ pub async fn export(
         }
     }
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok((
-        path,
-        version,
-        *blake3::hash(&bytes).as_bytes(),
-        info.participants,
-    ))
+    Ok((path, version, *blake3::hash(&bytes).as_bytes()))
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use conclave_aggregation::job::MAX_MODEL_PARAMS;
 use conclave_coordinator::access::{DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS};
+use conclave_coordinator::limits::{self, StreamLimits};
 use conclave_coordinator::{ServerPolicy, State};
 use conclave_crypto::ParticipantId;
 
@@ -39,6 +40,18 @@ pub struct Args {
     /// Most parameters a job's model may have.
     #[arg(long, default_value_t = DEFAULT_MAX_MODEL_PARAMS, value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_PARAMS))]
     max_model_params: u64,
+    /// Upload (and reveal) streams one participant may have open at once in a job.
+    #[arg(long, default_value_t = limits::DEFAULT_UPLOADS_PER_PARTICIPANT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_uploads_per_participant: u64,
+    /// Seconds an upload or reveal stream may go without a message before it is cut.
+    #[arg(long, default_value_t = limits::DEFAULT_UPLOAD_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    upload_idle_secs: u64,
+    /// Work streams one participant may have open at once in a job.
+    #[arg(long, default_value_t = limits::DEFAULT_WORK_STREAMS_PER_PARTICIPANT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_work_streams_per_participant: u64,
+    /// Ledger follow streams (`ledger sync --follow`) open at once, in all.
+    #[arg(long, default_value_t = limits::DEFAULT_FOLLOW_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_follow_streams: u64,
 }
 
 fn parse_did(s: &str) -> Result<ParticipantId, String> {
@@ -53,6 +66,12 @@ impl Args {
             public_read: self.public_read,
             max_jobs: self.max_jobs as usize,
             max_model_params: self.max_model_params,
+            streams: StreamLimits {
+                uploads_per_participant: self.max_uploads_per_participant as usize,
+                upload_idle: std::time::Duration::from_secs(self.upload_idle_secs),
+                work_streams_per_participant: self.max_work_streams_per_participant as usize,
+                follow_streams: self.max_follow_streams as usize,
+            },
         }
     }
 }

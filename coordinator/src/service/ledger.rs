@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::State;
+use crate::limits::FOLLOW_STREAMS_PER_READER;
 
 /// Entries read from the database per step.
 const PAGE: usize = 256;
@@ -32,12 +33,31 @@ impl Ledger for LedgerService {
         request: Request<v1::LedgerRequest>,
     ) -> Result<Response<Self::EntriesStream>, Status> {
         let req = request.into_inner();
-        self.state.allow_ledger_read(&req)?;
+        let reader = self.state.allow_ledger_read(&req)?;
+        // A follow stream stays open: it holds a place in all and one of its reader's.
+        let places = if req.follow {
+            let slots = &self.state.slots;
+            let limit = self.state.policy.streams.follow_streams;
+            let all = slots.take("follow".into(), limit, "the server", "--max-follow-streams")?;
+            let own = match &reader {
+                Some(did) => Some(slots.take(
+                    format!("follow\0{did}"),
+                    FOLLOW_STREAMS_PER_READER,
+                    &did.to_string(),
+                    "ledger follow streams per reader",
+                )?),
+                None => None,
+            };
+            Some((all, own))
+        } else {
+            None
+        };
         let state = Arc::clone(&self.state);
         let mut appended = state.ledger().subscribe();
         let mut closing = state.closing();
         let (tx, rx) = mpsc::channel(PAGE);
         tokio::spawn(async move {
+            let _places = places;
             let mut next = req.from_index;
             loop {
                 let s = Arc::clone(&state);

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use conclave_proto::MAX_CHUNK_BYTES;
 use conclave_proto::v1::{self, rounds_server::Rounds, upload_chunk::Part};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::limits::next_within;
 use crate::state::WorkCursor;
 use crate::{CoordinatorError, State};
 
@@ -113,7 +114,8 @@ impl Rounds for RoundsService {
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         let mut stream = request.into_inner();
-        let header = match stream.next().await {
+        let idle = self.state.policy.streams.upload_idle;
+        let header = match next_within(&mut stream, idle).await? {
             Some(Ok(v1::UploadChunk {
                 part: Some(Part::Header(h)),
             })) => h,
@@ -127,9 +129,18 @@ impl Rounds for RoundsService {
             None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
         };
         let ticket = self.state.check_upload(&header)?;
-        let payload = read_payload(&mut stream, ticket.dim as usize * 4, |c| match c.part {
-            Some(Part::Data(d)) => Some(d),
-            _ => None,
+        // Held until the payload is stored, however the stream ends.
+        let _slot = self.state.slots.take(
+            format!("upload\0{}\0{}", ticket.job, ticket.did),
+            self.state.policy.streams.uploads_per_participant,
+            &format!("{} (uploads to job {})", ticket.did, ticket.job),
+            "--max-uploads-per-participant",
+        )?;
+        let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
+            match c.part {
+                Some(Part::Data(d)) => Some(d),
+                _ => None,
+            }
         })
         .await?;
         let state = Arc::clone(&self.state);
@@ -179,7 +190,8 @@ impl Rounds for RoundsService {
     ) -> Result<Response<v1::RevealReceipt>, Status> {
         use v1::reveal_chunk::Part as RevealPart;
         let mut stream = request.into_inner();
-        let header = match stream.next().await {
+        let idle = self.state.policy.streams.upload_idle;
+        let header = match next_within(&mut stream, idle).await? {
             Some(Ok(v1::RevealChunk {
                 part: Some(RevealPart::Header(h)),
             })) => h,
@@ -193,7 +205,13 @@ impl Rounds for RoundsService {
             None => return Err(CoordinatorError::InvalidRequest("empty reveal".into()).into()),
         };
         let (member, len) = self.state.check_reveal(&header)?;
-        let payload = read_payload(&mut stream, len * 4, |c| match c.part {
+        let _slot = self.state.slots.take(
+            format!("reveal\0{}\0{member}", header.job_id),
+            self.state.policy.streams.uploads_per_participant,
+            &format!("{member} (reveals to job {})", header.job_id),
+            "--max-uploads-per-participant",
+        )?;
+        let payload = read_payload(&mut stream, idle, len * 4, |c| match c.part {
             Some(RevealPart::Data(d)) => Some(d),
             _ => None,
         })
@@ -228,14 +246,15 @@ impl Drop for Connection {
 }
 
 /// Reads the data chunks that follow a header: each at most [`MAX_CHUNK_BYTES`], `expected`
-/// bytes in all, counted as they arrive.
+/// bytes in all, counted as they arrive, each within `idle` of the one before.
 async fn read_payload<T>(
     stream: &mut Streaming<T>,
+    idle: std::time::Duration,
     expected: usize,
     data_of: impl Fn(T) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Status> {
     let mut payload = Vec::with_capacity(expected);
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = next_within(stream, idle).await? {
         let Some(data) = data_of(chunk?) else {
             return Err(CoordinatorError::InvalidRequest(
                 "only data chunks may follow the header".into(),

@@ -1,0 +1,235 @@
+//! The operator's stream bounds, tried over gRPC: a participant that stalls an upload is cut
+//! after the idle timeout, one that opens more uploads or work streams than allowed is refused,
+//! ledger follow streams are capped; each refusal names its setting, and other participants'
+//! uploads go through meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_coordinator::ServerPolicy;
+use conclave_coordinator::limits::StreamLimits;
+use conclave_crypto::Identity;
+use conclave_participant::client::sign;
+use conclave_proto::v1::{self, ledger_client::LedgerClient, upload_chunk::Part};
+use conclave_tests::{TestCoordinator, client, le_bytes, plain_header, test_policy, wdbc_job};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// Asserts a refusal's code and that its message names `setting`.
+fn refused(status: &tonic::Status, code: Code, setting: &str) {
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(setting), "{}", status.message());
+}
+
+fn policy(streams: StreamLimits) -> ServerPolicy {
+    ServerPolicy {
+        streams,
+        ..test_policy()
+    }
+}
+
+/// A job whose first round is open, with `alice` and `bob` in it; returns the job and its dim.
+async fn open_round(
+    coordinator: &TestCoordinator,
+    alice: &Arc<Identity>,
+    bob: &Arc<Identity>,
+) -> (String, usize) {
+    let job = coordinator.launch(&wdbc_job(1, 2, 600)).await;
+    for who in [alice, bob] {
+        client(coordinator, Arc::clone(who))
+            .await
+            .join(&job, false)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    while coordinator.info(&job).await.rounds.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no round opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dim = coordinator.info(&job).await.dim as usize;
+    (job, dim)
+}
+
+fn upload(header: v1::UploadHeader, values: &[f32]) -> Vec<v1::UploadChunk> {
+    vec![
+        v1::UploadChunk {
+            part: Some(Part::Header(header)),
+        },
+        v1::UploadChunk {
+            part: Some(Part::Data(le_bytes(values))),
+        },
+    ]
+}
+
+async fn send(
+    coordinator: &TestCoordinator,
+    messages: Vec<v1::UploadChunk>,
+) -> Result<(), tonic::Status> {
+    coordinator
+        .rounds()
+        .await
+        .upload_update(tokio_stream::iter(messages))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_cut_and_a_second_one_refused_while_others_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StreamLimits {
+        uploads_per_participant: 1,
+        upload_idle: Duration::from_secs(2),
+        ..StreamLimits::default()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (job, dim) = open_round(&coordinator, &alice, &bob).await;
+    let values = vec![0.01f32; dim];
+
+    // Alice sends a header and then nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::UploadChunk {
+        part: Some(Part::Header(plain_header(&alice, &job, 1, 10, &values))),
+    })
+    .await
+    .unwrap();
+    let mut rounds = coordinator.rounds().await;
+    let opened = Instant::now();
+    let stalled = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A second upload of hers is refused while the first holds her place ...
+    let status = send(
+        &coordinator,
+        upload(plain_header(&alice, &job, 1, 10, &values), &values),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("--max-uploads-per-participant")
+            && status
+                .message()
+                .contains(&alice.participant_id().to_string()),
+        "{}",
+        status.message()
+    );
+    // ... while Bob's goes through.
+    send(
+        &coordinator,
+        upload(plain_header(&bob, &job, 1, 10, &values), &values),
+    )
+    .await
+    .unwrap();
+
+    // The stalled stream is cut after the idle timeout, though its sender is still there.
+    let status = tokio::time::timeout(Duration::from_secs(60), stalled)
+        .await
+        .expect("the stalled upload was never cut")
+        .unwrap()
+        .unwrap_err();
+    refused(&status, Code::DeadlineExceeded, "--upload-idle-secs");
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_secs(2), "cut after {waited:?}");
+    drop(tx);
+    // Her place is free again: her upload now completes the round.
+    send(
+        &coordinator,
+        upload(plain_header(&alice, &job, 1, 10, &values), &values),
+    )
+    .await
+    .unwrap();
+    coordinator.wait_for_model(&job, 1).await;
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_and_follow_streams_are_capped_and_places_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StreamLimits {
+        work_streams_per_participant: 2,
+        follow_streams: 1,
+        ..StreamLimits::default()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (job, _) = open_round(&coordinator, &alice, &bob).await;
+
+    let mut a = client(&coordinator, Arc::clone(&alice)).await;
+    let first = a.work(&job).await.unwrap();
+    let _second = a.work(&job).await.unwrap();
+    let err = a.work(&job).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    assert!(
+        err.to_string()
+            .contains("--max-work-streams-per-participant"),
+        "{err}"
+    );
+    // Bob's own place is untouched.
+    let _bob = client(&coordinator, Arc::clone(&bob))
+        .await
+        .work(&job)
+        .await
+        .unwrap();
+    // A closed stream gives its place back (once the server sees it gone).
+    drop(first);
+    let started = Instant::now();
+    while let Err(e) = a.work(&job).await {
+        assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One follow stream in all: the second is refused, a plain read still answered.
+    let follow = |who: &Identity, follow: bool| {
+        let mut req = v1::LedgerRequest {
+            from_index: 0,
+            follow,
+            auth: None,
+        };
+        sign(who, &mut req);
+        req
+    };
+    let channel = conclave_participant::client::connect(&coordinator.url)
+        .await
+        .unwrap();
+    let mut ledger = LedgerClient::new(channel);
+    let held = ledger.entries(follow(&alice, true)).await.unwrap();
+    let status = ledger.entries(follow(&bob, true)).await.unwrap_err();
+    refused(&status, Code::ResourceExhausted, "--max-follow-streams");
+    ledger.entries(follow(&bob, false)).await.unwrap();
+    drop(held);
+    let started = Instant::now();
+    while let Err(status) = ledger.entries(follow(&bob, true)).await {
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{}",
+            status.message()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the follow place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    coordinator.stop().await;
+}
