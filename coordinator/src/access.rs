@@ -16,7 +16,6 @@
 //!   signatures take no memory.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use conclave_aggregation::JobSpec;
@@ -140,6 +139,33 @@ enum Reader {
     Signed(Box<Signer>),
 }
 
+/// The jobs whose spec `allowed` takes, oldest first.
+fn jobs_where(
+    jobs: &std::collections::BTreeMap<String, crate::job::Job>,
+    allowed: impl Fn(&JobSpec) -> bool,
+) -> Vec<v1::JobInfo> {
+    let mut out: Vec<_> = jobs
+        .values()
+        .filter(|j| allowed(&j.spec))
+        .map(crate::job::Job::info)
+        .collect();
+    out.sort_by_key(|j| j.created_unix_ms);
+    out
+}
+
+/// Who holds a reader's stream places: its identity when it signed, otherwise the address it
+/// connects from (a public server's anonymous readers share their address's places).
+pub(crate) fn reader_key(
+    did: Option<&ParticipantId>,
+    remote: Option<std::net::SocketAddr>,
+) -> String {
+    match (did, remote) {
+        (Some(did), _) => did.to_string(),
+        (None, Some(addr)) => format!("address {}", addr.ip()),
+        (None, None) => "an anonymous reader".into(),
+    }
+}
+
 /// Whether `did` may read a job with this admission list: a launcher, or an identity the
 /// admission lets join (a participant that joined was let in by it).
 pub fn may_read_job(
@@ -213,32 +239,42 @@ impl State {
         req: &v1::ListJobsRequest,
     ) -> Result<Vec<v1::JobInfo>, CoordinatorError> {
         match self.reader(req)? {
-            Reader::Public => Ok(self.jobs_where(|_| true)),
+            Reader::Public => Ok(self.with_jobs(|jobs| jobs_where(jobs, |_| true))),
             Reader::Signed(s) => {
                 // The answer depends on who asks only for a launcher or an identity some
                 // admission list names; for anyone else it is the open jobs, which any fresh
-                // key gets too, so no nonce is kept for them.
-                let named = self.policy.is_launcher(&s.did)
-                    || self.any_job(|job| job.spec.admission.contains(&s.did));
+                // key gets too, so no nonce is kept for them. Both are read under one lock,
+                // so a job naming the signer cannot appear between the two.
+                let (named, jobs) = self.with_jobs(|jobs| {
+                    let named = self.policy.is_launcher(&s.did)
+                        || jobs.values().any(|j| j.spec.admission.contains(&s.did));
+                    let readable =
+                        |spec: &JobSpec| may_read_job(&self.policy, &s.did, &spec.admission);
+                    (named, jobs_where(jobs, readable))
+                });
                 if named {
                     self.consume_server_nonce(&s)?;
                 }
-                Ok(self.jobs_where(|spec| may_read_job(&self.policy, &s.did, &spec.admission)))
+                Ok(jobs)
             }
         }
     }
 
-    /// `DownloadModel`: a model version's flat parameters and hash, for a reader allowed to
-    /// read the job.
-    pub fn read_model(
+    /// `DownloadModel`: checks that the reader may read the job (the model itself is loaded
+    /// once the stream has its places, see the `Rounds` service). Returns the reader's
+    /// identity when the read is signed.
+    pub fn allow_model_read(
         &self,
         req: &v1::DownloadModelRequest,
-    ) -> Result<(Arc<Vec<u8>>, Vec<u8>), CoordinatorError> {
+    ) -> Result<Option<ParticipantId>, CoordinatorError> {
         let reader = self.reader(req)?;
         self.with_job(&req.job_id, |job, _| {
             self.allow_job_read(&reader, &job.spec, job.id())
         })?;
-        self.model(&req.job_id, req.model_version)
+        Ok(match reader {
+            Reader::Public => None,
+            Reader::Signed(s) => Some(s.did.clone()),
+        })
     }
 
     /// `Ledger.Entries`: allowed to a launcher and to a participant that joined some job

@@ -104,6 +104,10 @@ pub enum CoordinatorError {
         "no message for {0} s: stream cut (the coordinator's --upload-idle-secs); send it again"
     )]
     StreamIdle(f64),
+    #[error(
+        "the stream took longer than its data allows (one chunk per --upload-idle-secs): stream cut; send it again"
+    )]
+    StreamTooSlow,
 }
 
 impl CoordinatorError {
@@ -132,7 +136,7 @@ impl CoordinatorError {
             | DuplicateExport { .. } => Code::AlreadyExists,
             ChunkTooLarge { .. } | TooManyRequests(_) | LimitReached(_) => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
-            StreamIdle(_) => Code::DeadlineExceeded,
+            StreamIdle(_) | StreamTooSlow => Code::DeadlineExceeded,
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,
             Protocol(p) => match p {

@@ -1,13 +1,14 @@
-//! Bounds on the streams one party may hold open, so that no participant, member or reader can
-//! make the coordinator hold more than the operator allows: concurrent uploads (and reveals)
-//! per participant, an idle timeout on each of their chunks, work streams per participant and
-//! ledger follow streams, in all and per reader. Each is a `conclave serve` setting; hitting
-//! one refuses the new stream with RESOURCE_EXHAUSTED (or cuts an idle one with
-//! DEADLINE_EXCEEDED) and names the setting, and nothing else waits for it.
+//! Bounds on the streams one party may hold open, so that no participant, member, reader or
+//! stranger can make the coordinator hold more than the operator allows: streams still waiting
+//! for their signed header, concurrent uploads (and reveals) per participant, work streams per
+//! participant, model downloads and ledger streams (in all and per reader), and how long any
+//! of them may wait on the other side. Each is a `conclave serve` setting; hitting one refuses
+//! the new stream with RESOURCE_EXHAUSTED (or cuts a stalled one with DEADLINE_EXCEEDED) and
+//! names the setting, and nothing else waits for it.
 //!
-//! A stream's place is taken only after its request is authenticated (and, for uploads, after
-//! its signed header is checked against the round), so the keys counted here are identities
-//! the coordinator already knows: a stranger cannot make the table grow.
+//! Places are keyed by what the coordinator already checked: the signed identity (or, for an
+//! anonymous reader of a public server, its address) and the job, so a stranger cannot make
+//! the table grow past the global bounds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,11 +26,17 @@ pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(30);
 /// Work streams one participant may hold open in one job by default.
 pub const DEFAULT_WORK_STREAMS_PER_PARTICIPANT: usize = 4;
 
-/// Ledger follow streams the server keeps open by default, in all.
-pub const DEFAULT_FOLLOW_STREAMS: usize = 256;
+/// Ledger streams the server keeps open by default, in all.
+pub const DEFAULT_LEDGER_STREAMS: usize = 256;
 
-/// Ledger follow streams one reader may keep open.
-pub const FOLLOW_STREAMS_PER_READER: usize = 4;
+/// Model downloads the server streams at once by default, in all.
+pub const DEFAULT_DOWNLOADS: usize = 64;
+
+/// Upload and reveal streams that may wait for their signed header at once by default.
+pub const DEFAULT_PENDING_STREAMS: usize = 256;
+
+/// Downloads, and ledger streams, one reader may have open at once.
+pub const STREAMS_PER_READER: usize = 4;
 
 /// The stream bounds of a server.
 #[derive(Clone, Debug)]
@@ -40,8 +47,12 @@ pub struct StreamLimits {
     pub upload_idle: Duration,
     /// Open work streams per participant and job.
     pub work_streams_per_participant: usize,
-    /// Open ledger follow streams in all (each reader may hold [`FOLLOW_STREAMS_PER_READER`]).
-    pub follow_streams: usize,
+    /// Open ledger streams in all (each reader may hold [`STREAMS_PER_READER`]).
+    pub ledger_streams: usize,
+    /// Model downloads in all (each reader may hold [`STREAMS_PER_READER`]).
+    pub downloads: usize,
+    /// Upload and reveal streams waiting for their signed header, in all.
+    pub pending_streams: usize,
 }
 
 impl Default for StreamLimits {
@@ -50,7 +61,9 @@ impl Default for StreamLimits {
             uploads_per_participant: DEFAULT_UPLOADS_PER_PARTICIPANT,
             upload_idle: DEFAULT_UPLOAD_IDLE,
             work_streams_per_participant: DEFAULT_WORK_STREAMS_PER_PARTICIPANT,
-            follow_streams: DEFAULT_FOLLOW_STREAMS,
+            ledger_streams: DEFAULT_LEDGER_STREAMS,
+            downloads: DEFAULT_DOWNLOADS,
+            pending_streams: DEFAULT_PENDING_STREAMS,
         }
     }
 }
@@ -96,6 +109,25 @@ impl Slots {
         })
     }
 
+    /// Takes a place of kind `kind` in all (at most `max`) and one of `reader`'s (at most
+    /// [`STREAMS_PER_READER`]).
+    pub fn take_reader(
+        self: &Arc<Self>,
+        kind: &str,
+        reader: &str,
+        max: usize,
+        setting: &str,
+    ) -> Result<(Slot, Slot), CoordinatorError> {
+        let all = self.take(kind.into(), max, "the server", setting)?;
+        let own = self.take(
+            format!("{kind}\0{reader}"),
+            STREAMS_PER_READER,
+            reader,
+            &format!("{STREAMS_PER_READER} {kind} streams per reader"),
+        )?;
+        Ok((all, own))
+    }
+
     /// Places taken under `key` now.
     pub fn count(&self, key: &str) -> usize {
         self.lock().get(key).copied().unwrap_or(0)
@@ -114,18 +146,33 @@ impl Drop for Slot {
     }
 }
 
-/// Waits for the next message of an upload or reveal stream for at most `idle`.
+/// Waits for the next message of an upload or reveal stream for at most `idle`, and not past
+/// `until` (the stream's whole time).
 pub async fn next_within<S>(
     stream: &mut S,
     idle: Duration,
+    until: tokio::time::Instant,
 ) -> Result<Option<S::Item>, CoordinatorError>
 where
     S: tokio_stream::Stream + Unpin,
 {
     use tokio_stream::StreamExt;
-    tokio::time::timeout(idle, stream.next())
-        .await
-        .map_err(|_| CoordinatorError::StreamIdle(idle.as_secs_f64()))
+    let now = tokio::time::Instant::now();
+    if now >= until {
+        return Err(CoordinatorError::StreamTooSlow);
+    }
+    let wait = idle.min(until - now);
+    match tokio::time::timeout(wait, stream.next()).await {
+        Ok(next) => Ok(next),
+        Err(_) if wait < idle => Err(CoordinatorError::StreamTooSlow),
+        Err(_) => Err(CoordinatorError::StreamIdle(idle.as_secs_f64())),
+    }
+}
+
+/// Sends `item` on a server stream, giving up when the reader has not taken the one before
+/// within `idle` (it then loses the stream, and what the stream held is freed).
+pub async fn send_within<T>(tx: &tokio::sync::mpsc::Sender<T>, item: T, idle: Duration) -> bool {
+    matches!(tokio::time::timeout(idle, tx.send(item)).await, Ok(Ok(())))
 }
 
 #[cfg(test)]

@@ -19,6 +19,12 @@ use crate::{CoordinatorError, State};
 /// Most concurrent requests served on one connection.
 const MAX_CONCURRENT_PER_CONNECTION: usize = 256;
 
+/// How often an idle connection is pinged (HTTP/2).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Serves the coordinator's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -68,6 +74,10 @@ pub async fn serve_with_tls(
     });
     builder
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
+        // A peer that vanished without closing its connection is noticed within a minute (an
+        // unanswered HTTP/2 ping closes it), so its streams end and give their places back.
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(jobs)
         .add_service(rounds)
         .add_service(ledger)

@@ -264,7 +264,7 @@ impl State {
         self.policy.check_model(&spec)?;
         // A place among the jobs is reserved before the model is built, so concurrent
         // launches cannot build more models than there are places.
-        let _place = {
+        let place = {
             let jobs = self.lock();
             self.launching.reserve(jobs.len(), self.policy.max_jobs)?
         };
@@ -302,21 +302,16 @@ impl State {
             id.clone(),
             Job::new(spec, record, latest_model, coordinator),
         );
+        // The job now holds its place itself.
+        drop(place);
         drop(jobs);
         self.spawn_driver(id.clone());
         Ok(id)
     }
 
-    /// Every job the predicate allows, oldest first.
-    pub(crate) fn jobs_where(&self, allowed: impl Fn(&JobSpec) -> bool) -> Vec<v1::JobInfo> {
-        let jobs = self.lock();
-        let mut out: Vec<_> = jobs
-            .values()
-            .filter(|j| allowed(&j.spec))
-            .map(Job::info)
-            .collect();
-        out.sort_by_key(|j| j.created_unix_ms);
-        out
+    /// Runs `f` over every job, under the lock.
+    pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&BTreeMap<String, Job>) -> R) -> R {
+        f(&self.lock())
     }
 
     /// Whether any job satisfies the predicate.

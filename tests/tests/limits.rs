@@ -156,11 +156,11 @@ async fn a_stalled_upload_is_cut_and_a_second_one_refused_while_others_upload() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn work_and_follow_streams_are_capped_and_places_come_back() {
+async fn work_and_ledger_streams_are_capped_and_places_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let limits = StreamLimits {
         work_streams_per_participant: 2,
-        follow_streams: 1,
+        ledger_streams: 1,
         ..StreamLimits::default()
     };
     let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
@@ -198,7 +198,7 @@ async fn work_and_follow_streams_are_capped_and_places_come_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // One follow stream in all: the second is refused, a plain read still answered.
+    // One ledger stream in all: a second one, following or not, is refused.
     let follow = |who: &Identity, follow: bool| {
         let mut req = v1::LedgerRequest {
             from_index: 0,
@@ -214,8 +214,9 @@ async fn work_and_follow_streams_are_capped_and_places_come_back() {
     let mut ledger = LedgerClient::new(channel);
     let held = ledger.entries(follow(&alice, true)).await.unwrap();
     let status = ledger.entries(follow(&bob, true)).await.unwrap_err();
-    refused(&status, Code::ResourceExhausted, "--max-follow-streams");
-    ledger.entries(follow(&bob, false)).await.unwrap();
+    refused(&status, Code::ResourceExhausted, "--max-ledger-streams");
+    let status = ledger.entries(follow(&bob, false)).await.unwrap_err();
+    refused(&status, Code::ResourceExhausted, "--max-ledger-streams");
     drop(held);
     let started = Instant::now();
     while let Err(status) = ledger.entries(follow(&bob, true)).await {
@@ -231,5 +232,95 @@ async fn work_and_follow_streams_are_capped_and_places_come_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reader_holds_few_ledger_streams_and_headerless_streams_are_few_and_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StreamLimits {
+        pending_streams: 1,
+        upload_idle: Duration::from_secs(2),
+        ..StreamLimits::default()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (job, dim) = open_round(&coordinator, &alice, &bob).await;
+
+    // A reader's own share of ledger streams; another reader still gets one.
+    let channel = conclave_participant::client::connect(&coordinator.url)
+        .await
+        .unwrap();
+    let mut ledger = LedgerClient::new(channel);
+    let follow = |who: &Identity| {
+        let mut req = v1::LedgerRequest {
+            from_index: 0,
+            follow: true,
+            auth: None,
+        };
+        sign(who, &mut req);
+        req
+    };
+    let mut held = Vec::new();
+    for _ in 0..conclave_coordinator::limits::STREAMS_PER_READER {
+        held.push(ledger.entries(follow(&alice)).await.unwrap());
+    }
+    let status = ledger.entries(follow(&alice)).await.unwrap_err();
+    refused(&status, Code::ResourceExhausted, "streams per reader");
+    assert!(
+        status
+            .message()
+            .contains(&alice.participant_id().to_string())
+    );
+    let _bob = ledger.entries(follow(&bob)).await.unwrap();
+
+    // A stream that never sends its header holds the one place for such streams, and only
+    // for one idle period.
+    let headerless = || {
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::UploadChunk>(1);
+        let coordinator_url = coordinator.url.clone();
+        let call = tokio::spawn(async move {
+            let channel = conclave_participant::client::connect(&coordinator_url)
+                .await
+                .unwrap();
+            conclave_participant::client::rounds_client(channel)
+                .upload_update(ReceiverStream::new(rx))
+                .await
+        });
+        (tx, call)
+    };
+    let (_tx, first) = headerless();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_tx2, second) = headerless();
+    let status = second.await.unwrap().unwrap_err();
+    refused(&status, Code::ResourceExhausted, "--max-pending-streams");
+    let status = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the headerless stream was never cut")
+        .unwrap()
+        .unwrap_err();
+    refused(&status, Code::DeadlineExceeded, "--upload-idle-secs");
+
+    // An empty data chunk is refused; the place is free again for a real upload.
+    let values = vec![0.01f32; dim];
+    let empty = vec![
+        v1::UploadChunk {
+            part: Some(Part::Header(plain_header(&alice, &job, 1, 10, &values))),
+        },
+        v1::UploadChunk {
+            part: Some(Part::Data(Vec::new())),
+        },
+    ];
+    let status = send(&coordinator, empty).await.unwrap_err();
+    refused(&status, Code::InvalidArgument, "empty data chunk");
+    send(
+        &coordinator,
+        upload(plain_header(&alice, &job, 1, 10, &values), &values),
+    )
+    .await
+    .unwrap();
     coordinator.stop().await;
 }

@@ -12,10 +12,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::State;
-use crate::limits::FOLLOW_STREAMS_PER_READER;
+use crate::access::reader_key;
+use crate::limits::send_within;
 
 /// Entries read from the database per step.
 const PAGE: usize = 256;
+
+/// Entries queued for a reader ahead of what it has taken.
+const BUFFERED: usize = 16;
 
 /// Serves `conclave.v1.Ledger`.
 pub struct LedgerService {
@@ -32,30 +36,21 @@ impl Ledger for LedgerService {
         &self,
         request: Request<v1::LedgerRequest>,
     ) -> Result<Response<Self::EntriesStream>, Status> {
+        let remote = request.remote_addr();
         let req = request.into_inner();
         let reader = self.state.allow_ledger_read(&req)?;
-        // A follow stream stays open: it holds a place in all and one of its reader's.
-        let places = if req.follow {
-            let slots = &self.state.slots;
-            let limit = self.state.policy.streams.follow_streams;
-            let all = slots.take("follow".into(), limit, "the server", "--max-follow-streams")?;
-            let own = match &reader {
-                Some(did) => Some(slots.take(
-                    format!("follow\0{did}"),
-                    FOLLOW_STREAMS_PER_READER,
-                    &did.to_string(),
-                    "ledger follow streams per reader",
-                )?),
-                None => None,
-            };
-            Some((all, own))
-        } else {
-            None
-        };
+        // Every ledger stream holds a place in all and one of its reader's until it ends.
+        let places = self.state.slots.take_reader(
+            "ledger",
+            &reader_key(reader.as_ref(), remote),
+            self.state.policy.streams.ledger_streams,
+            "--max-ledger-streams",
+        )?;
+        let idle = self.state.policy.streams.upload_idle;
         let state = Arc::clone(&self.state);
         let mut appended = state.ledger().subscribe();
         let mut closing = state.closing();
-        let (tx, rx) = mpsc::channel(PAGE);
+        let (tx, rx) = mpsc::channel(BUFFERED);
         tokio::spawn(async move {
             let _places = places;
             let mut next = req.from_index;
@@ -76,7 +71,8 @@ impl Ledger for LedgerService {
                 let full = entries.len() == PAGE;
                 for entry in entries {
                     next = entry.index() + 1;
-                    if tx.send(Ok(entry.to_wire())).await.is_err() {
+                    // A reader that stops reading loses the stream (and its places).
+                    if !send_within(&tx, Ok(entry.to_wire()), idle).await {
                         return;
                     }
                 }

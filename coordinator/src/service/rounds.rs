@@ -11,7 +11,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::limits::next_within;
+use crate::access::reader_key;
+use crate::limits::{next_within, send_within};
 use crate::state::WorkCursor;
 use crate::{CoordinatorError, State};
 
@@ -88,14 +89,29 @@ impl Rounds for RoundsService {
         &self,
         request: Request<v1::DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let remote = request.remote_addr();
         let req = request.into_inner();
-        let (bytes, hash) = self.state.read_model(&req)?;
-        let total = bytes.len() as u64;
-        let chunks = (0..bytes.len().max(1))
-            .step_by(MAX_CHUNK_BYTES)
-            .map(move |offset| {
+        let reader = self.state.allow_model_read(&req)?;
+        // The places are taken before an older version is read back into memory.
+        let places = self.state.slots.take_reader(
+            "download",
+            &reader_key(reader.as_ref(), remote),
+            self.state.policy.streams.downloads,
+            "--max-downloads",
+        )?;
+        let state = Arc::clone(&self.state);
+        let (job, version) = (req.job_id.clone(), req.model_version);
+        let (bytes, hash) = tokio::task::spawn_blocking(move || state.model(&job, version))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let idle = self.state.policy.streams.upload_idle;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let _places = places;
+            let total = bytes.len() as u64;
+            for offset in (0..bytes.len().max(1)).step_by(MAX_CHUNK_BYTES) {
                 let end = (offset + MAX_CHUNK_BYTES).min(bytes.len());
-                Ok(v1::ModelChunk {
+                let chunk = v1::ModelChunk {
                     offset: offset as u64,
                     data: bytes[offset..end].to_vec(),
                     total_bytes: if offset == 0 { total } else { 0 },
@@ -104,9 +120,14 @@ impl Rounds for RoundsService {
                     } else {
                         Vec::new()
                     },
-                })
-            });
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+                };
+                // A reader that stops reading loses the stream, its places and the model copy.
+                if !send_within(&tx, Ok(chunk), idle).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn upload_update(
@@ -114,8 +135,18 @@ impl Rounds for RoundsService {
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         let mut stream = request.into_inner();
-        let idle = self.state.policy.streams.upload_idle;
-        let header = match next_within(&mut stream, idle).await? {
+        let streams = &self.state.policy.streams;
+        let idle = streams.upload_idle;
+        // Until its signed header is checked, a stream holds one of the server's places for
+        // streams not yet known to be anyone's, and may wait one idle period for it.
+        let pending = self.state.slots.take(
+            "pending".into(),
+            streams.pending_streams,
+            "the server (streams before their signed header)",
+            "--max-pending-streams",
+        )?;
+        let header_by = tokio::time::Instant::now() + idle;
+        let header = match next_within(&mut stream, idle, header_by).await? {
             Some(Ok(v1::UploadChunk {
                 part: Some(Part::Header(h)),
             })) => h,
@@ -130,12 +161,13 @@ impl Rounds for RoundsService {
         };
         let ticket = self.state.check_upload(&header)?;
         // Held until the payload is stored, however the stream ends.
-        let _slot = self.state.slots.take(
+        let slot = self.state.slots.take(
             format!("upload\0{}\0{}", ticket.job, ticket.did),
-            self.state.policy.streams.uploads_per_participant,
+            streams.uploads_per_participant,
             &format!("{} (uploads to job {})", ticket.did, ticket.job),
             "--max-uploads-per-participant",
         )?;
+        drop(pending);
         let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
             match c.part {
                 Some(Part::Data(d)) => Some(d),
@@ -148,9 +180,13 @@ impl Rounds for RoundsService {
             round: ticket.round,
             payload_hash: ticket.payload_hash.to_vec(),
         };
-        tokio::task::spawn_blocking(move || state.accept_upload(&ticket, &payload))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            // Still held if the client goes away while the update is stored.
+            let _slot = slot;
+            state.accept_upload(&ticket, &payload)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         tracing::debug!(round = receipt.round, "update accepted");
         Ok(Response::new(receipt))
     }
@@ -190,8 +226,18 @@ impl Rounds for RoundsService {
     ) -> Result<Response<v1::RevealReceipt>, Status> {
         use v1::reveal_chunk::Part as RevealPart;
         let mut stream = request.into_inner();
-        let idle = self.state.policy.streams.upload_idle;
-        let header = match next_within(&mut stream, idle).await? {
+        let streams = &self.state.policy.streams;
+        let idle = streams.upload_idle;
+        // Until its signed header is checked, a stream holds one of the server's places for
+        // streams not yet known to be anyone's, and may wait one idle period for it.
+        let pending = self.state.slots.take(
+            "pending".into(),
+            streams.pending_streams,
+            "the server (streams before their signed header)",
+            "--max-pending-streams",
+        )?;
+        let header_by = tokio::time::Instant::now() + idle;
+        let header = match next_within(&mut stream, idle, header_by).await? {
             Some(Ok(v1::RevealChunk {
                 part: Some(RevealPart::Header(h)),
             })) => h,
@@ -205,21 +251,25 @@ impl Rounds for RoundsService {
             None => return Err(CoordinatorError::InvalidRequest("empty reveal".into()).into()),
         };
         let (member, len) = self.state.check_reveal(&header)?;
-        let _slot = self.state.slots.take(
+        let slot = self.state.slots.take(
             format!("reveal\0{}\0{member}", header.job_id),
-            self.state.policy.streams.uploads_per_participant,
+            streams.uploads_per_participant,
             &format!("{member} (reveals to job {})", header.job_id),
             "--max-uploads-per-participant",
         )?;
+        drop(pending);
         let payload = read_payload(&mut stream, idle, len * 4, |c| match c.part {
             Some(RevealPart::Data(d)) => Some(d),
             _ => None,
         })
         .await?;
         let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.accept_reveal(&member, &header, &payload))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            state.accept_reveal(&member, &header, &payload)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(v1::RevealReceipt {}))
     }
 
@@ -245,16 +295,21 @@ impl Drop for Connection {
     }
 }
 
-/// Reads the data chunks that follow a header: each at most [`MAX_CHUNK_BYTES`], `expected`
-/// bytes in all, counted as they arrive, each within `idle` of the one before.
+/// Reads the data chunks that follow a header: each non-empty and at most
+/// [`MAX_CHUNK_BYTES`], `expected` bytes in all, counted as they arrive. Each comes within
+/// `idle` of the one before, and the whole payload within one `idle` per chunk it needs (so a
+/// trickle cannot hold the stream open), and memory grows with what has arrived, not with what
+/// the header announced.
 async fn read_payload<T>(
     stream: &mut Streaming<T>,
     idle: std::time::Duration,
     expected: usize,
     data_of: impl Fn(T) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Status> {
-    let mut payload = Vec::with_capacity(expected);
-    while let Some(chunk) = next_within(stream, idle).await? {
+    let chunks = expected.div_ceil(MAX_CHUNK_BYTES).max(1) as u32;
+    let until = tokio::time::Instant::now() + idle * (chunks + 1);
+    let mut payload = Vec::new();
+    while let Some(chunk) = next_within(stream, idle, until).await? {
         let Some(data) = data_of(chunk?) else {
             return Err(CoordinatorError::InvalidRequest(
                 "only data chunks may follow the header".into(),
@@ -268,6 +323,9 @@ async fn read_payload<T>(
             }
             .into());
         }
+        if data.is_empty() {
+            return Err(CoordinatorError::InvalidRequest("an empty data chunk".into()).into());
+        }
         if payload.len() + data.len() > expected {
             let got = (payload.len() + data.len()) as u64 / 4;
             return Err(CoordinatorError::WrongLength {
@@ -275,6 +333,11 @@ async fn read_payload<T>(
                 got,
             }
             .into());
+        }
+        if payload.capacity() - payload.len() < data.len() {
+            // Doubling, but never past what the header announced.
+            let grow = payload.len().max(data.len()).min(expected - payload.len());
+            payload.reserve_exact(grow);
         }
         payload.extend_from_slice(&data);
     }
