@@ -135,7 +135,9 @@ impl Drop for LaunchPlace<'_> {
 /// Who a read comes from: nobody in particular on a public server, or a checked signer.
 #[derive(Clone, Debug)]
 enum Reader {
-    Public,
+    /// A public server's reader; with its identity when it signed (its stream places are then
+    /// its own, not its address's).
+    Public(Option<Box<ParticipantId>>),
     Signed(Box<Signer>),
 }
 
@@ -159,9 +161,15 @@ pub(crate) fn reader_key(
     did: Option<&ParticipantId>,
     remote: Option<std::net::SocketAddr>,
 ) -> String {
-    match (did, remote) {
+    use std::net::IpAddr;
+    match (did, remote.map(|a| a.ip())) {
         (Some(did), _) => did.to_string(),
-        (None, Some(addr)) => format!("address {}", addr.ip()),
+        (None, Some(IpAddr::V4(ip))) => format!("address {ip}"),
+        // One IPv6 host usually holds a whole /64.
+        (None, Some(IpAddr::V6(ip))) => {
+            let s = ip.segments();
+            format!("addresses {:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
         (None, None) => "an anonymous reader".into(),
     }
 }
@@ -181,7 +189,14 @@ impl State {
     /// bad signature or a stale signing time is refused.
     fn reader<T: Signed>(&self, req: &T) -> Result<Reader, CoordinatorError> {
         if self.policy.public_read {
-            return Ok(Reader::Public);
+            // Anyone may read; a valid signature only says whose places a stream takes. No
+            // nonce is kept: a replay could only spend the signer's own few places, and only
+            // by someone who captured the request (TLS keeps that from happening).
+            let did = match req.auth() {
+                Some(_) => Some(Box::new(self.authenticate(req)?.did)),
+                None => None,
+            };
+            return Ok(Reader::Public(did));
         }
         if req.auth().is_none() {
             return Err(CoordinatorError::BadAuth(format!(
@@ -209,7 +224,7 @@ impl State {
         job: &str,
     ) -> Result<(), CoordinatorError> {
         match reader {
-            Reader::Public => Ok(()),
+            Reader::Public(_) => Ok(()),
             // Under open admission whoever signs may read: a replay gets nothing a fresh key
             // would not, so no nonce is kept (a stranger's keys take no memory).
             Reader::Signed(_) if spec.admission.is_empty() => Ok(()),
@@ -239,7 +254,7 @@ impl State {
         req: &v1::ListJobsRequest,
     ) -> Result<Vec<v1::JobInfo>, CoordinatorError> {
         match self.reader(req)? {
-            Reader::Public => Ok(self.with_jobs(|jobs| jobs_where(jobs, |_| true))),
+            Reader::Public(_) => Ok(self.with_jobs(|jobs| jobs_where(jobs, |_| true))),
             Reader::Signed(s) => {
                 // The answer depends on who asks only for a launcher or an identity some
                 // admission list names; for anyone else it is the open jobs, which any fresh
@@ -272,7 +287,7 @@ impl State {
             self.allow_job_read(&reader, &job.spec, job.id())
         })?;
         Ok(match reader {
-            Reader::Public => None,
+            Reader::Public(did) => did.map(|d| *d),
             Reader::Signed(s) => Some(s.did.clone()),
         })
     }
@@ -286,7 +301,7 @@ impl State {
         req: &v1::LedgerRequest,
     ) -> Result<Option<ParticipantId>, CoordinatorError> {
         match self.reader(req)? {
-            Reader::Public => Ok(None),
+            Reader::Public(did) => Ok(did.map(|d| *d)),
             Reader::Signed(s) => {
                 let allowed =
                     self.policy.is_launcher(&s.did) || self.any_job(|job| job.is_joined(&s.did));

@@ -108,6 +108,10 @@ pub enum CoordinatorError {
         "the stream took longer than its data allows (one chunk per --upload-idle-secs): stream cut; send it again"
     )]
     StreamTooSlow,
+    #[error(
+        "the reader took nothing for {0} s: stream cut (the coordinator's --upload-idle-secs); read it again"
+    )]
+    ReaderStalled(f64),
 }
 
 impl CoordinatorError {
@@ -136,7 +140,7 @@ impl CoordinatorError {
             | DuplicateExport { .. } => Code::AlreadyExists,
             ChunkTooLarge { .. } | TooManyRequests(_) | LimitReached(_) => Code::ResourceExhausted,
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
-            StreamIdle(_) | StreamTooSlow => Code::DeadlineExceeded,
+            StreamIdle(_) | StreamTooSlow | ReaderStalled(_) => Code::DeadlineExceeded,
             JobFull { .. } => Code::FailedPrecondition,
             Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,
             Protocol(p) => match p {

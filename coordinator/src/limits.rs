@@ -1,14 +1,21 @@
 //! Bounds on the streams one party may hold open, so that no participant, member, reader or
-//! stranger can make the coordinator hold more than the operator allows: streams still waiting
-//! for their signed header, concurrent uploads (and reveals) per participant, work streams per
-//! participant, model downloads and ledger streams (in all and per reader), and how long any
-//! of them may wait on the other side. Each is a `conclave serve` setting; hitting one refuses
-//! the new stream with RESOURCE_EXHAUSTED (or cuts a stalled one with DEADLINE_EXCEEDED) and
-//! names the setting, and nothing else waits for it.
+//! stranger can make the coordinator hold more than the operator allows: concurrent uploads
+//! (and reveals) per participant, work streams per participant, model downloads and ledger
+//! streams (in all, and per reader), and how long any of them may wait on the other side.
+//! Each is a `conclave serve` setting named in its refusal.
 //!
-//! Places are keyed by what the coordinator already checked: the signed identity (or, for an
-//! anonymous reader of a public server, its address) and the job, so a stranger cannot make
-//! the table grow past the global bounds.
+//! - A party over its own share (uploads per participant, work streams, 4 downloads or ledger
+//!   streams per reader) is refused at once with RESOURCE_EXHAUSTED.
+//! - The server-wide shares (downloads, ledger streams) are waited for, up to one idle
+//!   period, so honest participants arriving together at a round's start queue rather than
+//!   fail; only then is a stream refused.
+//! - A stream whose peer stops sending (uploads, reveals, their header included) or stops
+//!   reading (downloads, ledger streams) for one idle period is cut with DEADLINE_EXCEEDED,
+//!   and an upload may take one idle period per chunk it needs, no more.
+//!
+//! Own shares are keyed by what was already checked: the signed identity and the job (or, for
+//! an unsigned read of a public server, the address it comes from), so a stranger cannot make
+//! the table grow past the server-wide bounds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,9 +39,6 @@ pub const DEFAULT_LEDGER_STREAMS: usize = 256;
 /// Model downloads the server streams at once by default, in all.
 pub const DEFAULT_DOWNLOADS: usize = 64;
 
-/// Upload and reveal streams that may wait for their signed header at once by default.
-pub const DEFAULT_PENDING_STREAMS: usize = 256;
-
 /// Downloads, and ledger streams, one reader may have open at once.
 pub const STREAMS_PER_READER: usize = 4;
 
@@ -51,8 +55,6 @@ pub struct StreamLimits {
     pub ledger_streams: usize,
     /// Model downloads in all (each reader may hold [`STREAMS_PER_READER`]).
     pub downloads: usize,
-    /// Upload and reveal streams waiting for their signed header, in all.
-    pub pending_streams: usize,
 }
 
 impl Default for StreamLimits {
@@ -63,7 +65,6 @@ impl Default for StreamLimits {
             work_streams_per_participant: DEFAULT_WORK_STREAMS_PER_PARTICIPANT,
             ledger_streams: DEFAULT_LEDGER_STREAMS,
             downloads: DEFAULT_DOWNLOADS,
-            pending_streams: DEFAULT_PENDING_STREAMS,
         }
     }
 }
@@ -109,23 +110,37 @@ impl Slots {
         })
     }
 
-    /// Takes a place of kind `kind` in all (at most `max`) and one of `reader`'s (at most
-    /// [`STREAMS_PER_READER`]).
-    pub fn take_reader(
+    /// Takes one of `reader`'s places of kind `kind` (at most [`STREAMS_PER_READER`]) at
+    /// once, then waits up to `wait` for one of the server's (`gate`, sized by `setting`).
+    pub async fn take_reader(
         self: &Arc<Self>,
         kind: &str,
         reader: &str,
-        max: usize,
-        setting: &str,
-    ) -> Result<(Slot, Slot), CoordinatorError> {
-        let all = self.take(kind.into(), max, "the server", setting)?;
+        gate: &Gate,
+        wait: Duration,
+    ) -> Result<ReaderPlaces, CoordinatorError> {
         let own = self.take(
             format!("{kind}\0{reader}"),
             STREAMS_PER_READER,
             reader,
             &format!("{STREAMS_PER_READER} {kind} streams per reader"),
         )?;
-        Ok((all, own))
+        let all = tokio::time::timeout(wait, Arc::clone(&gate.permits).acquire_owned())
+            .await
+            .map_err(|_| {
+                CoordinatorError::LimitReached(format!(
+                    "the server already streams {} {kind}s, its limit ({}), and none ended \
+                     within {} s: try again",
+                    gate.size,
+                    gate.setting,
+                    wait.as_secs()
+                ))
+            })?
+            .expect("the gate's semaphore is never closed");
+        Ok(ReaderPlaces {
+            _all: all,
+            _own: own,
+        })
     }
 
     /// Places taken under `key` now.
@@ -146,33 +161,110 @@ impl Drop for Slot {
     }
 }
 
-/// Waits for the next message of an upload or reveal stream for at most `idle`, and not past
-/// `until` (the stream's whole time).
+/// A server-wide share of streams of one kind, waited for.
+pub struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+    setting: &'static str,
+}
+
+impl Gate {
+    /// A share of `size` streams, set by the `serve` flag `setting`.
+    pub fn new(size: usize, setting: &'static str) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+            setting,
+        }
+    }
+}
+
+/// A reader's stream's places: one of the server's and one of its own (given back when
+/// dropped).
+#[must_use = "the places are given back when dropped"]
+pub struct ReaderPlaces {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _own: Slot,
+}
+
+/// The latest time `idle × n` from now can name without overflowing.
+pub fn deadline(idle: Duration, n: u32) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(idle.saturating_mul(n).min(far))
+        .unwrap_or(now + far)
+}
+
+/// Waits for the next message of an upload or reveal stream for at most `idle`, and, when
+/// `until` is given, not past it (the stream's whole time).
 pub async fn next_within<S>(
     stream: &mut S,
     idle: Duration,
-    until: tokio::time::Instant,
+    until: Option<tokio::time::Instant>,
 ) -> Result<Option<S::Item>, CoordinatorError>
 where
     S: tokio_stream::Stream + Unpin,
 {
     use tokio_stream::StreamExt;
     let now = tokio::time::Instant::now();
-    if now >= until {
-        return Err(CoordinatorError::StreamTooSlow);
-    }
-    let wait = idle.min(until - now);
-    match tokio::time::timeout(wait, stream.next()).await {
+    let wait = match until {
+        Some(until) if now >= until => return Err(CoordinatorError::StreamTooSlow),
+        Some(until) if until - now < idle => Some(until - now),
+        _ => None,
+    };
+    match tokio::time::timeout(wait.unwrap_or(idle), stream.next()).await {
         Ok(next) => Ok(next),
-        Err(_) if wait < idle => Err(CoordinatorError::StreamTooSlow),
+        Err(_) if wait.is_some() => Err(CoordinatorError::StreamTooSlow),
         Err(_) => Err(CoordinatorError::StreamIdle(idle.as_secs_f64())),
     }
 }
 
-/// Sends `item` on a server stream, giving up when the reader has not taken the one before
-/// within `idle` (it then loses the stream, and what the stream held is freed).
-pub async fn send_within<T>(tx: &tokio::sync::mpsc::Sender<T>, item: T, idle: Duration) -> bool {
-    matches!(tokio::time::timeout(idle, tx.send(item)).await, Ok(Ok(())))
+/// The feeding side of a server stream that gives up on a reader that stops reading.
+pub struct Feed<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    idle: Duration,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A server stream as its client sees it.
+pub type FedStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// A server stream and its feed, buffering `capacity` items. The client gets what the feed
+/// sends, and, when the feed gave up on it for not reading, DEADLINE_EXCEEDED after the last
+/// item, so a cut stream never looks complete.
+pub fn feed<T: Send + 'static>(capacity: usize, idle: Duration) -> (Feed<T>, FedStream<T>) {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let was_cut = Arc::clone(&cut);
+    let tail = tokio_stream::once(()).filter_map(move |()| {
+        was_cut
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| Err(CoordinatorError::ReaderStalled(idle.as_secs_f64()).into()))
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail);
+    (Feed { tx, idle, cut }, Box::pin(stream))
+}
+
+impl<T> Feed<T> {
+    /// Sends `item`; false once the reader is gone or was cut for not taking the item before
+    /// within the idle period (the feed should then stop).
+    pub async fn send(&self, item: Result<T, tonic::Status>) -> bool {
+        match tokio::time::timeout(self.idle, self.tx.send(item)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Resolves when the client has gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 #[cfg(test)]

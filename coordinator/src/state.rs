@@ -25,7 +25,7 @@ use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
 use crate::job::{Job, Step, add_mean, decode_f32, f32_bytes};
-use crate::limits::Slots;
+use crate::limits::{Gate, Slots};
 use crate::secagg::{self, Phase};
 use crate::store::{EvalRecord, JobRecord, ParticipantRecord, Store, UploadPart, UploadRecord};
 
@@ -106,8 +106,11 @@ pub struct State {
     pub(crate) policy: ServerPolicy,
     /// Nonces of signed requests that belong to no job's memory (launches and reads).
     pub(crate) server_nonces: Mutex<auth::Nonces>,
-    /// Places of open upload, reveal and ledger follow streams.
+    /// Places of open upload, reveal, download and ledger streams.
     pub(crate) slots: Arc<Slots>,
+    /// The server-wide shares of downloads and of ledger streams.
+    pub(crate) download_gate: Gate,
+    pub(crate) ledger_gate: Gate,
     /// Launches whose model is being built (each holds a place among the jobs).
     launching: crate::access::Launching,
 }
@@ -191,6 +194,8 @@ impl State {
             job.resume_draw(started);
             jobs.insert(job.record.id.clone(), job);
         }
+        let download_gate = Gate::new(policy.streams.downloads, "--max-downloads");
+        let ledger_gate = Gate::new(policy.streams.ledger_streams, "--max-ledger-streams");
         Ok(Arc::new(Self {
             store,
             jobs: Mutex::new(jobs),
@@ -199,6 +204,8 @@ impl State {
             policy,
             server_nonces: Mutex::new(auth::Nonces::default()),
             slots: Arc::new(Slots::default()),
+            download_gate,
+            ledger_gate,
             launching: Default::default(),
         }))
     }

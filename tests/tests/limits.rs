@@ -161,6 +161,7 @@ async fn work_and_ledger_streams_are_capped_and_places_come_back() {
     let limits = StreamLimits {
         work_streams_per_participant: 2,
         ledger_streams: 1,
+        upload_idle: Duration::from_secs(1),
         ..StreamLimits::default()
     };
     let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
@@ -236,10 +237,9 @@ async fn work_and_ledger_streams_are_capped_and_places_come_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_reader_holds_few_ledger_streams_and_headerless_streams_are_few_and_short() {
+async fn one_reader_holds_few_ledger_streams_and_a_headerless_stream_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let limits = StreamLimits {
-        pending_streams: 1,
         upload_idle: Duration::from_secs(2),
         ..StreamLimits::default()
     };
@@ -269,7 +269,11 @@ async fn one_reader_holds_few_ledger_streams_and_headerless_streams_are_few_and_
         held.push(ledger.entries(follow(&alice)).await.unwrap());
     }
     let status = ledger.entries(follow(&alice)).await.unwrap_err();
-    refused(&status, Code::ResourceExhausted, "streams per reader");
+    refused(
+        &status,
+        Code::ResourceExhausted,
+        "4 ledger streams per reader",
+    );
     assert!(
         status
             .message()
@@ -277,34 +281,24 @@ async fn one_reader_holds_few_ledger_streams_and_headerless_streams_are_few_and_
     );
     let _bob = ledger.entries(follow(&bob)).await.unwrap();
 
-    // A stream that never sends its header holds the one place for such streams, and only
-    // for one idle period.
-    let headerless = || {
-        let (tx, rx) = tokio::sync::mpsc::channel::<v1::UploadChunk>(1);
-        let coordinator_url = coordinator.url.clone();
-        let call = tokio::spawn(async move {
-            let channel = conclave_participant::client::connect(&coordinator_url)
-                .await
-                .unwrap();
-            conclave_participant::client::rounds_client(channel)
-                .upload_update(ReceiverStream::new(rx))
-                .await
-        });
-        (tx, call)
-    };
-    let (_tx, first) = headerless();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_tx2, second) = headerless();
-    let status = second.await.unwrap().unwrap_err();
-    refused(&status, Code::ResourceExhausted, "--max-pending-streams");
-    let status = tokio::time::timeout(Duration::from_secs(60), first)
+    // A stream that never sends its header is cut after one idle period.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<v1::UploadChunk>(1);
+    let mut rounds = coordinator.rounds().await;
+    let headerless =
+        tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    let status = tokio::time::timeout(Duration::from_secs(60), headerless)
         .await
         .expect("the headerless stream was never cut")
         .unwrap()
         .unwrap_err();
     refused(&status, Code::DeadlineExceeded, "--upload-idle-secs");
+    assert!(
+        status.message().starts_with("no message for 2"),
+        "{}",
+        status.message()
+    );
 
-    // An empty data chunk is refused; the place is free again for a real upload.
+    // An empty data chunk is refused; a real upload then goes through.
     let values = vec![0.01f32; dim];
     let empty = vec![
         v1::UploadChunk {
@@ -322,5 +316,108 @@ async fn one_reader_holds_few_ledger_streams_and_headerless_streams_are_few_and_
     )
     .await
     .unwrap();
+    coordinator.stop().await;
+}
+
+/// A job whose model spans several download chunks (an MLP of about 2.2M parameters).
+fn large_job() -> conclave_aggregation::JobSpec {
+    let mut spec = wdbc_job(1, 2, 600);
+    spec.model = conclave_aggregation::ModelArch::Mlp {
+        hidden: vec![2048, 1024],
+    };
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_wait_for_a_place_and_a_reader_that_stops_reading_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StreamLimits {
+        downloads: 1,
+        upload_idle: Duration::from_secs(2),
+        ..StreamLimits::default()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let job = coordinator.launch(&large_job()).await;
+    let dim = coordinator.info(&job).await.dim as usize;
+    assert!(dim * 4 > 4 * conclave_proto::MAX_CHUNK_BYTES, "{dim}");
+    let download = |who: &Identity| {
+        let mut req = v1::DownloadModelRequest {
+            job_id: job.clone(),
+            model_version: 0,
+            auth: None,
+        };
+        sign(who, &mut req);
+        req
+    };
+    let (alice, bob) = (Identity::generate(), Identity::generate());
+    let channel = conclave_participant::client::connect(&coordinator.url)
+        .await
+        .unwrap();
+    let mut rounds = conclave_participant::client::rounds_client(channel);
+
+    let fresh = || async {
+        conclave_participant::client::rounds_client(
+            conclave_participant::client::connect(&coordinator.url)
+                .await
+                .unwrap(),
+        )
+    };
+    let read_all = |mut stream: tonic::Streaming<v1::ModelChunk>| async move {
+        let mut bytes = 0;
+        while let Some(chunk) = stream.message().await.unwrap() {
+            bytes += chunk.data.len();
+        }
+        bytes
+    };
+
+    // Alice holds the one place; Bob (on a connection of his own) waits for it rather than
+    // being refused, and gets it when her download ends.
+    let mut first = rounds
+        .download_model(download(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    first.message().await.unwrap().unwrap();
+    let mut bob_rounds = fresh().await;
+    let bob_req = download(&bob);
+    let waiting = tokio::spawn(async move { bob_rounds.download_model(bob_req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "Bob was answered while Alice held the place"
+    );
+    let rest = read_all(first).await;
+    assert!(rest > 0);
+    let bobs = waiting
+        .await
+        .unwrap()
+        .expect("Bob waited for the place and got it");
+    assert_eq!(read_all(bobs.into_inner()).await, dim * 4);
+
+    // Alice opens a download, reads one chunk and stops reading: she is cut.
+    let mut stalled = rounds
+        .download_model(download(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    stalled.message().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Alice's stream, read again, ends with DEADLINE_EXCEEDED, not as if complete.
+    let status = loop {
+        match stalled.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a cut download looked complete"),
+            Err(status) => break status,
+        }
+    };
+    refused(&status, Code::DeadlineExceeded, "the reader took nothing");
+    // The place is back: a fresh download completes.
+    let stream = fresh()
+        .await
+        .download_model(download(&bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read_all(stream).await, dim * 4);
     coordinator.stop().await;
 }

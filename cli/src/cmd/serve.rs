@@ -49,16 +49,14 @@ pub struct Args {
     /// Work streams one participant may have open at once in a job.
     #[arg(long, default_value_t = limits::DEFAULT_WORK_STREAMS_PER_PARTICIPANT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_work_streams_per_participant: u64,
-    /// Ledger streams (`ledger sync`, participants' replicas) open at once, in all; each
-    /// reader may have 4.
+    /// Ledger streams (`ledger sync`, participants' replicas) open at once, in all (more wait
+    /// up to --upload-idle-secs for a place); each reader may have 4.
     #[arg(long, default_value_t = limits::DEFAULT_LEDGER_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_ledger_streams: u64,
-    /// Model downloads streaming at once, in all; each reader may have 4.
+    /// Model downloads streaming at once, in all (more wait up to --upload-idle-secs for a
+    /// place); each reader may have 4.
     #[arg(long, default_value_t = limits::DEFAULT_DOWNLOADS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_downloads: u64,
-    /// Upload and reveal streams that may wait for their signed header at once, in all.
-    #[arg(long, default_value_t = limits::DEFAULT_PENDING_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    max_pending_streams: u64,
 }
 
 fn parse_did(s: &str) -> Result<ParticipantId, String> {
@@ -79,7 +77,6 @@ impl Args {
                 work_streams_per_participant: self.max_work_streams_per_participant as usize,
                 ledger_streams: self.max_ledger_streams as usize,
                 downloads: self.max_downloads as usize,
-                pending_streams: self.max_pending_streams as usize,
             },
         }
     }

@@ -2,18 +2,14 @@
 //! open and sends new entries as they are committed. Entries go out exactly as stored (body
 //! bytes and signature), so a replica checks the coordinator's own signatures.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use conclave_proto::v1::{self, ledger_server::Ledger};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::State;
 use crate::access::reader_key;
-use crate::limits::send_within;
+use crate::limits;
 
 /// Entries read from the database per step.
 const PAGE: usize = 256;
@@ -26,7 +22,7 @@ pub struct LedgerService {
     pub(crate) state: Arc<State>,
 }
 
-type EntryStream = Pin<Box<dyn Stream<Item = Result<v1::LedgerEntry, Status>> + Send>>;
+type EntryStream = limits::FedStream<v1::LedgerEntry>;
 
 #[tonic::async_trait]
 impl Ledger for LedgerService {
@@ -39,18 +35,23 @@ impl Ledger for LedgerService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         let reader = self.state.allow_ledger_read(&req)?;
-        // Every ledger stream holds a place in all and one of its reader's until it ends.
-        let places = self.state.slots.take_reader(
-            "ledger",
-            &reader_key(reader.as_ref(), remote),
-            self.state.policy.streams.ledger_streams,
-            "--max-ledger-streams",
-        )?;
         let idle = self.state.policy.streams.upload_idle;
+        // Every ledger stream holds one of its reader's places and one of the server's
+        // (waited for) until it ends.
+        let places = self
+            .state
+            .slots
+            .take_reader(
+                "ledger",
+                &reader_key(reader.as_ref(), remote),
+                &self.state.ledger_gate,
+                idle,
+            )
+            .await?;
         let state = Arc::clone(&self.state);
         let mut appended = state.ledger().subscribe();
         let mut closing = state.closing();
-        let (tx, rx) = mpsc::channel(BUFFERED);
+        let (feed, stream) = limits::feed(BUFFERED, idle);
         tokio::spawn(async move {
             let _places = places;
             let mut next = req.from_index;
@@ -60,11 +61,11 @@ impl Ledger for LedgerService {
                 let entries = match page {
                     Ok(Ok(entries)) => entries,
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        feed.send(Err(Status::internal(e.to_string()))).await;
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        feed.send(Err(Status::internal(e.to_string()))).await;
                         return;
                     }
                 };
@@ -72,7 +73,7 @@ impl Ledger for LedgerService {
                 for entry in entries {
                     next = entry.index() + 1;
                     // A reader that stops reading loses the stream (and its places).
-                    if !send_within(&tx, Ok(entry.to_wire()), idle).await {
+                    if !feed.send(Ok(entry.to_wire())).await {
                         return;
                     }
                 }
@@ -90,11 +91,11 @@ impl Ledger for LedgerService {
                     tokio::select! {
                         changed = appended.changed() => if changed.is_err() { return },
                         _ = closing.changed() => return,
-                        _ = tx.closed() => return,
+                        _ = feed.closed() => return,
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::reader_key;
-use crate::limits::{next_within, send_within};
+use crate::limits::{self, next_within};
 use crate::state::WorkCursor;
 use crate::{CoordinatorError, State};
 
@@ -92,20 +92,27 @@ impl Rounds for RoundsService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         let reader = self.state.allow_model_read(&req)?;
-        // The places are taken before an older version is read back into memory.
-        let places = self.state.slots.take_reader(
-            "download",
-            &reader_key(reader.as_ref(), remote),
-            self.state.policy.streams.downloads,
-            "--max-downloads",
-        )?;
+        let idle = self.state.policy.streams.upload_idle;
+        // The places are taken before an older version is read back into memory, and held
+        // by the read itself, which runs on even if the client goes away meanwhile.
+        let places = self
+            .state
+            .slots
+            .take_reader(
+                "download",
+                &reader_key(reader.as_ref(), remote),
+                &self.state.download_gate,
+                idle,
+            )
+            .await?;
         let state = Arc::clone(&self.state);
         let (job, version) = (req.job_id.clone(), req.model_version);
-        let (bytes, hash) = tokio::task::spawn_blocking(move || state.model(&job, version))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        let idle = self.state.policy.streams.upload_idle;
-        let (tx, rx) = mpsc::channel(2);
+        let (places, loaded) =
+            tokio::task::spawn_blocking(move || (places, state.model(&job, version)))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        let (bytes, hash) = loaded?;
+        let (feed, stream) = limits::feed(2, idle);
         tokio::spawn(async move {
             let _places = places;
             let total = bytes.len() as u64;
@@ -122,12 +129,12 @@ impl Rounds for RoundsService {
                     },
                 };
                 // A reader that stops reading loses the stream, its places and the model copy.
-                if !send_within(&tx, Ok(chunk), idle).await {
+                if !feed.send(Ok(chunk)).await {
                     return;
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn upload_update(
@@ -137,16 +144,7 @@ impl Rounds for RoundsService {
         let mut stream = request.into_inner();
         let streams = &self.state.policy.streams;
         let idle = streams.upload_idle;
-        // Until its signed header is checked, a stream holds one of the server's places for
-        // streams not yet known to be anyone's, and may wait one idle period for it.
-        let pending = self.state.slots.take(
-            "pending".into(),
-            streams.pending_streams,
-            "the server (streams before their signed header)",
-            "--max-pending-streams",
-        )?;
-        let header_by = tokio::time::Instant::now() + idle;
-        let header = match next_within(&mut stream, idle, header_by).await? {
+        let header = match next_within(&mut stream, idle, None).await? {
             Some(Ok(v1::UploadChunk {
                 part: Some(Part::Header(h)),
             })) => h,
@@ -167,7 +165,6 @@ impl Rounds for RoundsService {
             &format!("{} (uploads to job {})", ticket.did, ticket.job),
             "--max-uploads-per-participant",
         )?;
-        drop(pending);
         let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
             match c.part {
                 Some(Part::Data(d)) => Some(d),
@@ -228,16 +225,7 @@ impl Rounds for RoundsService {
         let mut stream = request.into_inner();
         let streams = &self.state.policy.streams;
         let idle = streams.upload_idle;
-        // Until its signed header is checked, a stream holds one of the server's places for
-        // streams not yet known to be anyone's, and may wait one idle period for it.
-        let pending = self.state.slots.take(
-            "pending".into(),
-            streams.pending_streams,
-            "the server (streams before their signed header)",
-            "--max-pending-streams",
-        )?;
-        let header_by = tokio::time::Instant::now() + idle;
-        let header = match next_within(&mut stream, idle, header_by).await? {
+        let header = match next_within(&mut stream, idle, None).await? {
             Some(Ok(v1::RevealChunk {
                 part: Some(RevealPart::Header(h)),
             })) => h,
@@ -257,7 +245,6 @@ impl Rounds for RoundsService {
             &format!("{member} (reveals to job {})", header.job_id),
             "--max-uploads-per-participant",
         )?;
-        drop(pending);
         let payload = read_payload(&mut stream, idle, len * 4, |c| match c.part {
             Some(RevealPart::Data(d)) => Some(d),
             _ => None,
@@ -306,10 +293,10 @@ async fn read_payload<T>(
     expected: usize,
     data_of: impl Fn(T) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Status> {
-    let chunks = expected.div_ceil(MAX_CHUNK_BYTES).max(1) as u32;
-    let until = tokio::time::Instant::now() + idle * (chunks + 1);
+    let chunks = u32::try_from(expected.div_ceil(MAX_CHUNK_BYTES)).unwrap_or(u32::MAX);
+    let until = limits::deadline(idle, chunks.saturating_add(1));
     let mut payload = Vec::new();
-    while let Some(chunk) = next_within(stream, idle, until).await? {
+    while let Some(chunk) = next_within(stream, idle, Some(until)).await? {
         let Some(data) = data_of(chunk?) else {
             return Err(CoordinatorError::InvalidRequest(
                 "only data chunks may follow the header".into(),
