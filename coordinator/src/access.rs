@@ -165,6 +165,10 @@ pub(crate) fn reader_key(
     match (did, remote.map(|a| a.ip())) {
         (Some(did), _) => did.to_string(),
         (None, Some(IpAddr::V4(ip))) => format!("address {ip}"),
+        // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
+        (None, Some(IpAddr::V6(ip))) if ip.to_ipv4_mapped().is_some() => {
+            format!("address {}", ip.to_ipv4_mapped().expect("checked"))
+        }
         // One IPv6 host usually holds a whole /64.
         (None, Some(IpAddr::V6(ip))) => {
             let s = ip.segments();
@@ -189,11 +193,18 @@ impl State {
     /// bad signature or a stale signing time is refused.
     fn reader<T: Signed>(&self, req: &T) -> Result<Reader, CoordinatorError> {
         if self.policy.public_read {
-            // Anyone may read; a valid signature only says whose places a stream takes. No
-            // nonce is kept: a replay could only spend the signer's own few places, and only
-            // by someone who captured the request (TLS keeps that from happening).
+            // Anyone may read. A valid signature by an identity the coordinator knows (a
+            // launcher, or one a job names or admitted) makes a stream's places its own
+            // rather than its address's; a fresh key's counts as its address, so new keys buy
+            // no places. No nonce is kept: a replay could spend only the signer's own few
+            // places, and only by someone who captured the request (over TLS, no one).
             let did = match req.auth() {
-                Some(_) => Some(Box::new(self.authenticate(req)?.did)),
+                Some(_) => {
+                    let did = self.authenticate(req)?.did;
+                    let known = self.policy.is_launcher(&did)
+                        || self.any_job(|j| j.spec.admission.contains(&did) || j.is_joined(&did));
+                    known.then(|| Box::new(did))
+                }
                 None => None,
             };
             return Ok(Reader::Public(did));

@@ -8,16 +8,19 @@
 //!   streams per reader) is refused at once with RESOURCE_EXHAUSTED.
 //! - The server-wide shares (downloads, ledger streams) are waited for, up to one idle
 //!   period, so honest participants arriving together at a round's start queue rather than
-//!   fail; only then is a stream refused.
+//!   fail; as many may wait as the share has places, and a stream beyond that, or one that
+//!   waited in vain, is refused.
 //! - A stream whose peer stops sending (uploads, reveals, their header included) or stops
-//!   reading (downloads, ledger streams) for one idle period is cut with DEADLINE_EXCEEDED,
-//!   and an upload may take one idle period per chunk it needs, no more.
+//!   reading (downloads, ledger streams) for one idle period is cut with DEADLINE_EXCEEDED
+//!   (its server-wide place is given back then; its reader's own place when the reader lets
+//!   go), and an upload may take one idle period per chunk it needs, no more.
 //!
 //! Own shares are keyed by what was already checked: the signed identity and the job (or, for
 //! an unsigned read of a public server, the address it comes from), so a stranger cannot make
 //! the table grow past the server-wide bounds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,6 +128,16 @@ impl Slots {
             reader,
             &format!("{STREAMS_PER_READER} {kind} streams per reader"),
         )?;
+        if let Ok(all) = Arc::clone(&gate.permits).try_acquire_owned() {
+            return Ok(ReaderPlaces { all, own });
+        }
+        let _queued = Arc::clone(&gate.queue).try_acquire_owned().map_err(|_| {
+            CoordinatorError::LimitReached(format!(
+                "the server already streams {0} {kind}s and {0} more wait, its limit ({1}): \
+                 try again",
+                gate.size, gate.setting
+            ))
+        })?;
         let all = tokio::time::timeout(wait, Arc::clone(&gate.permits).acquire_owned())
             .await
             .map_err(|_| {
@@ -137,10 +150,7 @@ impl Slots {
                 ))
             })?
             .expect("the gate's semaphore is never closed");
-        Ok(ReaderPlaces {
-            _all: all,
-            _own: own,
-        })
+        Ok(ReaderPlaces { all, own })
     }
 
     /// Places taken under `key` now.
@@ -161,9 +171,16 @@ impl Drop for Slot {
     }
 }
 
-/// A server-wide share of streams of one kind, waited for.
+/// The key of a participant's upload places in a job.
+pub fn upload_key(job: &str, did: &impl std::fmt::Display) -> String {
+    format!("upload\0{job}\0{did}")
+}
+
+/// A server-wide share of streams of one kind, waited for; as many more may wait as the
+/// share has places, and any beyond that are refused at once.
 pub struct Gate {
     permits: Arc<tokio::sync::Semaphore>,
+    queue: Arc<tokio::sync::Semaphore>,
     size: usize,
     setting: &'static str,
 }
@@ -173,18 +190,27 @@ impl Gate {
     pub fn new(size: usize, setting: &'static str) -> Self {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            queue: Arc::new(tokio::sync::Semaphore::new(size)),
             size,
             setting,
         }
     }
+
+    /// Streams holding a place now, and streams waiting for one.
+    pub fn load(&self) -> (usize, usize) {
+        (
+            self.size - self.permits.available_permits(),
+            self.size - self.queue.available_permits(),
+        )
+    }
 }
 
-/// A reader's stream's places: one of the server's and one of its own (given back when
-/// dropped).
+/// A reader's stream's places: one of the server's, held while the stream is fed, and one of
+/// the reader's own, held until the reader lets go of the stream.
 #[must_use = "the places are given back when dropped"]
 pub struct ReaderPlaces {
-    _all: tokio::sync::OwnedSemaphorePermit,
-    _own: Slot,
+    pub all: tokio::sync::OwnedSemaphorePermit,
+    pub own: Slot,
 }
 
 /// The latest time `idle × n` from now can name without overflowing.
@@ -223,28 +249,56 @@ where
 pub struct Feed<T> {
     tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
     idle: Duration,
-    cut: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
 }
 
 /// A server stream as its client sees it.
 pub type FedStream<T> =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
-/// A server stream and its feed, buffering `capacity` items. The client gets what the feed
-/// sends, and, when the feed gave up on it for not reading, DEADLINE_EXCEEDED after the last
-/// item, so a cut stream never looks complete.
-pub fn feed<T: Send + 'static>(capacity: usize, idle: Duration) -> (Feed<T>, FedStream<T>) {
+/// A server stream and its feed, buffering `capacity` items; the stream holds `hold` (e.g.
+/// the reader's own place) until the client lets go of it. The client gets what the feed
+/// sends, then nothing more if the feed [finished](Feed::finish), DEADLINE_EXCEEDED if the
+/// feed gave up on it for not reading, and UNAVAILABLE if the feed stopped early otherwise
+/// (the server shutting down, say): a stream cut short never looks complete.
+pub fn feed<T: Send + 'static, H: Send + 'static>(
+    capacity: usize,
+    idle: Duration,
+    hold: H,
+) -> (Feed<T>, FedStream<T>) {
     use tokio_stream::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let was_cut = Arc::clone(&cut);
+    let cut = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let (was_cut, was_done) = (Arc::clone(&cut), Arc::clone(&done));
+    // Read once every sender is gone: the flags are set before the feed's sender drops.
     let tail = tokio_stream::once(()).filter_map(move |()| {
-        was_cut
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .then(|| Err(CoordinatorError::ReaderStalled(idle.as_secs_f64()).into()))
+        if was_cut.load(Ordering::SeqCst) {
+            Some(Err(
+                CoordinatorError::ReaderStalled(idle.as_secs_f64()).into()
+            ))
+        } else if !was_done.load(Ordering::SeqCst) {
+            Some(Err(tonic::Status::unavailable(
+                "the coordinator ended this stream early (it may be shutting down): ask again",
+            )))
+        } else {
+            None
+        }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail);
-    (Feed { tx, idle, cut }, Box::pin(stream))
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .chain(tail)
+        .map(move |item| {
+            let _held = &hold;
+            item
+        });
+    let feed = Feed {
+        tx,
+        idle,
+        cut,
+        done,
+    };
+    (feed, Box::pin(stream))
 }
 
 impl<T> Feed<T> {
@@ -255,7 +309,7 @@ impl<T> Feed<T> {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
-                self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.cut.store(true, Ordering::SeqCst);
                 false
             }
         }
@@ -264,6 +318,11 @@ impl<T> Feed<T> {
     /// Resolves when the client has gone.
     pub async fn closed(&self) {
         self.tx.closed().await
+    }
+
+    /// Ends the stream as complete.
+    pub fn finish(self) {
+        self.done.store(true, Ordering::SeqCst);
     }
 }
 

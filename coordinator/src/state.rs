@@ -316,6 +316,16 @@ impl State {
         Ok(id)
     }
 
+    /// Downloads holding a place and waiting for one, now (for tests and operators).
+    pub fn download_load(&self) -> (usize, usize) {
+        self.download_gate.load()
+    }
+
+    /// Upload streams `did` has open in `job` now (for tests and operators).
+    pub fn open_uploads(&self, job: &str, did: &ParticipantId) -> usize {
+        self.slots.count(&crate::limits::upload_key(job, did))
+    }
+
     /// Runs `f` over every job, under the lock.
     pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&BTreeMap<String, Job>) -> R) -> R {
         f(&self.lock())

@@ -10,7 +10,9 @@ use conclave_coordinator::ServerPolicy;
 use conclave_coordinator::limits::StreamLimits;
 use conclave_crypto::Identity;
 use conclave_participant::client::sign;
-use conclave_proto::v1::{self, ledger_client::LedgerClient, upload_chunk::Part};
+use conclave_proto::v1::{
+    self, ledger_client::LedgerClient, rounds_client::RoundsClient, upload_chunk::Part,
+};
 use conclave_tests::{TestCoordinator, client, le_bytes, plain_header, test_policy, wdbc_job};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -103,7 +105,12 @@ async fn a_stalled_upload_is_cut_and_a_second_one_refused_while_others_upload() 
     let mut rounds = coordinator.rounds().await;
     let opened = Instant::now();
     let stalled = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Her header is checked and her place taken before anything else is tried.
+    let did = alice.participant_id();
+    while coordinator.state.open_uploads(&job, &did) == 0 {
+        assert!(!stalled.is_finished(), "the stalled upload ended early");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A second upload of hers is refused while the first holds her place ...
     let status = send(
@@ -319,90 +326,116 @@ async fn one_reader_holds_few_ledger_streams_and_a_headerless_stream_is_cut() {
     coordinator.stop().await;
 }
 
-/// A job whose model spans several download chunks (an MLP of about 2.2M parameters).
+/// A job whose model spans many download chunks (an MLP of about 4.3M parameters, 17 MB).
 fn large_job() -> conclave_aggregation::JobSpec {
     let mut spec = wdbc_job(1, 2, 600);
     spec.model = conclave_aggregation::ModelArch::Mlp {
-        hidden: vec![2048, 1024],
+        hidden: vec![4096, 1024],
     };
     spec
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downloads_wait_for_a_place_and_a_reader_that_stops_reading_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
+fn download(job: &str, who: &Identity) -> v1::DownloadModelRequest {
+    let mut req = v1::DownloadModelRequest {
+        job_id: job.into(),
+        model_version: 0,
+        auth: None,
+    };
+    sign(who, &mut req);
+    req
+}
+
+async fn rounds_of(coordinator: &TestCoordinator) -> RoundsClient<tonic::transport::Channel> {
+    conclave_participant::client::rounds_client(
+        conclave_participant::client::connect(&coordinator.url)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn read_all(mut stream: tonic::Streaming<v1::ModelChunk>) -> usize {
+    let mut bytes = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes += chunk.data.len();
+    }
+    bytes
+}
+
+/// Polls `done` every 10 ms for up to 60 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A coordinator with one download place and a job with a large model; its dim.
+async fn one_download_place(
+    dir: &std::path::Path,
+    idle: Duration,
+) -> (TestCoordinator, String, usize) {
     let limits = StreamLimits {
         downloads: 1,
-        upload_idle: Duration::from_secs(2),
+        upload_idle: idle,
         ..StreamLimits::default()
     };
-    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let coordinator = TestCoordinator::start_with(dir, policy(limits)).await;
     let job = coordinator.launch(&large_job()).await;
     let dim = coordinator.info(&job).await.dim as usize;
-    assert!(dim * 4 > 4 * conclave_proto::MAX_CHUNK_BYTES, "{dim}");
-    let download = |who: &Identity| {
-        let mut req = v1::DownloadModelRequest {
-            job_id: job.clone(),
-            model_version: 0,
-            auth: None,
-        };
-        sign(who, &mut req);
-        req
-    };
+    assert!(dim * 4 >= 8 * conclave_proto::MAX_CHUNK_BYTES, "{dim}");
+    (coordinator, job, dim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_waits_for_the_servers_place_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, job, dim) = one_download_place(dir.path(), Duration::from_secs(20)).await;
     let (alice, bob) = (Identity::generate(), Identity::generate());
-    let channel = conclave_participant::client::connect(&coordinator.url)
+    // Alice holds the one place; Bob (on a connection of his own: Alice's unread data holds
+    // hers) waits for it, and gets it when her download ends.
+    let mut first = rounds_of(&coordinator)
         .await
-        .unwrap();
-    let mut rounds = conclave_participant::client::rounds_client(channel);
-
-    let fresh = || async {
-        conclave_participant::client::rounds_client(
-            conclave_participant::client::connect(&coordinator.url)
-                .await
-                .unwrap(),
-        )
-    };
-    let read_all = |mut stream: tonic::Streaming<v1::ModelChunk>| async move {
-        let mut bytes = 0;
-        while let Some(chunk) = stream.message().await.unwrap() {
-            bytes += chunk.data.len();
-        }
-        bytes
-    };
-
-    // Alice holds the one place; Bob (on a connection of his own) waits for it rather than
-    // being refused, and gets it when her download ends.
-    let mut first = rounds
-        .download_model(download(&alice))
+        .download_model(download(&job, &alice))
         .await
         .unwrap()
         .into_inner();
     first.message().await.unwrap().unwrap();
-    let mut bob_rounds = fresh().await;
-    let bob_req = download(&bob);
-    let waiting = tokio::spawn(async move { bob_rounds.download_model(bob_req).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "Bob was answered while Alice held the place"
-    );
-    let rest = read_all(first).await;
-    assert!(rest > 0);
+    let mut bobs = rounds_of(&coordinator).await;
+    let req = download(&job, &bob);
+    let waiting = tokio::spawn(async move { bobs.download_model(req).await });
+    until("Bob waits", || coordinator.state.download_load() == (1, 1)).await;
+    assert!(read_all(first).await > 0);
     let bobs = waiting
         .await
         .unwrap()
         .expect("Bob waited for the place and got it");
     assert_eq!(read_all(bobs.into_inner()).await, dim * 4);
+    until("the place is back", || {
+        coordinator.state.download_load() == (0, 0)
+    })
+    .await;
+    coordinator.stop().await;
+}
 
-    // Alice opens a download, reads one chunk and stops reading: she is cut.
-    let mut stalled = rounds
-        .download_model(download(&alice))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_cut_and_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, job, dim) = one_download_place(dir.path(), Duration::from_secs(2)).await;
+    let (alice, bob) = (Identity::generate(), Identity::generate());
+    // Alice reads one chunk and stops reading: once the server gives up on her, its place is
+    // back, and her stream, read again, ends with DEADLINE_EXCEEDED, not as if complete.
+    let mut stalled = rounds_of(&coordinator)
+        .await
+        .download_model(download(&job, &alice))
         .await
         .unwrap()
         .into_inner();
     stalled.message().await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Alice's stream, read again, ends with DEADLINE_EXCEEDED, not as if complete.
+    until("Alice is cut", || {
+        coordinator.state.download_load() == (0, 0)
+    })
+    .await;
     let status = loop {
         match stalled.message().await {
             Ok(Some(_)) => continue,
@@ -411,10 +444,9 @@ async fn downloads_wait_for_a_place_and_a_reader_that_stops_reading_is_cut() {
         }
     };
     refused(&status, Code::DeadlineExceeded, "the reader took nothing");
-    // The place is back: a fresh download completes.
-    let stream = fresh()
+    let stream = rounds_of(&coordinator)
         .await
-        .download_model(download(&bob))
+        .download_model(download(&job, &bob))
         .await
         .unwrap()
         .into_inner();

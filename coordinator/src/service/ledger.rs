@@ -51,9 +51,10 @@ impl Ledger for LedgerService {
         let state = Arc::clone(&self.state);
         let mut appended = state.ledger().subscribe();
         let mut closing = state.closing();
-        let (feed, stream) = limits::feed(BUFFERED, idle);
+        let limits::ReaderPlaces { all, own } = places;
+        let (feed, stream) = limits::feed(BUFFERED, idle, own);
         tokio::spawn(async move {
-            let _places = places;
+            let _all = all;
             let mut next = req.from_index;
             loop {
                 let s = Arc::clone(&state);
@@ -81,6 +82,7 @@ impl Ledger for LedgerService {
                     continue;
                 }
                 if !req.follow {
+                    feed.finish();
                     return;
                 }
                 // Wait for a commit past what was sent, or for shutdown.

@@ -112,9 +112,12 @@ impl Rounds for RoundsService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         let (bytes, hash) = loaded?;
-        let (feed, stream) = limits::feed(2, idle);
+        let limits::ReaderPlaces { all, own } = places;
+        let (feed, stream) = limits::feed(2, idle, own);
         tokio::spawn(async move {
-            let _places = places;
+            // The server-wide place goes back when feeding ends (also when the reader is cut);
+            // the reader's own goes with the stream.
+            let _all = all;
             let total = bytes.len() as u64;
             for offset in (0..bytes.len().max(1)).step_by(MAX_CHUNK_BYTES) {
                 let end = (offset + MAX_CHUNK_BYTES).min(bytes.len());
@@ -133,6 +136,7 @@ impl Rounds for RoundsService {
                     return;
                 }
             }
+            feed.finish();
         });
         Ok(Response::new(stream))
     }
@@ -160,7 +164,7 @@ impl Rounds for RoundsService {
         let ticket = self.state.check_upload(&header)?;
         // Held until the payload is stored, however the stream ends.
         let slot = self.state.slots.take(
-            format!("upload\0{}\0{}", ticket.job, ticket.did),
+            limits::upload_key(&ticket.job, &ticket.did),
             streams.uploads_per_participant,
             &format!("{} (uploads to job {})", ticket.did, ticket.job),
             "--max-uploads-per-participant",
