@@ -162,13 +162,11 @@ pub(crate) fn reader_key(
     remote: Option<std::net::SocketAddr>,
 ) -> String {
     use std::net::IpAddr;
-    match (did, remote.map(|a| a.ip())) {
+    // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses: canonical, they are
+    // IPv4 again.
+    match (did, remote.map(|a| a.ip().to_canonical())) {
         (Some(did), _) => did.to_string(),
         (None, Some(IpAddr::V4(ip))) => format!("address {ip}"),
-        // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
-        (None, Some(IpAddr::V6(ip))) if ip.to_ipv4_mapped().is_some() => {
-            format!("address {}", ip.to_ipv4_mapped().expect("checked"))
-        }
         // One IPv6 host usually holds a whole /64.
         (None, Some(IpAddr::V6(ip))) => {
             let s = ip.segments();
@@ -202,7 +200,10 @@ impl State {
                 Some(_) => {
                     let did = self.authenticate(req)?.did;
                     let known = self.policy.is_launcher(&did)
-                        || self.any_job(|j| j.spec.admission.contains(&did) || j.is_joined(&did));
+                        || self.with_jobs(|jobs| {
+                            jobs.values()
+                                .any(|j| j.spec.admission.contains(&did) || j.is_joined(&did))
+                        });
                     known.then(|| Box::new(did))
                 }
                 None => None,
@@ -314,8 +315,8 @@ impl State {
         match self.reader(req)? {
             Reader::Public(did) => Ok(did.map(|d| *d)),
             Reader::Signed(s) => {
-                let allowed =
-                    self.policy.is_launcher(&s.did) || self.any_job(|job| job.is_joined(&s.did));
+                let allowed = self.policy.is_launcher(&s.did)
+                    || self.with_jobs(|jobs| jobs.values().any(|j| j.is_joined(&s.did)));
                 if !allowed {
                     return Err(CoordinatorError::NotReader {
                         did: s.did.to_string(),

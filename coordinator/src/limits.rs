@@ -171,9 +171,9 @@ impl Drop for Slot {
     }
 }
 
-/// The key of a participant's upload places in a job.
-pub fn upload_key(job: &str, did: &impl std::fmt::Display) -> String {
-    format!("upload\0{job}\0{did}")
+/// The key of a participant's places of one kind ("upload", "reveal") in a job.
+pub fn participant_key(kind: &str, job: &str, did: &impl std::fmt::Display) -> String {
+    format!("{kind}\0{job}\0{did}")
 }
 
 /// A server-wide share of streams of one kind, waited for; as many more may wait as the

@@ -323,17 +323,13 @@ impl State {
 
     /// Upload streams `did` has open in `job` now (for tests and operators).
     pub fn open_uploads(&self, job: &str, did: &ParticipantId) -> usize {
-        self.slots.count(&crate::limits::upload_key(job, did))
+        self.slots
+            .count(&crate::limits::participant_key("upload", job, did))
     }
 
     /// Runs `f` over every job, under the lock.
     pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&BTreeMap<String, Job>) -> R) -> R {
         f(&self.lock())
-    }
-
-    /// Whether any job satisfies the predicate.
-    pub(crate) fn any_job(&self, pred: impl Fn(&Job) -> bool) -> bool {
-        self.lock().values().any(pred)
     }
 
     /// Admits a participant to a job (idempotent for the same keys) and starts the job once

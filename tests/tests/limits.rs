@@ -353,6 +353,21 @@ async fn rounds_of(coordinator: &TestCoordinator) -> RoundsClient<tonic::transpo
     )
 }
 
+/// A download of `job`'s initial model by `who`, on a connection of its own (a reader that
+/// does not read holds its connection's flow-control window).
+async fn open_download(
+    coordinator: &TestCoordinator,
+    job: &str,
+    who: &Identity,
+) -> tonic::Streaming<v1::ModelChunk> {
+    rounds_of(coordinator)
+        .await
+        .download_model(download(job, who))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn read_all(mut stream: tonic::Streaming<v1::ModelChunk>) -> usize {
     let mut bytes = 0;
     while let Some(chunk) = stream.message().await.unwrap() {
@@ -394,12 +409,7 @@ async fn a_download_waits_for_the_servers_place_instead_of_failing() {
     let (alice, bob) = (Identity::generate(), Identity::generate());
     // Alice holds the one place; Bob (on a connection of his own: Alice's unread data holds
     // hers) waits for it, and gets it when her download ends.
-    let mut first = rounds_of(&coordinator)
-        .await
-        .download_model(download(&job, &alice))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = open_download(&coordinator, &job, &alice).await;
     first.message().await.unwrap().unwrap();
     let mut bobs = rounds_of(&coordinator).await;
     let req = download(&job, &bob);
@@ -425,12 +435,7 @@ async fn a_reader_that_stops_reading_is_cut_and_told_so() {
     let (alice, bob) = (Identity::generate(), Identity::generate());
     // Alice reads one chunk and stops reading: once the server gives up on her, its place is
     // back, and her stream, read again, ends with DEADLINE_EXCEEDED, not as if complete.
-    let mut stalled = rounds_of(&coordinator)
-        .await
-        .download_model(download(&job, &alice))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stalled = open_download(&coordinator, &job, &alice).await;
     stalled.message().await.unwrap().unwrap();
     until("Alice is cut", || {
         coordinator.state.download_load() == (0, 0)
@@ -444,12 +449,7 @@ async fn a_reader_that_stops_reading_is_cut_and_told_so() {
         }
     };
     refused(&status, Code::DeadlineExceeded, "the reader took nothing");
-    let stream = rounds_of(&coordinator)
-        .await
-        .download_model(download(&job, &bob))
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = open_download(&coordinator, &job, &bob).await;
     assert_eq!(read_all(stream).await, dim * 4);
     coordinator.stop().await;
 }

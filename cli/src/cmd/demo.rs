@@ -288,6 +288,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     let (path, version, _) = export(
         &url,
         Some(&launcher),
+        None,
         &job_id,
         None,
         ModelFormat::Safetensors,

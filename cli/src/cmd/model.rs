@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
-use conclave_crypto::Identity;
+use conclave_crypto::{Identity, ParticipantId};
 use conclave_participant::client::{
     Client, connect, download_model, get_job, jobs_client, rounds_client,
 };
@@ -65,26 +65,14 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     if record && identity.is_none() {
         bail!("--record needs --identity (or CONCLAVE_IDENTITY): the exporter signs the record");
     }
-    if let (true, Some(id)) = (record, &identity) {
-        // Checked before anything is written.
-        let did = id.participant_id().to_string();
-        let info = get_job(
-            &jobs_client(connect(&coordinator.coordinator).await?),
-            Some(id),
-            &job,
-        )
-        .await
-        .context("fetching job")?;
-        if !info.participants.contains(&did) {
-            bail!(
-                "--record: {did} is not a participant of job {job}; only participants' exports \
-                 are recorded in the ledger"
-            );
-        }
-    }
+    let recorder = identity
+        .as_ref()
+        .filter(|_| record)
+        .map(Identity::participant_id);
     let (path, version, model_hash) = export(
         &coordinator.coordinator,
         identity.as_ref(),
+        recorder.as_ref(),
         &job,
         round,
         format,
@@ -137,10 +125,12 @@ fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u3
 
 /// Downloads a model version and writes it, reading as `reader` when given; returns the path,
 /// the version and the BLAKE3 hash of its flat f32 parameters (checked against the
-/// coordinator's while downloading).
+/// coordinator's while downloading). With `recorder`, refuses before anything is written
+/// unless that identity is a participant of the job (only participants' exports are recorded).
 pub async fn export(
     url: &str,
     reader: Option<&Identity>,
+    recorder: Option<&ParticipantId>,
     job: &str,
     round: Option<u32>,
     format: ModelFormat,
@@ -150,6 +140,14 @@ pub async fn export(
     let info = get_job(&jobs_client(channel.clone()), reader, job)
         .await
         .context("fetching job")?;
+    if let Some(did) = recorder
+        && !info.participants.contains(&did.to_string())
+    {
+        bail!(
+            "--record: {did} is not a participant of job {job}; only participants' exports \
+             are recorded in the ledger"
+        );
+    }
     let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
     let layout = spec.layout();
     let version = version_of_round(&info, round)?;

@@ -164,7 +164,7 @@ impl Rounds for RoundsService {
         let ticket = self.state.check_upload(&header)?;
         // Held until the payload is stored, however the stream ends.
         let slot = self.state.slots.take(
-            limits::upload_key(&ticket.job, &ticket.did),
+            limits::participant_key("upload", &ticket.job, &ticket.did),
             streams.uploads_per_participant,
             &format!("{} (uploads to job {})", ticket.did, ticket.job),
             "--max-uploads-per-participant",
@@ -244,7 +244,7 @@ impl Rounds for RoundsService {
         };
         let (member, len) = self.state.check_reveal(&header)?;
         let slot = self.state.slots.take(
-            format!("reveal\0{}\0{member}", header.job_id),
+            limits::participant_key("reveal", &header.job_id, &member),
             streams.uploads_per_participant,
             &format!("{member} (reveals to job {})", header.job_id),
             "--max-uploads-per-participant",
