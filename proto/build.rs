@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     println!("cargo:rerun-if-changed=conclave/v1/conclave.proto");
-    tonic_prost_build::configure().compile_protos(&["conclave/v1/conclave.proto"], &["."])?;
+    // Our codec: prost's, with undecodable requests refused as INVALID_ARGUMENT.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ConclaveCodec")
+        .compile_protos(&["conclave/v1/conclave.proto"], &["."])?;
     Ok(())
 }

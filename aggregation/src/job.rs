@@ -364,6 +364,19 @@ impl JobSpec {
                 format!("must be at least start_participants ({start}), got {max_participants}"),
             );
         }
+        // A committee member's check task holds one view of every upload (its box and the
+        // digests of all c boxes, ~256 + 68·c bytes) in one message.
+        let per_upload = 256 + 68 * c as u64;
+        let most = (conclave_proto::MAX_MESSAGE_BYTES as u64 - 64 * 1024) / per_upload;
+        if max_participants as u64 > most {
+            p.add(
+                "max_participants",
+                format!(
+                    "at most {most} with committee_size {c}: a committee member's check task \
+                     lists every upload in one message, got {max_participants}"
+                ),
+            );
+        }
         if wire.clip_norm <= 0.0 {
             p.add(
                 "clip_norm",
@@ -799,6 +812,24 @@ optimizer = "adam"
         assert_eq!(
             paths(JobSpec::from_toml(&bad).unwrap_err()),
             ["threshold", "min_participants"]
+        );
+        // More participants than a committee member's check task can list in one message.
+        let crowd = secagg.replace(
+            "max_samples = 1000",
+            "max_samples = 1000\nmax_participants = 1200\ncommittee_size = 10\nstart_participants = 10",
+        );
+        let err = JobSpec::from_toml(&crowd).unwrap_err();
+        assert_eq!(paths(err.clone()), ["max_participants"]);
+        assert!(err.to_string().contains("at most 1120"), "{err}");
+        let fits = crowd.replace("max_participants = 1200", "max_participants = 1000");
+        assert_eq!(
+            JobSpec::from_toml(&fits)
+                .unwrap()
+                .secagg()
+                .unwrap()
+                .quant
+                .max_participants(),
+            1000
         );
         let wraps = secagg.replace("clip_norm = 1.0", "clip_norm = 1e9");
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Who may do what on a coordinator, and how much one request may make it hold: the operator's
 //! [`ServerPolicy`] (`conclave serve --launcher`, `--public-read`, `--max-jobs`,
-//! `--max-model-params`) and the checks the `Jobs`, `Rounds` and `Ledger` services apply
+//! `--max-model-params`, `--max-participants-per-job`) and the checks the `Jobs`, `Rounds` and `Ledger` services apply
 //! with it.
 //!
 //! - Launching a job takes a signed `CreateJob` from one of the launcher identities; nobody
@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use conclave_aggregation::JobSpec;
 use conclave_crypto::ParticipantId;
-use conclave_proto::Signed;
 use conclave_proto::v1;
+use conclave_proto::{MAX_PAGE_BYTES, Signed};
+use prost::Message;
 
 use crate::auth::Signer;
 use crate::limits::StreamLimits;
@@ -34,6 +35,14 @@ pub const DEFAULT_MAX_JOBS: usize = 64;
 /// Model parameters a job may have by default (400 MB of f32 per model version).
 pub const DEFAULT_MAX_MODEL_PARAMS: u64 = 100_000_000;
 
+/// Participants a job may have by default, whatever its spec allows.
+pub const DEFAULT_MAX_PARTICIPANTS_PER_JOB: usize = 10_000;
+
+/// The most `--max-participants-per-job` may be: one ledger entry names every participant of
+/// a round (`RoundOpened`, `RoundClosed`, a draw's `DrawReveals` at ~160 bytes each) and must
+/// stay within the ledger's 8 MiB entry limit.
+pub const MAX_PARTICIPANTS_PER_JOB: usize = 40_000;
+
 /// What the operator allows, set when the coordinator starts.
 #[derive(Clone, Debug)]
 pub struct ServerPolicy {
@@ -45,6 +54,9 @@ pub struct ServerPolicy {
     pub max_jobs: usize,
     /// Most parameters a job's model may have.
     pub max_model_params: u64,
+    /// Most participants one job may have (a secure job's spec may allow fewer), at most
+    /// [`MAX_PARTICIPANTS_PER_JOB`].
+    pub max_participants_per_job: usize,
     /// Bounds on open streams.
     pub streams: StreamLimits,
 }
@@ -57,6 +69,7 @@ impl Default for ServerPolicy {
             public_read: false,
             max_jobs: DEFAULT_MAX_JOBS,
             max_model_params: DEFAULT_MAX_MODEL_PARAMS,
+            max_participants_per_job: DEFAULT_MAX_PARTICIPANTS_PER_JOB,
             streams: StreamLimits::default(),
         }
     }
@@ -141,18 +154,46 @@ enum Reader {
     Signed(Box<Signer>),
 }
 
-/// The jobs whose spec `allowed` takes, oldest first.
+/// One page of the jobs whose spec `allowed` takes, oldest first (ties by id), starting after
+/// the job `after` (from the first when empty), within [`MAX_PAGE_BYTES`].
 fn jobs_where(
     jobs: &std::collections::BTreeMap<String, crate::job::Job>,
+    after: &str,
     allowed: impl Fn(&JobSpec) -> bool,
-) -> Vec<v1::JobInfo> {
-    let mut out: Vec<_> = jobs
-        .values()
-        .filter(|j| allowed(&j.spec))
-        .map(crate::job::Job::info)
-        .collect();
-    out.sort_by_key(|j| j.created_unix_ms);
-    out
+) -> Result<v1::ListJobsResponse, CoordinatorError> {
+    let mut order: Vec<_> = jobs.values().filter(|j| allowed(&j.spec)).collect();
+    order.sort_by_key(|j| (j.record.created_unix_ms, j.id().to_owned()));
+    let from = if after.is_empty() {
+        0
+    } else {
+        order
+            .iter()
+            .position(|j| j.id() == after)
+            .map(|i| i + 1)
+            .ok_or_else(|| {
+                CoordinatorError::InvalidRequest(format!(
+                    "after_job_id {after:?} names no job this reader may list"
+                ))
+            })?
+    };
+    let mut page = v1::ListJobsResponse::default();
+    let mut bytes = 0;
+    for job in &order[from..] {
+        let info = job.info();
+        bytes += info.encoded_len() + 64;
+        if bytes > MAX_PAGE_BYTES && !page.jobs.is_empty() {
+            break;
+        }
+        page.jobs.push(info);
+    }
+    if from + page.jobs.len() < order.len() {
+        page.next_after = page
+            .jobs
+            .last()
+            .map(|j| j.job_id.clone())
+            .unwrap_or_default();
+    }
+    Ok(page)
 }
 
 /// Who holds a reader's stream places: its identity when it signed, otherwise the address it
@@ -260,13 +301,26 @@ impl State {
         })
     }
 
-    /// `ListJobs`: every job the reader may read, oldest first.
+    /// `ListRounds`: a page of a job's round history, for a reader allowed to see the job.
+    pub fn read_rounds(
+        &self,
+        req: &v1::ListRoundsRequest,
+    ) -> Result<v1::ListRoundsResponse, CoordinatorError> {
+        let reader = self.reader(req)?;
+        self.with_job(&req.job_id, |job, _| {
+            self.allow_job_read(&reader, &job.spec, job.id())?;
+            Ok(job.rounds_page(req.first_round))
+        })
+    }
+
+    /// `ListJobs`: a page of the jobs the reader may read, oldest first.
     pub fn read_jobs(
         &self,
         req: &v1::ListJobsRequest,
-    ) -> Result<Vec<v1::JobInfo>, CoordinatorError> {
+    ) -> Result<v1::ListJobsResponse, CoordinatorError> {
+        let after = req.after_job_id.as_str();
         match self.reader(req)? {
-            Reader::Public(_) => Ok(self.with_jobs(|jobs| jobs_where(jobs, |_| true))),
+            Reader::Public(_) => self.with_jobs(|jobs| jobs_where(jobs, after, |_| true)),
             Reader::Signed(s) => {
                 // The answer depends on who asks only for a launcher or an identity some
                 // admission list names; for anyone else it is the open jobs, which any fresh
@@ -277,12 +331,13 @@ impl State {
                         || jobs.values().any(|j| j.spec.admission.contains(&s.did));
                     let readable =
                         |spec: &JobSpec| may_read_job(&self.policy, &s.did, &spec.admission);
-                    (named, jobs_where(jobs, readable))
+                    (named, jobs_where(jobs, after, readable))
                 });
+                let page = jobs?;
                 if named {
                     self.consume_server_nonce(&s)?;
                 }
-                Ok(jobs)
+                Ok(page)
             }
         }
     }

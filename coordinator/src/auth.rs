@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use conclave_crypto::ParticipantId;
+use conclave_proto::codec::message_name;
 use conclave_proto::{NONCE_LEN, Signed};
 
 use crate::CoordinatorError;
@@ -36,18 +37,33 @@ pub fn authenticate<T: Signed>(
     now: u64,
     started: u64,
 ) -> Result<Signer, CoordinatorError> {
-    let auth = req
-        .auth()
-        .ok_or_else(|| CoordinatorError::BadAuth("request is not signed".into()))?;
+    // What a signer must have signed, for every refusal to name (a third party's client
+    // most often gets the method string or the signed message wrong).
+    let expected = || {
+        format!(
+            "expected an Ed25519 signature over \"{}\" || 0x00 || the {} encoded with \
+             auth.signature empty",
+            T::METHOD,
+            message_name::<T>()
+        )
+    };
+    let auth = req.auth().ok_or_else(|| {
+        CoordinatorError::BadAuth(format!(
+            "{} has no auth; {}",
+            message_name::<T>(),
+            expected()
+        ))
+    })?;
     let did = ParticipantId::parse(&auth.participant)
-        .map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+        .map_err(|e| CoordinatorError::BadAuth(format!("auth.participant: {e}")))?;
     if auth.nonce.len() != NONCE_LEN {
         return Err(CoordinatorError::BadAuth(format!(
-            "nonce must be {NONCE_LEN} bytes"
+            "auth.nonce must be {NONCE_LEN} fresh random bytes, got {}",
+            auth.nonce.len()
         )));
     }
     did.verify(&req.signing_bytes(), &auth.signature)
-        .map_err(|e| CoordinatorError::BadAuth(e.to_string()))?;
+        .map_err(|e| CoordinatorError::BadAuth(format!("{e}: {}", expected())))?;
     let time = auth.time_unix_ms;
     if time.abs_diff(now) > MAX_CLOCK_SKEW_MS {
         return Err(CoordinatorError::ClockSkew {
@@ -140,6 +156,31 @@ mod tests {
             authenticate(&req, now, 0),
             Err(CoordinatorError::BadAuth(_))
         ));
+    }
+
+    #[test]
+    fn a_refused_signature_names_what_should_have_been_signed() {
+        let id = Identity::generate();
+        let now = 10_000_000;
+        // Signed as another call: the method string is part of what is signed.
+        let mut req = signed(&id, now);
+        let mut as_join = v1::JoinRequest {
+            job_id: "j".into(),
+            auth: req.auth.clone(),
+            ..Default::default()
+        };
+        as_join.auth_mut().signature.clear();
+        req.auth_mut().signature = id.sign(&as_join.signing_bytes()).to_vec();
+        let Err(CoordinatorError::BadAuth(why)) = authenticate(&req, now, 0) else {
+            panic!("a signature over another method was accepted");
+        };
+        assert!(why.contains("\"/conclave.v1.Rounds/Work\""), "{why}");
+        assert!(why.contains("conclave.v1.WorkRequest"), "{why}");
+        req.auth = None;
+        let Err(CoordinatorError::BadAuth(why)) = authenticate(&req, now, 0) else {
+            panic!("an unsigned request was accepted");
+        };
+        assert!(why.contains("/conclave.v1.Rounds/Work"), "{why}");
     }
 
     #[test]

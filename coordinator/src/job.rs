@@ -19,7 +19,7 @@ use crate::CoordinatorError;
 use crate::auth::Nonces;
 use crate::draw::Gathering;
 use crate::secagg::{self, Phase, SecaggRound};
-use crate::store::{EvalRecord, RoundRecord, RoundStatus, Store};
+use crate::store::{RoundRecord, RoundStatus, Store};
 
 /// A job and everything the coordinator holds of it.
 pub(crate) struct Job {
@@ -229,26 +229,6 @@ impl Job {
         self.record.rounds.push(record);
     }
 
-    /// The participants' evaluation of a model version so far (weighted means).
-    pub fn evaluation(&self, version: u32) -> Option<v1::Evaluation> {
-        let reports = self.record.evaluations.get(&version)?;
-        let n: u64 = reports.iter().map(|e| e.num_examples).sum();
-        let mean = |f: fn(&EvalRecord) -> f64| {
-            reports
-                .iter()
-                .map(|e| f(e) * e.num_examples as f64)
-                .sum::<f64>()
-                / n.max(1) as f64
-        };
-        Some(v1::Evaluation {
-            model_version: version,
-            loss: mean(|e| e.loss),
-            accuracy: mean(|e| e.accuracy),
-            num_examples: n,
-            reports: reports.len() as u32,
-        })
-    }
-
     /// The secure-aggregation state of the open round `round`.
     pub fn secagg_round(&mut self, round: u32) -> Result<&mut SecaggRound, CoordinatorError> {
         let job = self.record.id.clone();
@@ -263,56 +243,6 @@ impl Job {
                 round,
                 current,
             })
-    }
-
-    /// The job's public description.
-    pub fn info(&self) -> v1::JobInfo {
-        let r = &self.record;
-        let state = if r.finished {
-            v1::JobState::Finished
-        } else if r.rounds.is_empty() {
-            v1::JobState::Waiting
-        } else {
-            v1::JobState::Running
-        };
-        v1::JobInfo {
-            job_id: r.id.clone(),
-            spec: Some(self.spec.to_proto()),
-            state: state.into(),
-            model_version: r.model_version,
-            dim: self.layout.dim() as u64,
-            participants: r.participants.iter().map(|p| p.did.clone()).collect(),
-            rounds: r
-                .rounds
-                .iter()
-                .map(|round| v1::RoundSummary {
-                    round: round.round,
-                    state: match round.status {
-                        RoundStatus::Open => v1::RoundState::Open,
-                        RoundStatus::Closed => v1::RoundState::Closed,
-                        RoundStatus::Failed => v1::RoundState::Failed,
-                    }
-                    .into(),
-                    base_version: round.base_version,
-                    result_version: round.result_version.unwrap_or(0),
-                    expected: round.expected.clone(),
-                    uploaded: round.uploads.iter().map(|u| u.did.clone()).collect(),
-                    total_samples: round
-                        .total_samples
-                        .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum()),
-                    deadline_unix_ms: round.deadline_unix_ms,
-                    committee: round.committee.clone(),
-                    draw_seed: hex_to_bytes(&round.draw_seed),
-                })
-                .collect(),
-            evaluations: r
-                .evaluations
-                .keys()
-                .filter_map(|&version| self.evaluation(version))
-                .collect(),
-            created_unix_ms: r.created_unix_ms,
-            coordinator: self.coordinator.clone(),
-        }
     }
 
     /// One step of the open secure-aggregation round.

@@ -31,6 +31,7 @@ pub mod server;
 mod service;
 pub mod state;
 pub mod store;
+mod summary;
 pub mod tls;
 
 pub use access::ServerPolicy;

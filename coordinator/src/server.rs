@@ -1,5 +1,6 @@
 //! Accepting connections: binds the services with their message-size limits and runs until
-//! the shutdown signal fires, then waits for in-flight requests to finish.
+//! the shutdown signal fires, then waits for in-flight requests and the round drivers to
+//! finish.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub async fn serve_with_tls(
     }
     state.start_drivers();
     let closing = Arc::clone(&state);
+    let drivers = Arc::clone(&state);
     let jobs = JobsServer::new(JobsService {
         state: Arc::clone(&state),
     })
@@ -72,7 +74,7 @@ pub async fn serve_with_tls(
             }
         })
     });
-    builder
+    let served = builder
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         // A peer that vanished without closing its connection is noticed within a minute (an
         // unanswered HTTP/2 ping closes it), so its streams end and give their places back.
@@ -86,8 +88,10 @@ pub async fn serve_with_tls(
             // Long-lived work streams would hold the graceful shutdown open forever.
             closing.close_streams();
         })
-        .await
-        .map_err(|e| CoordinatorError::Storage(format!("server: {e}")))
+        .await;
+    // Round drivers end with the server: once `serve` returns, nothing of `state` runs.
+    drivers.stop_drivers().await;
+    served.map_err(|e| CoordinatorError::Storage(format!("server: {e}")))
 }
 
 /// A coordinator serving on an ephemeral loopback port inside this process: for the demo,

@@ -16,8 +16,8 @@ use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_ledger::Payload;
 use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest, signed_by};
-use conclave_proto::Signed;
 use conclave_proto::v1::{self, work_item::Item};
+use conclave_proto::{MAX_SPEC_BYTES, Signed};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -113,6 +113,8 @@ pub struct State {
     pub(crate) ledger_gate: Gate,
     /// Launches whose model is being built (each holds a place among the jobs).
     launching: crate::access::Launching,
+    /// The jobs' round drivers: they end when the server closes, and `serve` waits for them.
+    drivers: Mutex<tokio::task::JoinSet<()>>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -207,6 +209,7 @@ impl State {
             download_gate,
             ledger_gate,
             launching: Default::default(),
+            drivers: Mutex::new(tokio::task::JoinSet::new()),
         }))
     }
 
@@ -215,9 +218,35 @@ impl State {
         self.closing.subscribe()
     }
 
-    /// Ends every open work stream (clients reconnect to the next server).
+    /// Ends every open work stream (clients reconnect to the next server) and tells the round
+    /// drivers to stop.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Stops the round drivers and waits until each has finished the step it was taking
+    /// (so nothing of this state writes to its data directory afterwards).
+    pub async fn stop_drivers(&self) {
+        self.closing.send_replace(true);
+        let mut drivers = std::mem::take(
+            &mut *self
+                .drivers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        while let Some(done) = drivers.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a round driver panicked");
+            }
+        }
+    }
+
+    /// Round drivers started and not yet waited for.
+    pub fn drivers_running(&self) -> usize {
+        self.drivers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
@@ -267,6 +296,13 @@ impl State {
         let signer = self.authenticate(req)?;
         // Who, before anything of the spec is looked at.
         self.policy.check_launcher(&signer)?;
+        let spec_bytes = req.spec.as_ref().map_or(0, Message::encoded_len);
+        if spec_bytes > MAX_SPEC_BYTES {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "the job spec is {spec_bytes} bytes encoded, more than the {MAX_SPEC_BYTES} a \
+                 coordinator accepts"
+            )));
+        }
         let spec = JobSpec::from_proto(req.spec.as_ref().unwrap_or(&v1::JobSpec::default()))?;
         self.policy.check_model(&spec)?;
         // A place among the jobs is reserved before the model is built, so concurrent
@@ -401,6 +437,14 @@ impl State {
                     job: job.id().into(),
                     max: s.quant.max_participants(),
                 });
+            }
+            let server_max = self.policy.max_participants_per_job;
+            if job.record.participants.len() >= server_max {
+                return Err(CoordinatorError::LimitReached(format!(
+                    "job {} has {server_max} participants, the most this coordinator lets a job \
+                     have (conclave serve --max-participants-per-job)",
+                    job.id()
+                )));
             }
             job.nonces.consume(&signer, now_ms())?;
             let mut record = job.record.clone();
@@ -1031,18 +1075,16 @@ impl State {
             return;
         };
         let state = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
+        let mut closing = self.closing();
+        let driver = async move {
+            // Each wait ends early when the server closes; a step in progress is finished.
+            while !*closing.borrow_and_update() {
                 let s = Arc::clone(&state);
                 let id = job_id.clone();
                 let next = tokio::task::spawn_blocking(move || s.advance(&id, now_ms())).await;
-                match next {
+                let wait = match next {
                     Ok(Ok(Some(deadline))) => {
-                        let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = wake.notified() => {}
-                        }
+                        Some(Duration::from_millis(deadline.saturating_sub(now_ms())))
                     }
                     Ok(Ok(None)) => {
                         if state
@@ -1051,19 +1093,34 @@ impl State {
                         {
                             break;
                         }
-                        wake.notified().await;
+                        None
                     }
                     Ok(Err(e)) => {
                         tracing::error!(job = %job_id, error = %e, "round driver failed; retrying in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Some(Duration::from_secs(1))
                     }
                     Err(e) => {
                         tracing::error!(job = %job_id, error = %e, "round driver panicked");
                         break;
                     }
+                };
+                let sleep = async {
+                    match wait {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = wake.notified() => {}
+                    _ = closing.changed() => {}
                 }
             }
-        });
+        };
+        self.drivers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .spawn(driver);
     }
 }
 

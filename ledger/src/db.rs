@@ -13,7 +13,7 @@ use conclave_crypto::Identity;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::watch;
 
-use crate::entry::{Entry, GENESIS, Hash, Payload};
+use crate::entry::{Entry, GENESIS, Hash, MAX_ENTRY_BYTES, Payload};
 use crate::{EntryError, LedgerError};
 
 const SCHEMA: &str = "
@@ -228,6 +228,14 @@ impl Ledger {
         entries: &[Entry],
         state: &[StateWrite],
     ) -> Result<Head, LedgerError> {
+        // An entry too large to read back would make every later verify (and the next
+        // startup) fail: refused here, before anything is written.
+        if let Some(e) = entries.iter().find(|e| e.bytes().len() > MAX_ENTRY_BYTES) {
+            return Err(LedgerError::Entry {
+                index: e.index(),
+                source: EntryError::TooLarge(e.bytes().len()),
+            });
+        }
         let mut conn = lock(&self.write);
         let mut head = lock(&self.head);
         if *head != start {
@@ -404,5 +412,44 @@ mod tests {
             Ledger::open_read_only(&dir.path().join("missing.db")),
             Err(LedgerError::NotALedger(_))
         ));
+    }
+
+    #[test]
+    fn an_entry_too_large_to_read_back_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let id = Identity::generate();
+        let ledger = Ledger::open(&path).unwrap();
+        let mut b = ledger.batch(&id, 1);
+        b.push(admitted(0));
+        ledger.commit(b, &[]).unwrap();
+        let head = ledger.head();
+
+        let mut b = ledger.batch(&id, 2);
+        b.push(admitted(1));
+        b.push(Payload::ParticipantAdmitted(v1::ParticipantAdmitted {
+            job_id: "j-1".into(),
+            participant: "p".repeat(MAX_ENTRY_BYTES),
+            ..Default::default()
+        }));
+        let put = StateWrite::Put {
+            key: "job/j-1".into(),
+            value: b"{}".to_vec(),
+        };
+        match ledger.commit(b, &[put]) {
+            Err(LedgerError::Entry {
+                index: 2,
+                source: EntryError::TooLarge(n),
+            }) => assert!(n > MAX_ENTRY_BYTES),
+            other => panic!("{other:?}"),
+        }
+        // Nothing of the batch, its smaller entry and its state included, was written, and
+        // the ledger still opens and reads to its end.
+        assert_eq!(ledger.head(), head);
+        assert!(ledger.state("job/").unwrap().is_empty());
+        drop(ledger);
+        let reopened = Ledger::open(&path).unwrap();
+        assert_eq!(reopened.head(), head);
+        assert_eq!(reopened.read(0, 10).unwrap().len(), 1);
     }
 }

@@ -319,6 +319,72 @@ pub async fn get_job(
     .into_inner())
 }
 
+/// A job's whole round history, oldest first, with the evaluations of the versions its rounds
+/// produced, read a page at a time (`ListRounds`), from round `first`.
+pub async fn list_rounds(
+    jobs: &JobsClient<Channel>,
+    reader: Option<&Identity>,
+    job_id: &str,
+    first: u32,
+) -> Result<(Vec<v1::RoundSummary>, Vec<v1::Evaluation>), ParticipantError> {
+    let (mut rounds, mut evaluations) = (Vec::new(), Vec::new());
+    let mut next = first.max(1);
+    loop {
+        let page = resigning(|| {
+            let mut req = v1::ListRoundsRequest {
+                job_id: job_id.into(),
+                first_round: next,
+                auth: None,
+            };
+            sign_read(reader, &mut req);
+            let mut jobs = jobs.clone();
+            async move { jobs.list_rounds(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("ListRounds"))?
+        .into_inner();
+        rounds.extend(page.rounds);
+        evaluations.extend(page.evaluations);
+        // Pages move forward; a coordinator that sends one back is not followed.
+        // A job has at most 100,000 rounds.
+        if page.next_round <= next || rounds.len() > 200_000 {
+            break;
+        }
+        next = page.next_round;
+    }
+    Ok((rounds, evaluations))
+}
+
+/// Every job `reader` may read, oldest first, read a page at a time (`ListJobs`).
+pub async fn list_jobs(
+    jobs: &JobsClient<Channel>,
+    reader: Option<&Identity>,
+) -> Result<Vec<v1::JobInfo>, ParticipantError> {
+    let mut out: Vec<v1::JobInfo> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = resigning(|| {
+            let mut req = v1::ListJobsRequest {
+                after_job_id: after.clone(),
+                auth: None,
+            };
+            sign_read(reader, &mut req);
+            let mut jobs = jobs.clone();
+            async move { jobs.list_jobs(req).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("ListJobs"))?
+        .into_inner();
+        out.extend(page.jobs);
+        // An empty page, or one that would start again where this one started, ends the list.
+        if page.next_after.is_empty() || page.next_after == after || out.len() > 1 << 20 {
+            break;
+        }
+        after = page.next_after;
+    }
+    Ok(out)
+}
+
 /// A participant's session with one coordinator.
 #[derive(Clone)]
 pub struct Client {

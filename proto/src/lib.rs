@@ -16,6 +16,8 @@
 //! assert_eq!(unsigned, req.signing_bytes());
 //! ```
 
+pub mod codec;
+
 /// Generated messages, clients and servers of package `conclave.v1`.
 pub mod v1 {
     tonic::include_proto!("conclave.v1");
@@ -24,8 +26,8 @@ pub mod v1 {
 use prost::Message;
 use v1::{
     ApprovalRequest, Auth, CheckReport, CreateJobRequest, DownloadModelRequest, DrawRevealRequest,
-    GetJobRequest, JoinRequest, LedgerRequest, ListJobsRequest, MetricsReport, RecordExportRequest,
-    RevealHeader, UploadHeader, WorkRequest,
+    GetJobRequest, JoinRequest, LedgerRequest, ListJobsRequest, ListRoundsRequest, MetricsReport,
+    RecordExportRequest, RevealHeader, UploadHeader, WorkRequest,
 };
 
 /// Largest payload of one model or update chunk, in bytes (256 Ki f32 elements).
@@ -33,6 +35,19 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// Largest encoded gRPC message either side accepts or sends; a chunk plus headroom.
 pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 64 * 1024;
+
+/// Largest encoding of a job's spec a coordinator accepts: a `JobInfo` (spec, counts and a few
+/// recent rounds) then stays well inside one message.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// Byte budget of one page of `ListJobs` or `ListRounds` (a page holds at least one item).
+pub const MAX_PAGE_BYTES: usize = 768 * 1024;
+
+/// Rounds a `JobInfo` lists: the most recent ones.
+pub const RECENT_ROUNDS: usize = 8;
+
+/// Most rounds one `ListRounds` page holds.
+pub const MAX_ROUNDS_PER_PAGE: usize = 64;
 
 /// Length of the fresh nonce in every [`Auth`].
 pub const NONCE_LEN: usize = 16;
@@ -90,6 +105,7 @@ signed!(RecordExportRequest, "/conclave.v1.Jobs/RecordExport");
 signed!(CreateJobRequest, "/conclave.v1.Jobs/CreateJob");
 signed!(GetJobRequest, "/conclave.v1.Jobs/GetJob");
 signed!(ListJobsRequest, "/conclave.v1.Jobs/ListJobs");
+signed!(ListRoundsRequest, "/conclave.v1.Jobs/ListRounds");
 signed!(DownloadModelRequest, "/conclave.v1.Rounds/DownloadModel");
 signed!(LedgerRequest, "/conclave.v1.Ledger/Entries");
 

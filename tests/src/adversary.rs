@@ -434,6 +434,17 @@ impl Jobs for Service {
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         Ok(Response::new(v1::ListJobsResponse {
             jobs: vec![self.info()],
+            next_after: String::new(),
+        }))
+    }
+
+    async fn list_rounds(
+        &self,
+        _: Request<v1::ListRoundsRequest>,
+    ) -> Result<Response<v1::ListRoundsResponse>, Status> {
+        Ok(Response::new(v1::ListRoundsResponse {
+            rounds: self.info().rounds,
+            ..Default::default()
         }))
     }
 

@@ -29,7 +29,7 @@ async fn job_count(coordinator: &TestCoordinator) -> usize {
     coordinator
         .jobs()
         .await
-        .list_jobs(as_launcher(v1::ListJobsRequest { auth: None }))
+        .list_jobs(as_launcher(v1::ListJobsRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -150,6 +150,15 @@ async fn reads(
     let jobs = conclave_participant::client::jobs_client(channel.clone());
     let code = |e: conclave_participant::ParticipantError| e.code().unwrap_or(Code::Unknown);
     let info = get_job(&jobs, reader, job).await.map(|_| ()).map_err(code);
+    // The round history is read by whoever may read the job, and by no one else.
+    let history = conclave_participant::client::list_rounds(&jobs, reader, job, 1)
+        .await
+        .map(|_| ())
+        .map_err(code);
+    assert_eq!(
+        history, info,
+        "ListRounds and GetJob disagree on who may read"
+    );
     let mut rounds = conclave_participant::client::rounds_client(channel.clone());
     let model = download_model(&mut rounds, reader, job, 0, None)
         .await
@@ -169,7 +178,7 @@ async fn reads(
         ledger_sync::SyncError::Connect(e) => code(e),
         other => panic!("{other}"),
     });
-    let mut req = v1::ListJobsRequest { auth: None };
+    let mut req = v1::ListJobsRequest::default();
     conclave_participant::client::sign_read(reader, &mut req);
     let listed = match jobs.clone().list_jobs(req).await {
         Ok(r) => r.into_inner().jobs.len(),
@@ -253,7 +262,7 @@ async fn reads_are_signed_by_a_launcher_or_an_identity_the_job_admits() {
     let listed = Arc::new(listed);
     let mut hospital = client(&coordinator, Arc::clone(&listed)).await;
     hospital.join(&job, false).await.unwrap();
-    assert_eq!(hospital.job(&job).await.unwrap().participants.len(), 1);
+    assert_eq!(hospital.job(&job).await.unwrap().participant_count, 1);
     let (a, b, c, n) = reads(&coordinator, Some(&listed), &job).await;
     assert_eq!(((a, b, c), n), (ok, 2), "joined");
     let mut follow = v1::LedgerRequest {

@@ -92,7 +92,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("rounds"), "{}", status.message());
     assert_eq!(
-        jobs.list_jobs(as_launcher(v1::ListJobsRequest { auth: None }))
+        jobs.list_jobs(as_launcher(v1::ListJobsRequest::default()))
             .await
             .unwrap()
             .into_inner()
@@ -146,7 +146,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         "signed 10 minutes ago"
     );
     assert!(status.message().contains("clock"), "{}", status.message());
-    assert!(coordinator.info(&job).await.participants.is_empty());
+    assert!(coordinator.info(&job).await.participant_count == 0);
     let join = join_request(&alice, &job, key.clone(), Vec::new());
     rounds.join(join.clone()).await.unwrap();
     assert_eq!(
@@ -154,13 +154,13 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         Code::Unauthenticated,
         "replayed join"
     );
-    assert_eq!(coordinator.info(&job).await.participants.len(), 1);
+    assert_eq!(coordinator.info(&job).await.participant_count, 1);
     let mut b = client(&coordinator, Arc::clone(&bob)).await;
     b.join(&job, false).await.unwrap();
     let info = coordinator.info(&job).await;
     assert_eq!(info.rounds.len(), 1, "round 1 opened with two participants");
 
-    let no_uploads = |info: &v1::JobInfo| info.rounds[0].uploaded.is_empty();
+    let no_uploads = |info: &v1::JobInfo| info.rounds[0].uploaded_count == 0;
     // Upload: wrong length (header and payload agree), short payload, NaN, infinity.
     let short = vec![0.0f32; dim - 1];
     assert_eq!(
@@ -296,7 +296,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         a.upload(&job, 1, 10, &good).await.unwrap_err().code(),
         Some(Code::AlreadyExists)
     );
-    assert_eq!(coordinator.info(&job).await.rounds[0].uploaded.len(), 1);
+    assert_eq!(coordinator.info(&job).await.rounds[0].uploaded_count, 1);
     // Bob's upload completes round 1; a late upload for it is refused.
     b.upload(&job, 1, 30, &good).await.unwrap();
     let info = coordinator.wait_for_model(&job, 1).await;
@@ -384,13 +384,13 @@ async fn admission_list_keeps_others_out() {
         outsider.join(&job, false).await.unwrap_err().code(),
         Some(Code::PermissionDenied)
     );
-    assert!(coordinator.info(&job).await.participants.is_empty());
+    assert!(coordinator.info(&job).await.participant_count == 0);
     client(&coordinator, member)
         .await
         .join(&job, false)
         .await
         .unwrap();
-    assert_eq!(coordinator.info(&job).await.participants.len(), 1);
+    assert_eq!(coordinator.info(&job).await.participant_count, 1);
     coordinator.stop().await;
 }
 
@@ -419,7 +419,7 @@ async fn plain_bounds_refuse_one_participant_and_an_overflow_fails_one_round() {
     let status = a.upload(&job, 1, 101, &small).await.unwrap_err();
     assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert!(status.to_string().contains("max_samples"), "{status}");
-    assert!(coordinator.info(&job).await.rounds[0].uploaded.is_empty());
+    assert!(coordinator.info(&job).await.rounds[0].uploaded_count == 0);
     a.upload(&job, 1, 100, &small).await.unwrap();
     b.upload(&job, 1, 1, &small).await.unwrap();
     coordinator.wait_for_model(&job, 1).await;
@@ -469,4 +469,68 @@ async fn plain_bounds_refuse_one_participant_and_an_overflow_fails_one_round() {
     let report = conclave_ledger::verify::verify_ledger(ledger, None).unwrap();
     assert_eq!(report.problem, None);
     coordinator.stop().await;
+}
+
+/// A third party's client meets precise errors: bytes that are not the message a call takes
+/// are INVALID_ARGUMENT naming the expected type (not INTERNAL), a job spec past the size
+/// limit is INVALID_ARGUMENT, and neither changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_invalid_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = TestCoordinator::start(dir.path()).await;
+    let job = coordinator.launch(&wdbc_job(2, 2, 600)).await;
+
+    // A LedgerRequest's field 1 is a varint; GetJob's field 1 is a string: sent to GetJob,
+    // the bytes do not decode.
+    let channel = conclave_participant::client::connect(&coordinator.url)
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<v1::LedgerRequest, v1::JobInfo>::default();
+    let path = "/conclave.v1.Jobs/GetJob".parse().unwrap();
+    let wrong = v1::LedgerRequest {
+        from_index: 7,
+        ..Default::default()
+    };
+    let status = grpc
+        .unary(tonic::Request::new(wrong), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("malformed conclave.v1.GetJobRequest"),
+        "{}",
+        status.message()
+    );
+
+    // A spec over MAX_SPEC_BYTES (a name of 300 KiB) is refused before anything is built.
+    let mut spec = wdbc_job(2, 2, 600).to_proto();
+    spec.name = "x".repeat(conclave_proto::MAX_SPEC_BYTES + 1);
+    let status = coordinator
+        .jobs()
+        .await
+        .create_job(as_launcher(v1::CreateJobRequest {
+            spec: Some(spec),
+            auth: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("job spec is"),
+        "{}",
+        status.message()
+    );
+    let listed = coordinator
+        .jobs()
+        .await
+        .list_jobs(as_launcher(v1::ListJobsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 1);
+    assert_eq!(listed.jobs[0].job_id, job);
 }

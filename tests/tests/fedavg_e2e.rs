@@ -71,7 +71,7 @@ async fn three_hospitals_three_rounds_fedavg_matches_independent_mean() {
     for (round, by_hospital) in &updates {
         assert_eq!(by_hospital.len(), 3, "round {round}: all three uploaded");
         let summary = &info.rounds[*round as usize - 1];
-        assert_eq!(summary.uploaded.len(), 3);
+        assert_eq!(summary.uploaded_count, 3);
         let before = download_model(&mut rounds, Some(launcher()), &job, round - 1, None)
             .await
             .unwrap();

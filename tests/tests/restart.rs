@@ -9,6 +9,21 @@ use conclave_participant::client::download_model;
 use conclave_proto::v1;
 use conclave_tests::{TestCoordinator, client, launcher, wdbc_job};
 
+/// A stopped server leaves nothing of its state running: its round drivers have finished
+/// before `serve` returns, so a restarted coordinator is the only writer of its data
+/// directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_drivers_end_before_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestCoordinator::start(dir.path()).await;
+    first.launch(&wdbc_job(2, 2, 600)).await;
+    first.launch(&wdbc_job(3, 2, 600)).await;
+    let state = Arc::clone(&first.state);
+    assert_eq!(state.drivers_running(), 2);
+    first.stop().await;
+    assert_eq!(state.drivers_running(), 0, "drivers outlived serve");
+}
+
 /// A request captured before a restart (its nonce forgotten with the old process) is refused
 /// by the restarted coordinator as signed before it started, and changes nothing; the
 /// participant's own client signs it again and gets through.
@@ -43,13 +58,13 @@ async fn requests_captured_before_a_restart_are_not_replayed_after_it() {
     assert!(status.message().contains("before this coordinator started"));
     let status = rounds.work(work).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Aborted);
-    assert_eq!(second.info(&job).await.participants.len(), 1);
+    assert_eq!(second.info(&job).await.participant_count, 1);
     client(&second, Arc::new(Identity::generate()))
         .await
         .join(&job, false)
         .await
         .unwrap();
-    assert_eq!(second.info(&job).await.participants.len(), 2);
+    assert_eq!(second.info(&job).await.participant_count, 2);
     second.stop().await;
 }
 
@@ -178,6 +193,6 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
     )
     .unwrap();
     let second = TestCoordinator::start(dir.path()).await;
-    assert_eq!(second.info(&job).await.rounds[0].uploaded.len(), 1);
+    assert_eq!(second.info(&job).await.rounds[0].uploaded_count, 1);
     second.stop().await;
 }

@@ -188,8 +188,8 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     let info = coordinator.info(&job).await;
     let round = &info.rounds[0];
     assert_eq!(round.state, v1::RoundState::Closed as i32);
-    assert_eq!(round.expected.len(), 10);
-    assert_eq!(round.uploaded.len(), 7);
+    assert_eq!(round.expected_count, 10);
+    assert_eq!(round.uploaded_count, 7);
     assert_eq!(round.committee, drawn);
     let total: u64 = uploads.values().map(|(n, _)| n).sum();
     assert_eq!(

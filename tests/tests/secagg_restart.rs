@@ -128,7 +128,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     // Two uploads acknowledged, then the coordinator stops.
     let before = loop {
         let info = first.info(&job).await;
-        if info.rounds.first().is_some_and(|r| r.uploaded.len() == 2) {
+        if info.rounds.first().is_some_and(|r| r.uploaded_count == 2) {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,7 +138,14 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     let second = TestCoordinator::restart(dir.path(), &url).await;
     let after = second.info(&job).await;
     assert_eq!(
-        after.rounds[0].uploaded, before.rounds[0].uploaded,
+        (
+            after.rounds[0].uploaded_count,
+            after.rounds[0].total_samples
+        ),
+        (
+            before.rounds[0].uploaded_count,
+            before.rounds[0].total_samples
+        ),
         "acknowledged uploads survived"
     );
     assert_eq!(after.rounds[0].state, v1::RoundState::Open as i32);
@@ -147,7 +154,7 @@ async fn secure_round_resumes_after_a_coordinator_restart() {
     finish(tasks).await;
     let info = second.info(&job).await;
     assert_eq!(info.model_version, 1);
-    assert_eq!(info.rounds[0].uploaded.len(), 3);
+    assert_eq!(info.rounds[0].uploaded_count, 3);
     assert_eq!(info.rounds[0].total_samples, 300);
     let mut rounds = second.rounds().await;
     let v0 = download_model(&mut rounds, Some(launcher()), &job, 0, None)
@@ -261,7 +268,7 @@ async fn an_edited_stored_plan_stops_the_coordinator() {
         .await
         .rounds
         .first()
-        .is_none_or(|r| r.uploaded.len() < 2)
+        .is_none_or(|r| r.uploaded_count < 2)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -299,6 +306,6 @@ async fn an_edited_stored_plan_stops_the_coordinator() {
     )
     .unwrap();
     let second = TestCoordinator::restart(dir.path(), &url).await;
-    assert_eq!(second.info(&job).await.rounds[0].uploaded.len(), 2);
+    assert_eq!(second.info(&job).await.rounds[0].uploaded_count, 2);
     second.stop().await;
 }

@@ -14,7 +14,7 @@ use conclave_coordinator::{LocalServer, ServerPolicy, State};
 use conclave_crypto::Identity;
 use conclave_datasets::partition::{Scheme, partition_file};
 use conclave_datasets::wdbc;
-use conclave_participant::client::{connect, get_job, jobs_client, sign};
+use conclave_participant::client::{connect, get_job, jobs_client, list_rounds, sign};
 use conclave_participant::{Event, ParticipantConfig, Policy, run as run_participant};
 use conclave_proto::v1;
 
@@ -269,12 +269,11 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             eval.num_examples
         );
         bar.suspend(|| printer.data(line));
-        bar.set_position(
-            info.rounds
-                .iter()
-                .filter(|r| r.state != v1::RoundState::Open as i32)
-                .count() as u64,
-        );
+        let open = info
+            .rounds
+            .last()
+            .is_some_and(|r| r.state == v1::RoundState::Open as i32);
+        bar.set_position(u64::from(info.rounds_opened) - u64::from(open));
     }
     bar.finish_and_clear();
     for task in tasks {
@@ -283,12 +282,11 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
             .context("hospital failed")?;
     }
 
-    let info = get_job(&jobs, Some(&launcher), &job_id).await?;
+    let (rounds, evaluations) = list_rounds(&jobs, Some(&launcher), &job_id, 1).await?;
     let out = dir.join("model-final.safetensors");
     let (path, version, _) = export(
         &url,
         Some(&launcher),
-        None,
         &job_id,
         None,
         ModelFormat::Safetensors,
@@ -296,12 +294,11 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
     )
     .await?;
     server.stop().await.context("coordinator")?;
-    let failed = info
-        .rounds
+    let failed = rounds
         .iter()
         .filter(|r| r.state == v1::RoundState::Failed as i32)
         .count();
-    let Some(last) = info.evaluations.iter().find(|e| e.model_version == version) else {
+    let Some(last) = evaluations.iter().find(|e| e.model_version == version) else {
         bail!("no evaluation of the final model was reported");
     };
     printer.data(format!(
@@ -309,7 +306,7 @@ pub async fn run(args: Args, printer: &Printer) -> anyhow::Result<()> {
         last.accuracy * 100.0,
         last.loss,
         last.num_examples,
-        info.rounds.len(),
+        rounds.len(),
         if failed > 0 { format!(" ({failed} failed)") } else { String::new() }
     ));
     printer.data(format!("model: {}", path.display()));

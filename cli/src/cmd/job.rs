@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use conclave_aggregation::JobSpec;
-use conclave_participant::client::{connect, get_job, jobs_client, sign, sign_read};
+use conclave_participant::client::{connect, get_job, jobs_client, list_jobs, list_rounds, sign};
 use conclave_proto::v1;
 use serde_json::json;
 
@@ -93,9 +93,23 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             format,
         } => {
             let jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let info = get_job(&jobs, signer.load()?.as_ref(), &job)
+            let reader = signer.load()?;
+            let mut info = get_job(&jobs, reader.as_ref(), &job)
                 .await
                 .context("fetching job")?;
+            // A JobInfo lists the most recent rounds; the rest are read a page at a time.
+            if info.rounds_opened as usize > info.rounds.len() {
+                let (rounds, evaluations) = list_rounds(&jobs, reader.as_ref(), &job, 1)
+                    .await
+                    .context("fetching the job's rounds")?;
+                let initial = info
+                    .evaluations
+                    .iter()
+                    .find(|e| e.model_version == 0)
+                    .cloned();
+                info.rounds = rounds;
+                info.evaluations = initial.into_iter().chain(evaluations).collect();
+            }
             match format {
                 Format::Json => printer.data(job_json(&info).to_string()),
                 Format::Table => print_status(&info, printer),
@@ -106,15 +120,10 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
             signer,
             format,
         } => {
-            let mut jobs = jobs_client(connect(&coordinator.coordinator).await?);
-            let mut req = v1::ListJobsRequest { auth: None };
-            sign_read(signer.load()?.as_ref(), &mut req);
-            let list = jobs
-                .list_jobs(req)
+            let jobs = jobs_client(connect(&coordinator.coordinator).await?);
+            let list = list_jobs(&jobs, signer.load()?.as_ref())
                 .await
-                .context("listing jobs")?
-                .into_inner()
-                .jobs;
+                .context("listing jobs")?;
             match format {
                 Format::Json => {
                     printer.data(json!(list.iter().map(job_json).collect::<Vec<_>>()).to_string())
@@ -135,8 +144,8 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
                             info.job_id,
                             spec.name,
                             state_name(info.state),
-                            format!("{}/{}", info.rounds.len(), spec.rounds),
-                            info.participants.len(),
+                            format!("{}/{}", info.rounds_opened, spec.rounds),
+                            info.participant_count,
                             acc
                         ));
                     }
@@ -189,8 +198,7 @@ fn print_status(info: &v1::JobInfo, printer: &Printer) {
     };
     printer.data(format!(
         "participants: {} (first round opens at {start}; a round needs {} updates)",
-        info.participants.len(),
-        spec.min_participants
+        info.participant_count, spec.min_participants
     ));
     printer.data(format!(
         "{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}",
@@ -216,7 +224,7 @@ fn print_status(info: &v1::JobInfo, printer: &Printer) {
             "{:>5}  {:<7} {:>9} {:>8} {:>9} {:>9}",
             r.round,
             round_state_name(r.state),
-            format!("{}/{}", r.uploaded.len(), r.expected.len()),
+            format!("{}/{}", r.uploaded_count, r.expected_count),
             r.total_samples,
             eval.map_or("-".into(), |e| format!("{:.2}%", e.accuracy * 100.0)),
             eval.map_or("-".into(), |e| format!("{:.4}", e.loss)),
@@ -236,14 +244,15 @@ pub fn job_json(info: &v1::JobInfo) -> serde_json::Value {
         "rounds_planned": spec.rounds,
         "min_participants": spec.min_participants,
         "start_participants": spec.start_participants,
-        "participants": info.participants,
+        "participant_count": info.participant_count,
+        "rounds_opened": info.rounds_opened,
         "rounds": info.rounds.iter().map(|r| json!({
             "round": r.round,
             "state": round_state_name(r.state),
             "base_version": r.base_version,
             "result_version": (r.state == v1::RoundState::Closed as i32).then_some(r.result_version),
-            "expected": r.expected,
-            "uploaded": r.uploaded,
+            "expected": r.expected_count,
+            "uploaded": r.uploaded_count,
             "total_samples": r.total_samples,
             "deadline_unix_ms": r.deadline_unix_ms,
         })).collect::<Vec<_>>(),

@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
-use conclave_crypto::{Identity, ParticipantId};
+use conclave_crypto::Identity;
 use conclave_participant::client::{
-    Client, connect, download_model, get_job, jobs_client, rounds_client,
+    Client, connect, download_model, get_job, jobs_client, list_rounds, rounds_client,
 };
 use conclave_proto::v1;
+use conclave_proto::v1::jobs_client::JobsClient;
+use tonic::transport::Channel;
 
 use crate::CoordinatorArg;
 use crate::printer::Printer;
@@ -65,14 +67,9 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     if record && identity.is_none() {
         bail!("--record needs --identity (or CONCLAVE_IDENTITY): the exporter signs the record");
     }
-    let recorder = identity
-        .as_ref()
-        .filter(|_| record)
-        .map(Identity::participant_id);
     let (path, version, model_hash) = export(
         &coordinator.coordinator,
         identity.as_ref(),
-        recorder.as_ref(),
         &job,
         round,
         format,
@@ -100,18 +97,34 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
 }
 
 /// Picks the model version a round produced.
-fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u32> {
+async fn version_of_round(
+    jobs: &JobsClient<Channel>,
+    reader: Option<&Identity>,
+    info: &v1::JobInfo,
+    round: Option<u32>,
+) -> anyhow::Result<u32> {
     let Some(round) = round else {
         return Ok(info.model_version);
     };
     if round == 0 {
         return Ok(0);
     }
-    let Some(r) = info.rounds.iter().find(|r| r.round == round) else {
+    let found = match info.rounds.iter().find(|r| r.round == round) {
+        Some(r) => Some(r.clone()),
+        // Older than the rounds a JobInfo lists: read its page.
+        None if round <= info.rounds_opened => list_rounds(jobs, reader, &info.job_id, round)
+            .await
+            .context("fetching the job's rounds")?
+            .0
+            .into_iter()
+            .find(|r| r.round == round),
+        None => None,
+    };
+    let Some(r) = found else {
         bail!(
             "job {} has no round {round} (it has {})",
             info.job_id,
-            info.rounds.len()
+            info.rounds_opened
         );
     };
     match v1::RoundState::try_from(r.state) {
@@ -125,32 +138,22 @@ fn version_of_round(info: &v1::JobInfo, round: Option<u32>) -> anyhow::Result<u3
 
 /// Downloads a model version and writes it, reading as `reader` when given; returns the path,
 /// the version and the BLAKE3 hash of its flat f32 parameters (checked against the
-/// coordinator's while downloading). With `recorder`, refuses before anything is written
-/// unless that identity is a participant of the job (only participants' exports are recorded).
+/// coordinator's while downloading). Recording is the caller's (the coordinator records only
+/// participants' exports and refuses anyone else's by name).
 pub async fn export(
     url: &str,
     reader: Option<&Identity>,
-    recorder: Option<&ParticipantId>,
     job: &str,
     round: Option<u32>,
     format: ModelFormat,
     out: Option<&Path>,
 ) -> anyhow::Result<(PathBuf, u32, [u8; 32])> {
     let channel = connect(url).await?;
-    let info = get_job(&jobs_client(channel.clone()), reader, job)
-        .await
-        .context("fetching job")?;
-    if let Some(did) = recorder
-        && !info.participants.contains(&did.to_string())
-    {
-        bail!(
-            "--record: {did} is not a participant of job {job}; only participants' exports \
-             are recorded in the ledger"
-        );
-    }
+    let jobs = jobs_client(channel.clone());
+    let info = get_job(&jobs, reader, job).await.context("fetching job")?;
     let spec = JobSpec::from_proto(&info.spec.clone().unwrap_or_default())?;
     let layout = spec.layout();
-    let version = version_of_round(&info, round)?;
+    let version = version_of_round(&jobs, reader, &info, round).await?;
     let params = download_model(&mut rounds_client(channel), reader, job, version, None).await?;
     let ext = match format {
         ModelFormat::Safetensors => "safetensors",

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use conclave_aggregation::job::MAX_MODEL_PARAMS;
-use conclave_coordinator::access::{DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS};
+use conclave_coordinator::access::{
+    DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_PARTICIPANTS_PER_JOB,
+    MAX_PARTICIPANTS_PER_JOB,
+};
 use conclave_coordinator::limits::{self, StreamLimits};
 use conclave_coordinator::{ServerPolicy, State};
 use conclave_crypto::ParticipantId;
@@ -40,6 +43,10 @@ pub struct Args {
     /// Most parameters a job's model may have.
     #[arg(long, default_value_t = DEFAULT_MAX_MODEL_PARAMS, value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_PARAMS))]
     max_model_params: u64,
+    /// Most participants one job may have, whatever its spec says (a secure job's
+    /// max_participants may be lower).
+    #[arg(long, default_value_t = DEFAULT_MAX_PARTICIPANTS_PER_JOB as u64, value_parser = clap::value_parser!(u64).range(2..=MAX_PARTICIPANTS_PER_JOB as u64))]
+    max_participants_per_job: u64,
     /// Upload (and reveal) streams one participant may have open at once in a job.
     #[arg(long, default_value_t = limits::DEFAULT_UPLOADS_PER_PARTICIPANT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_uploads_per_participant: u64,
@@ -71,6 +78,7 @@ impl Args {
             public_read: self.public_read,
             max_jobs: self.max_jobs as usize,
             max_model_params: self.max_model_params,
+            max_participants_per_job: self.max_participants_per_job as usize,
             streams: StreamLimits {
                 uploads_per_participant: self.max_uploads_per_participant as usize,
                 upload_idle: std::time::Duration::from_secs(self.upload_idle_secs),

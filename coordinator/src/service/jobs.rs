@@ -55,8 +55,15 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        Ok(Response::new(v1::ListJobsResponse {
-            jobs: self.state.read_jobs(&request.into_inner())?,
-        }))
+        Ok(Response::new(self.state.read_jobs(&request.into_inner())?))
+    }
+
+    async fn list_rounds(
+        &self,
+        request: Request<v1::ListRoundsRequest>,
+    ) -> Result<Response<v1::ListRoundsResponse>, Status> {
+        Ok(Response::new(
+            self.state.read_rounds(&request.into_inner())?,
+        ))
     }
 }
