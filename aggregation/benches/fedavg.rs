@@ -3,11 +3,14 @@
 //! Reports throughput in bytes of update read per second, next to a baseline that makes one
 //! full pass over the output per update (what a straightforward implementation does).
 //!
+//! `streaming_mean` is what the coordinator runs since updates are read from disk one at a
+//! time (only one in memory): one pass per update, each split among the cores.
+//!
 //! Run: `make bench` (or `cargo bench -p conclave-aggregation --bench fedavg`).
 
 use std::hint::black_box;
 
-use conclave_aggregation::fedavg::{WeightedUpdate, add_weighted_mean};
+use conclave_aggregation::fedavg::{StreamingMean, WeightedUpdate, add_weighted_mean};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn updates(n: usize, d: usize) -> Vec<Vec<f32>> {
@@ -56,6 +59,21 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("add_weighted_mean", &id),
             &weighted,
             |b, w| b.iter(|| add_weighted_mean(black_box(&mut global), black_box(w)).unwrap()),
+        );
+        let mut global = vec![0f32; d];
+        let total: u64 = weighted.iter().map(|u| u.num_samples).sum();
+        group.bench_with_input(
+            BenchmarkId::new("streaming_mean", &id),
+            &weighted,
+            |b, w| {
+                b.iter(|| {
+                    let mut mean = StreamingMean::new(black_box(&mut global), total).unwrap();
+                    for u in w {
+                        mean.add(*u).unwrap();
+                    }
+                    mean.finish().unwrap()
+                })
+            },
         );
         let mut global = vec![0f32; d];
         group.bench_with_input(

@@ -12,6 +12,9 @@ pub enum AggregationError {
     /// An update claims zero samples (or the total overflows).
     #[error("every update needs a positive sample count (and the total must fit in 64 bits)")]
     ZeroSamples,
+    /// A streamed mean was given updates whose counts do not add up to its announced total.
+    #[error("the updates count {added} samples, the mean was announced for {total}")]
+    SampleTotal { added: u64, total: u64 },
     /// The result has a NaN or infinity.
     #[error("aggregate is not finite at index {index}")]
     NonFinite { index: usize },

@@ -89,6 +89,88 @@ pub fn add_weighted_mean(
     }
 }
 
+/// FedAvg one update at a time, for updates read from disk one by one: `global` plus each
+/// `n_i Δ_i / Σ n_i` as it comes, with `Σ n_i` known up front (the round's records hold every
+/// upload's count). Only `global` and the update being added are in memory, however many
+/// updates there are. Per element the additions happen in the order the updates are added,
+/// exactly as [`add_weighted_mean`] does them in slice order, so both give the same bits.
+pub struct StreamingMean<'a> {
+    global: &'a mut [f32],
+    total: u64,
+    added: u64,
+}
+
+impl<'a> StreamingMean<'a> {
+    /// Starts adding into `global` updates whose sample counts sum to `total`.
+    pub fn new(global: &'a mut [f32], total: u64) -> Result<Self, AggregationError> {
+        if total == 0 {
+            return Err(AggregationError::NoUpdates);
+        }
+        Ok(Self {
+            global,
+            total,
+            added: 0,
+        })
+    }
+
+    /// Adds one update (`num_samples` of the total).
+    pub fn add(&mut self, update: WeightedUpdate<'_>) -> Result<(), AggregationError> {
+        let dim = self.global.len();
+        if update.delta.len() != dim {
+            return Err(AggregationError::DimensionMismatch {
+                expected: dim,
+                got: update.delta.len(),
+            });
+        }
+        if update.num_samples == 0 {
+            return Err(AggregationError::ZeroSamples);
+        }
+        let added = self
+            .added
+            .checked_add(update.num_samples)
+            .filter(|&a| a <= self.total)
+            .ok_or(AggregationError::SampleTotal {
+                added: self.added.saturating_add(update.num_samples),
+                total: self.total,
+            })?;
+        self.added = added;
+        let w = [(update.num_samples as f64 / self.total as f64) as f32];
+        let one = [update];
+        let threads = if dim >= PARALLEL_MIN {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        };
+        let per_thread = dim.div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (t, range) in self.global.chunks_mut(per_thread).enumerate() {
+                let (one, w) = (&one, &w);
+                let mut job = move || sum_range(range, t * per_thread, one, w);
+                if threads == 1 {
+                    job()
+                } else {
+                    scope.spawn(job);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Ends the sum: every sample counted, and every parameter finite.
+    pub fn finish(self) -> Result<(), AggregationError> {
+        if self.added != self.total {
+            return Err(AggregationError::SampleTotal {
+                added: self.added,
+                total: self.total,
+            });
+        }
+        match self.global.iter().position(|v| !v.is_finite()) {
+            Some(index) => Err(AggregationError::NonFinite { index }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Adds `Σ w_i · update_i[offset..offset + out.len()]` into `out`, one cache-sized block at a time.
 fn sum_range(out: &mut [f32], offset: usize, updates: &[WeightedUpdate<'_>], weights: &[f32]) {
     for (b, block) in out.chunks_mut(BLOCK).enumerate() {
@@ -212,6 +294,17 @@ mod tests {
             let updates: Vec<_> = deltas.iter().zip(&counts).map(|(d, &n)| WeightedUpdate { delta: d, num_samples: n }).collect();
             let got = weighted_mean(&updates).unwrap();
             let total: u64 = counts.iter().sum();
+            // One at a time, as from disk: the same bits.
+            let mut streamed = vec![0f32; dim];
+            let mut sum = StreamingMean::new(&mut streamed, total).unwrap();
+            for u in &updates {
+                sum.add(*u).unwrap();
+            }
+            sum.finish().unwrap();
+            prop_assert_eq!(
+                streamed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
             for i in 0..dim {
                 let want: f64 = deltas.iter().zip(&counts).map(|(d, &n)| d[i] as f64 * n as f64).sum::<f64>() / total as f64;
                 prop_assert!((got[i] as f64 - want).abs() < 1e-5, "index {i}: {} vs {want}", got[i]);

@@ -134,6 +134,14 @@ fn main() -> std::process::ExitCode {
         if let Some(path) = &cli.tls_ca {
             trust_ca(path)?;
         }
+        // A participant rides out coordinator restarts; one-shot commands report a broken
+        // connection at once.
+        if !matches!(
+            cli.command,
+            Command::Join(_) | Command::Demo(_) | Command::Bench(_)
+        ) {
+            conclave_participant::retry::set_patience(std::time::Duration::ZERO);
+        }
         match cli.command {
             Command::Serve(args) => cmd::serve::run(args, &printer).await,
             Command::Identity(c) => cmd::identity::run(c, &printer),

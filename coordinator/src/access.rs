@@ -59,7 +59,14 @@ pub struct ServerPolicy {
     pub max_participants_per_job: usize,
     /// Bounds on open streams.
     pub streams: StreamLimits,
+    /// How long a round waits for a participant with no work stream, once it has
+    /// `min_participants` updates, before it stops waiting for it.
+    pub dropout_grace: std::time::Duration,
 }
+
+/// The default of [`ServerPolicy::dropout_grace`]: a restarted coordinator's participants are
+/// back well within it.
+pub const DEFAULT_DROPOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Default for ServerPolicy {
     /// No launcher, signed reads, the default limits.
@@ -71,6 +78,7 @@ impl Default for ServerPolicy {
             max_model_params: DEFAULT_MAX_MODEL_PARAMS,
             max_participants_per_job: DEFAULT_MAX_PARTICIPANTS_PER_JOB,
             streams: StreamLimits::default(),
+            dropout_grace: DEFAULT_DROPOUT_GRACE,
         }
     }
 }

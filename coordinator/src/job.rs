@@ -37,16 +37,22 @@ pub(crate) struct Job {
     pub gathering: Option<Gathering>,
     /// Open work streams per participant: committee members with none are not asked to answer.
     pub connected: HashMap<String, usize>,
+    /// When each participant's last work stream ended (unix ms; absent while it has one, or
+    /// when it has had none since this coordinator started).
+    pub gone_since: HashMap<String, u64>,
     /// The coordinator's did:key (shown in the job's info).
     pub coordinator: String,
 }
+
+/// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
+pub(crate) type Outcome = Result<(Vec<f32>, Option<u64>), String>;
 
 /// What the open round does next.
 pub(crate) enum Step {
     /// Stay open until this time (or until woken by a message).
     Wait(u64),
     /// Close the round: with the new parameters and Σ n_i (secagg), or failed, with why.
-    Close(Result<(Vec<f32>, Option<u64>), String>),
+    Close(Outcome),
 }
 
 pub(crate) fn hex_to_bytes(s: &str) -> Vec<u8> {
@@ -88,6 +94,7 @@ impl Job {
             secagg: None,
             gathering: None,
             connected: HashMap::new(),
+            gone_since: HashMap::new(),
             coordinator,
         }
     }
@@ -357,7 +364,7 @@ impl Job {
         store: &Store,
         round: &RoundRecord,
         now: u64,
-        outcome: Result<(Vec<f32>, Option<u64>), String>,
+        outcome: Outcome,
     ) -> Result<Option<u64>, CoordinatorError> {
         let mut record = self.record.clone();
         let mut new_model = None;

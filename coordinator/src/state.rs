@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use conclave_aggregation::AggregationError;
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::fedavg::WeightedUpdate;
+use conclave_aggregation::fedavg::{StreamingMean, WeightedUpdate};
 use conclave_aggregation::quantize::CLIP_SLACK;
 use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
@@ -24,10 +25,12 @@ use tokio::sync::watch;
 use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
-use crate::job::{Job, Step, add_mean, decode_f32, f32_bytes};
+use crate::job::{Job, Outcome, Step, decode_f32, f32_bytes};
 use crate::limits::{Gate, Slots};
 use crate::secagg::{self, Phase};
-use crate::store::{EvalRecord, JobRecord, ParticipantRecord, Store, UploadPart, UploadRecord};
+use crate::store::{
+    EvalRecord, JobRecord, ParticipantRecord, RoundRecord, Store, UploadPart, UploadRecord,
+};
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
 pub fn now_ms() -> u64 {
@@ -495,6 +498,7 @@ impl State {
             }
             job.nonces.consume(&signer, now_ms())?;
             *job.connected.entry(signer.did.to_string()).or_default() += 1;
+            job.gone_since.remove(signer.did.as_str());
             Ok((signer.did.clone(), job.changes.subscribe()))
         })
     }
@@ -506,6 +510,9 @@ impl State {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     job.connected.remove(did.as_str());
+                    job.gone_since.insert(did.to_string(), now_ms());
+                    // The round may stop waiting for it once its grace period is over.
+                    job.wake.notify_one();
                 }
             }
             Ok(())
@@ -1023,15 +1030,16 @@ impl State {
             let Some(round) = job.open_round().cloned() else {
                 return Ok(None);
             };
-            let complete = round.uploads.len() == round.expected.len();
+            let (complete, grace_over) = self.collected(job, &round, now);
+            let wake = |t: u64| Ok(Some(grace_over.map_or(t, |g| g.min(t))));
             let outcome = if job.spec.secagg().is_some() {
                 match job.secagg_step(&round, complete, now) {
-                    Step::Wait(deadline) => return Ok(Some(deadline)),
+                    Step::Wait(deadline) => return wake(deadline),
                     Step::Close(outcome) => outcome,
                 }
             } else {
                 if !complete && now < round.deadline_unix_ms {
-                    return Ok(Some(round.deadline_unix_ms));
+                    return wake(round.deadline_unix_ms);
                 }
                 let min = job.spec.min_participants as usize;
                 if round.uploads.len() < min || round.uploads.is_empty() {
@@ -1040,34 +1048,50 @@ impl State {
                         round.uploads.len()
                     ))
                 } else {
-                    let updates = round
-                        .uploads
-                        .iter()
-                        .map(|u| {
-                            Ok((
-                                decode_f32(&store.load_update(
-                                    job.id(),
-                                    round.round,
-                                    &u.did,
-                                    UploadPart::Payload,
-                                )?)?,
-                                u.num_samples,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, CoordinatorError>>()?;
-                    let weighted: Vec<_> = updates
-                        .iter()
-                        .map(|(d, n)| WeightedUpdate {
-                            delta: d,
-                            num_samples: *n,
-                        })
-                        .collect();
-                    let mut params = decode_f32(&job.latest_model)?;
-                    add_mean(&mut params, &weighted)?.map(|()| (params, None))
+                    plain_mean(job, store, &round)?
                 }
             };
             job.close_round(store, &round, now, outcome)
         })
+    }
+
+    /// Whether the open round has every update it will get: all expected participants
+    /// uploaded, or at least `min_participants` did and every one still missing has had no
+    /// work stream for the server's dropout grace period (it went away, or never came back
+    /// after a restart of this coordinator). Otherwise also when the next missing
+    /// participant's grace period ends, if that could complete it.
+    fn collected(&self, job: &Job, round: &RoundRecord, now: u64) -> (bool, Option<u64>) {
+        let uploaded: std::collections::HashSet<&str> =
+            round.uploads.iter().map(|u| u.did.as_str()).collect();
+        let missing: Vec<&String> = round
+            .expected
+            .iter()
+            .filter(|d| !uploaded.contains(d.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return (true, None);
+        }
+        if uploaded.len() < job.spec.min_participants as usize {
+            return (false, None);
+        }
+        let grace = self.policy.dropout_grace.as_millis() as u64;
+        let mut last_over = 0;
+        for did in missing {
+            if job.connected.contains_key(did.as_str()) {
+                return (false, None);
+            }
+            let gone = job
+                .gone_since
+                .get(did.as_str())
+                .copied()
+                .unwrap_or(self.started);
+            last_over = last_over.max(gone.saturating_add(grace));
+        }
+        if last_over <= now {
+            (true, None)
+        } else {
+            (false, Some(last_over))
+        }
     }
 
     fn spawn_driver(self: &Arc<Self>, job_id: String) {
@@ -1121,6 +1145,36 @@ impl State {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .spawn(driver);
+    }
+}
+
+/// A plain round's new model: the FedAvg of its uploads, read from their durable files one at
+/// a time (only the model and one update are in memory, however many uploaded), in the order
+/// of the uploaders' did:keys so that the result does not depend on the order they arrived
+/// in. `Err` inside: the round fails, with why.
+fn plain_mean(job: &Job, store: &Store, round: &RoundRecord) -> Result<Outcome, CoordinatorError> {
+    let mut uploads: Vec<&UploadRecord> = round.uploads.iter().collect();
+    uploads.sort_by(|a, b| a.did.cmp(&b.did));
+    let total = uploads
+        .iter()
+        .try_fold(0u64, |t, u| t.checked_add(u.num_samples))
+        .ok_or_else(|| CoordinatorError::Storage("the round's sample counts overflow".into()))?;
+    let mut params = decode_f32(&job.latest_model)?;
+    let mut mean = StreamingMean::new(&mut params, total)?;
+    for u in uploads {
+        let delta =
+            decode_f32(&store.load_update(job.id(), round.round, &u.did, UploadPart::Payload)?)?;
+        mean.add(WeightedUpdate {
+            delta: &delta,
+            num_samples: u.num_samples,
+        })?;
+    }
+    match mean.finish() {
+        Ok(()) => Ok(Ok((params, None))),
+        Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
+            "the aggregate overflows: parameter {index} of the new model is not finite"
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -14,10 +14,15 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ParticipantError;
+use crate::retry::{Backoff, Retry, retrying};
 
 /// Opens a gRPC channel to a coordinator URL such as `http://127.0.0.1:50051`, or
 /// `https://coordinator.example:50051` over TLS (trusting what [`crate::tls`] says).
 pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
+    connect_to(url, false).await
+}
+
+async fn connect_to(url: &str, patient: bool) -> Result<Channel, ParticipantError> {
     let err = |e: &dyn std::error::Error| ParticipantError::Connect {
         url: url.into(),
         message: conclave_proto::error_chain(e),
@@ -45,12 +50,51 @@ pub async fn connect(url: &str) -> Result<Channel, ParticipantError> {
             });
         }
     }
-    endpoint
+    let endpoint = endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| err(&e))
+        .tcp_nodelay(true);
+    if !patient {
+        return endpoint.connect().await.map_err(|e| err(&e));
+    }
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e)
+                if nobody_listening(&e) && started.elapsed() + wait < crate::retry::patience() =>
+            {
+                tracing::info!(url, error = %conclave_proto::error_chain(&e), "coordinator not reachable yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(err(&e)),
+        }
+    }
+}
+
+/// Connects to `url`, waiting up to [`crate::retry::patience`] for a coordinator that is not
+/// listening yet (starting, or restarting after a crash); a TLS or address problem is
+/// reported at once.
+pub async fn connect_patiently(url: &str) -> Result<Channel, ParticipantError> {
+    connect_to(url, true).await
+}
+
+/// Whether a connection failed because nothing answered at the address (refused, reset or
+/// timed out), rather than for a reason that trying again cannot fix.
+fn nobody_listening(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether a URL host is this machine (`localhost`, 127.0.0.0/8, `[::1]`).
@@ -111,19 +155,36 @@ pub async fn download_model(
     version: u32,
     expected_hash: Option<&[u8]>,
 ) -> Result<Vec<f32>, ParticipantError> {
-    let mut stream = resigning(|| {
-        let mut request = v1::DownloadModelRequest {
-            job_id: job_id.into(),
-            model_version: version,
-            auth: None,
-        };
-        sign_read(reader, &mut request);
-        let mut rounds = rounds.clone();
-        async move { rounds.download_model(request).await }
-    })
-    .await
-    .map_err(ParticipantError::rpc("DownloadModel"))?
-    .into_inner();
+    // A download the connection broke (or the coordinator cut) starts again from the start,
+    // through a coordinator restart; a refusal or a bad model ends it.
+    let mut backoff = Backoff::new(Retry::Stream);
+    loop {
+        match download_once(rounds, reader, job_id, version, expected_hash).await {
+            Err(ParticipantError::Rpc { status, .. })
+                if backoff.again("DownloadModel", &status).await => {}
+            other => return other,
+        }
+    }
+}
+
+async fn download_once(
+    rounds: &mut RoundsClient<Channel>,
+    reader: Option<&Identity>,
+    job_id: &str,
+    version: u32,
+    expected_hash: Option<&[u8]>,
+) -> Result<Vec<f32>, ParticipantError> {
+    let mut request = v1::DownloadModelRequest {
+        job_id: job_id.into(),
+        model_version: version,
+        auth: None,
+    };
+    sign_read(reader, &mut request);
+    let mut stream = rounds
+        .download_model(request)
+        .await
+        .map_err(ParticipantError::rpc("DownloadModel"))?
+        .into_inner();
     let mut bytes = Vec::new();
     let mut total = None;
     let mut hash = Vec::new();
@@ -197,29 +258,6 @@ pub fn upload_messages(
         &le_words(delta),
         None,
     )
-}
-
-/// How many times a request the coordinator refused as signed before it (re)started is
-/// signed again and re-sent (a participant clock slightly behind the coordinator's).
-const RESIGN_ATTEMPTS: u32 = 5;
-
-/// Runs `call` (which signs its request afresh each time) again after a short wait while the
-/// coordinator answers ABORTED: it refused a signature made before it started.
-pub(crate) async fn resigning<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(status) if status.code() == tonic::Code::Aborted && attempt < RESIGN_ATTEMPTS => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// The upload stream of a masked ring vector with its manifest (and the manifest's hash):
@@ -305,7 +343,7 @@ pub async fn get_job(
     reader: Option<&Identity>,
     job_id: &str,
 ) -> Result<v1::JobInfo, ParticipantError> {
-    Ok(resigning(|| {
+    Ok(retrying("GetJob", Retry::Call, || {
         let mut req = v1::GetJobRequest {
             job_id: job_id.into(),
             auth: None,
@@ -330,7 +368,7 @@ pub async fn list_rounds(
     let (mut rounds, mut evaluations) = (Vec::new(), Vec::new());
     let mut next = first.max(1);
     loop {
-        let page = resigning(|| {
+        let page = retrying("ListRounds", Retry::Call, || {
             let mut req = v1::ListRoundsRequest {
                 job_id: job_id.into(),
                 first_round: next,
@@ -363,7 +401,7 @@ pub async fn list_jobs(
     let mut out: Vec<v1::JobInfo> = Vec::new();
     let mut after = String::new();
     loop {
-        let page = resigning(|| {
+        let page = retrying("ListJobs", Retry::Call, || {
             let mut req = v1::ListJobsRequest {
                 after_job_id: after.clone(),
                 auth: None,
@@ -396,12 +434,24 @@ pub struct Client {
 impl Client {
     /// Connects to `url` as `identity`.
     pub async fn connect(url: &str, identity: Arc<Identity>) -> Result<Self, ParticipantError> {
-        let channel = connect(url).await?;
-        Ok(Self {
+        Ok(Self::over(connect(url).await?, identity))
+    }
+
+    /// As [`Client::connect`], waiting through a coordinator that is (re)starting (see
+    /// [`connect_patiently`]).
+    pub async fn connect_patiently(
+        url: &str,
+        identity: Arc<Identity>,
+    ) -> Result<Self, ParticipantError> {
+        Ok(Self::over(connect_patiently(url).await?, identity))
+    }
+
+    fn over(channel: Channel, identity: Arc<Identity>) -> Self {
+        Self {
             identity,
             jobs: jobs_client(channel.clone()),
             rounds: rounds_client(channel),
-        })
+        }
     }
 
     /// Reads a job's description and state (a signed read).
@@ -438,7 +488,7 @@ impl Client {
         let admission_signature = self.identity.sign(&digest).to_vec();
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        let resp = resigning(|| {
+        let resp = retrying("Join", Retry::Call, || {
             let mut req = v1::JoinRequest {
                 job_id: job_id.into(),
                 x25519_public: sealing_key.clone(),
@@ -464,7 +514,7 @@ impl Client {
     ) -> Result<tonic::Streaming<v1::WorkItem>, ParticipantError> {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        Ok(resigning(|| {
+        Ok(retrying("Work", Retry::Call, || {
             let mut req = v1::WorkRequest {
                 job_id: job_id.into(),
                 auth: None,
@@ -504,13 +554,7 @@ impl Client {
         delta: &[f32],
     ) -> Result<v1::UploadReceipt, ParticipantError> {
         let messages = upload_messages(&self.identity, job_id, round, num_samples, delta);
-        let resp = self
-            .rounds
-            .upload_update(tokio_stream::iter(messages))
-            .await;
-        Ok(resp
-            .map_err(ParticipantError::rpc("UploadUpdate"))?
-            .into_inner())
+        Ok(self.send_upload(messages).await?.0)
     }
 
     /// Sends a prepared upload stream; returns the receipt and the encoded bytes sent.
@@ -520,15 +564,27 @@ impl Client {
     ) -> Result<(v1::UploadReceipt, usize), ParticipantError> {
         use prost::Message;
         let bytes = messages.iter().map(|m| m.encoded_len()).sum();
-        let resp = self
-            .rounds
-            .upload_update(tokio_stream::iter(messages))
-            .await;
-        Ok((
-            resp.map_err(ParticipantError::rpc("UploadUpdate"))?
-                .into_inner(),
-            bytes,
-        ))
+        let identity = Arc::clone(&self.identity);
+        let rounds = self.rounds.clone();
+        let mut first = true;
+        let receipt = retrying("UploadUpdate", Retry::Stream, || {
+            // The same bytes each time; a resend's header is signed afresh (a new nonce),
+            // its contribution signature is the same.
+            let mut messages = messages.clone();
+            if !std::mem::take(&mut first)
+                && let Some(v1::UploadChunk {
+                    part: Some(Part::Header(header)),
+                }) = messages.first_mut()
+            {
+                sign(&identity, header);
+            }
+            let mut rounds = rounds.clone();
+            async move { rounds.upload_update(tokio_stream::iter(messages)).await }
+        })
+        .await
+        .map_err(ParticipantError::rpc("UploadUpdate"))?
+        .into_inner();
+        Ok((receipt, bytes))
     }
 
     /// Sends this committee member's approval of a round's statement.
@@ -541,7 +597,7 @@ impl Client {
     ) -> Result<(), ParticipantError> {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        resigning(|| {
+        retrying("SubmitApproval", Retry::Call, || {
             let mut req = v1::ApprovalRequest {
                 job_id: job_id.into(),
                 round,
@@ -568,7 +624,7 @@ impl Client {
     ) -> Result<(), ParticipantError> {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        resigning(|| {
+        retrying("SubmitCheck", Retry::Call, || {
             let mut req = v1::CheckReport {
                 job_id: job_id.into(),
                 round,
@@ -595,7 +651,7 @@ impl Client {
     ) -> Result<(), ParticipantError> {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        resigning(|| {
+        retrying("SubmitDrawReveal", Retry::Call, || {
             let mut req = v1::DrawRevealRequest {
                 job_id: job_id.into(),
                 attempt,
@@ -633,7 +689,7 @@ impl Client {
         let signature = self.identity.sign(&digest).to_vec();
         let identity = Arc::clone(&self.identity);
         let jobs = self.jobs.clone();
-        Ok(resigning(|| {
+        Ok(retrying("RecordExport", Retry::Call, || {
             let mut req = v1::RecordExportRequest {
                 job_id: job_id.into(),
                 model_version: version,
@@ -666,7 +722,7 @@ impl Client {
         let partial_hash = blake3::hash(&payload).as_bytes().to_vec();
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        resigning(|| {
+        retrying("SubmitReveal", Retry::Stream, || {
             let mut header = v1::RevealHeader {
                 job_id: job_id.into(),
                 round,
@@ -701,7 +757,7 @@ impl Client {
     ) -> Result<(), ParticipantError> {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
-        resigning(|| {
+        retrying("ReportMetrics", Retry::Call, || {
             let mut req = v1::MetricsReport {
                 job_id: job_id.into(),
                 model_version: version,

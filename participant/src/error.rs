@@ -7,7 +7,9 @@ pub enum ParticipantError {
     Connect { url: String, message: String },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("coordinator refused {call}: {status}")]
+    /// A call the coordinator refused, or one whose connection kept failing until
+    /// the process's patience ([`crate::retry::patience`]) had passed: the message says which.
+    #[error("{}", rpc_message(call, status))]
     Rpc {
         call: &'static str,
         #[source]
@@ -41,9 +43,29 @@ pub enum ParticipantError {
     Quant(#[from] conclave_aggregation::quantize::QuantError),
 }
 
+fn rpc_message(call: &str, status: &tonic::Status) -> String {
+    if crate::retry::is_transport(status) {
+        let tried = match crate::retry::patience().as_secs() {
+            0 => String::new(),
+            secs => format!(" (tried for {secs} s)"),
+        };
+        format!(
+            "lost the connection to the coordinator during {call}{tried}: {}",
+            conclave_proto::error_chain(status)
+        )
+    } else {
+        format!("coordinator refused {call}: {status}")
+    }
+}
+
 impl ParticipantError {
     pub(crate) fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> Self {
         move |status| ParticipantError::Rpc { call, status }
+    }
+
+    /// Whether the call failed on the connection (the coordinator was away), not by refusal.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ParticipantError::Rpc { status, .. } if crate::retry::is_transport(status))
     }
 
     /// The gRPC status code, when the coordinator refused a call.

@@ -15,7 +15,8 @@ use conclave_proto::MAX_MESSAGE_BYTES;
 use conclave_proto::v1::{self, ledger_client::LedgerClient};
 
 use crate::ParticipantError;
-use crate::client::{connect, resigning, sign_read};
+use crate::client::{connect, sign_read};
+use crate::retry::{Retry, retrying};
 
 /// Entries checked and committed together.
 const BATCH: usize = 1024;
@@ -43,15 +44,15 @@ pub enum SyncError {
     Decode(String),
 }
 
-/// Opens the ledger stream from `from_index`, signed by `reader` when given (signed again
-/// if the coordinator refuses a signature made before it started).
+/// Opens the ledger stream from `from_index`, signed by `reader` when given (signed again and
+/// re-sent through a coordinator restart, see [`retrying`]).
 async fn entries(
     client: &LedgerClient<tonic::transport::Channel>,
     reader: Option<&Identity>,
     from_index: u64,
     follow: bool,
 ) -> Result<tonic::Streaming<v1::LedgerEntry>, ParticipantError> {
-    Ok(resigning(|| {
+    Ok(retrying("Ledger.Entries", Retry::Stream, || {
         let mut request = v1::LedgerRequest {
             from_index,
             follow,

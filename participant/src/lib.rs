@@ -35,6 +35,7 @@ pub mod ledger_sync;
 pub mod memory;
 mod plan;
 pub mod policy;
+pub mod retry;
 mod runner;
 pub mod tls;
 pub mod trainer;

@@ -21,8 +21,9 @@ use crate::policy::{Pin, Policy, describe};
 use crate::trainer::{self, Metrics};
 use conclave_proto::v1;
 
-/// How often a lost work stream is re-opened before the participant gives up.
-const MAX_RECONNECTS: u32 = 30;
+/// How long a participant keeps re-opening a lost work stream (the coordinator restarting,
+/// the network away) before it gives up: each try waits a little longer, up to 5 s.
+const RECONNECT_FOR: Duration = Duration::from_secs(600);
 
 /// Where a participant connects, what it trains on, what it accepts and where it remembers.
 #[derive(Clone, Debug)]
@@ -235,7 +236,7 @@ pub async fn run(
     events: Option<UnboundedSender<Event>>,
 ) -> Result<u32, ParticipantError> {
     let memory = Memory::open(&config.state_dir, &config.job_id)?;
-    let mut client = Client::connect(&config.coordinator, Arc::clone(&identity)).await?;
+    let mut client = Client::connect_patiently(&config.coordinator, Arc::clone(&identity)).await?;
     // Read the job and check it against this participant's policy (or its pin) and its local
     // data before joining: a hospital whose export is broken should learn it before it is
     // counted in a round.
@@ -287,30 +288,37 @@ pub async fn run(
     );
     let (train, eval) = (Arc::new(train), Arc::new(eval));
     let mut cache: Option<(u32, Arc<Vec<f32>>)> = None;
-    let mut reconnects = 0;
-    let mut work = client.work(&config.job_id).await?;
+    let mut work = Some(client.work(&config.job_id).await?);
+    // Since when the work stream has been lost, and how long to wait before the next try.
+    let mut lost: Option<(std::time::Instant, Duration)> = None;
     loop {
-        let item = match work.message().await {
-            Ok(Some(item)) => item,
-            Ok(None) => return Err(ParticipantError::StreamEnded),
-            Err(status)
-                if status.code() == Code::Unavailable
-                    || status.code() == Code::Unknown
-                    || status.code() == Code::Internal =>
-            {
-                reconnects += 1;
-                if reconnects > MAX_RECONNECTS {
-                    return Err(ParticipantError::Rpc {
-                        call: "Work",
-                        status,
-                    });
-                }
-                tracing::warn!(%status, "work stream lost; reconnecting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match client.work(&config.job_id).await {
-                    Ok(stream) => work = stream,
-                    Err(e) => tracing::warn!(error = %e, "reconnect failed"),
-                }
+        let next = match work.as_mut() {
+            Some(stream) => stream.message().await,
+            None => Err(tonic::Status::unavailable("no work stream")),
+        };
+        let item = match next {
+            Ok(Some(item)) => {
+                lost = None;
+                item
+            }
+            // The coordinator ends a stream itself only after the job's last item: one that
+            // ends before, or breaks, is re-opened (the coordinator restarted or the network
+            // went away); a refusal ends the participant.
+            Ok(None) => {
+                work = None;
+                reconnect(&mut client, &config.job_id, &mut work, &mut lost, None).await?;
+                continue;
+            }
+            Err(status) if crate::retry::is_transport(&status) => {
+                work = None;
+                reconnect(
+                    &mut client,
+                    &config.job_id,
+                    &mut work,
+                    &mut lost,
+                    Some(status),
+                )
+                .await?;
                 continue;
             }
             Err(status) => {
@@ -357,14 +365,23 @@ pub async fn run(
                     );
                     continue;
                 }
-                let global = fetch(
+                let global = match fetch(
                     &mut client,
                     &config.job_id,
                     &mut cache,
                     task.model_version,
                     &task.model_hash,
                 )
-                .await?;
+                .await
+                {
+                    Ok(global) => global,
+                    // The coordinator stayed away: the task comes again on the next stream.
+                    Err(e) if e.is_transport() => {
+                        tracing::warn!(round, error = %e, "could not download the round's model");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let (s, t, g) = (Arc::clone(&spec), Arc::clone(&train), Arc::clone(&global));
                 let device = config.device;
                 let round_seed = seed.wrapping_add(round as u64);
@@ -396,10 +413,13 @@ pub async fn run(
                     ),
                     Err(ParticipantError::Refused(reason)) => refuse(&events, round, reason),
                     Err(e)
-                        if matches!(
-                            e.code(),
-                            Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted)
-                        ) =>
+                        if e.is_transport()
+                            || matches!(
+                                e.code(),
+                                Some(
+                                    Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted
+                                )
+                            ) =>
                     {
                         tracing::warn!(round, error = %e, "update not accepted");
                         emit(
@@ -414,14 +434,22 @@ pub async fn run(
                 }
             }
             Some(Item::Evaluate(task)) => {
-                let params = fetch(
+                let params = match fetch(
                     &mut client,
                     &config.job_id,
                     &mut cache,
                     task.model_version,
                     &task.model_hash,
                 )
-                .await?;
+                .await
+                {
+                    Ok(params) => params,
+                    Err(e) if e.is_transport() => {
+                        tracing::warn!(version = task.model_version, error = %e, "could not download the model to evaluate");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let (s, e) = (Arc::clone(&spec), Arc::clone(&eval));
                 let device = config.device;
                 let metrics = blocking(move || trainer::evaluate(&s, &params, &e, device)).await?;
@@ -437,6 +465,10 @@ pub async fn run(
                         },
                     ),
                     Err(e) if e.code() == Some(Code::AlreadyExists) => {}
+                    // The coordinator stayed away: it asks again for a version nobody reported.
+                    Err(e) if e.is_transport() => {
+                        tracing::warn!(version = task.model_version, error = %e, "metrics not reported")
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -493,6 +525,43 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Re-opens the work stream after it was lost (with `why`, when it broke rather than ended),
+/// waiting a little longer each time; gives up once it has been lost for [`RECONNECT_FOR`].
+async fn reconnect(
+    client: &mut Client,
+    job_id: &str,
+    work: &mut Option<tonic::Streaming<v1::WorkItem>>,
+    lost: &mut Option<(std::time::Instant, Duration)>,
+    why: Option<tonic::Status>,
+) -> Result<(), ParticipantError> {
+    let (since, wait) = *lost.get_or_insert((std::time::Instant::now(), Duration::ZERO));
+    if since.elapsed() > RECONNECT_FOR {
+        return Err(match why {
+            Some(status) => ParticipantError::Rpc {
+                call: "Work",
+                status,
+            },
+            None => ParticipantError::StreamEnded,
+        });
+    }
+    match &why {
+        Some(status) => tracing::warn!(%status, "work stream lost; reconnecting"),
+        None => tracing::warn!("work stream ended before the job did; reconnecting"),
+    }
+    tokio::time::sleep(wait).await;
+    *lost = Some((
+        since,
+        (wait * 2).clamp(Duration::from_millis(250), Duration::from_secs(5)),
+    ));
+    match client.work(job_id).await {
+        Ok(stream) => *work = Some(stream),
+        // A refusal (this participant no longer admitted, the job gone) ends it.
+        Err(e) if !e.is_transport() => return Err(e),
+        Err(e) => tracing::warn!(error = %e, "reconnect failed"),
+    }
+    Ok(())
 }
 
 fn refuse(events: &Option<UnboundedSender<Event>>, round: u32, reason: String) {

@@ -25,9 +25,14 @@ pub fn launcher() -> &'static Identity {
     LAUNCHER.get_or_init(Identity::generate)
 }
 
-/// The policy of a test coordinator: [`launcher`] may launch, reads are signed.
+/// The policy of a test coordinator: [`launcher`] may launch, reads are signed. Rounds wait
+/// out their deadline for missing participants (many tests upload without a work stream):
+/// the dropout grace period is tested on its own.
 pub fn test_policy() -> ServerPolicy {
-    ServerPolicy::with_launcher(launcher().participant_id())
+    ServerPolicy {
+        dropout_grace: std::time::Duration::from_secs(24 * 3600),
+        ..ServerPolicy::with_launcher(launcher().participant_id())
+    }
 }
 
 /// `request`, signed by [`launcher`].

@@ -142,3 +142,65 @@ async fn a_round_with_too_few_uploads_fails_and_reveals_nothing() {
     assert_eq!(info.rounds[1].base_version, 0);
     coordinator.stop().await;
 }
+
+/// Once a round has min_participants updates, it stops waiting for a participant whose work
+/// stream has been gone for the server's dropout grace period (a hospital that died, or did
+/// not come back after a coordinator restart), long before its deadline; a participant still
+/// connected is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_stops_waiting_for_a_participant_gone_past_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = conclave_coordinator::ServerPolicy {
+        dropout_grace: Duration::from_secs(1),
+        ..conclave_tests::test_policy()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy).await;
+    // Three train in each round, two updates are enough; deadlines of 10 minutes.
+    let job = coordinator
+        .launch(&wdbc_job_starting_at(2, 2, 3, 600))
+        .await;
+    let dim = coordinator.info(&job).await.dim as usize;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = client(&coordinator, Identity::generate()).await;
+        c.join(&job, false).await.unwrap();
+        clients.push(c);
+    }
+    let mut streams = Vec::new();
+    for c in clients.iter_mut() {
+        streams.push(c.work(&job).await.unwrap());
+    }
+    for (c, s) in clients.iter_mut().zip(streams.iter_mut()).take(2) {
+        let task = next_train(s).await;
+        c.upload(&job, task.round, 10, &vec![0.1f32; dim])
+            .await
+            .unwrap();
+    }
+    // The third is still connected: the round waits for it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        coordinator.info(&job).await.model_version,
+        0,
+        "closed without a connected participant"
+    );
+    // It goes away: the round closes about a grace period later, with the two updates.
+    let gone = Instant::now();
+    drop(streams.pop());
+    let info = loop {
+        let info = coordinator.info(&job).await;
+        if info.model_version == 1 {
+            break info;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(30),
+            "still waiting for a participant long gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        gone.elapsed() >= Duration::from_millis(900),
+        "closed before the grace period"
+    );
+    assert_eq!(info.rounds[0].uploaded_count, 2);
+    assert_eq!(info.rounds[0].expected_count, 3);
+}

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use conclave_aggregation::job::MAX_MODEL_PARAMS;
 use conclave_coordinator::access::{
-    DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_PARTICIPANTS_PER_JOB,
-    MAX_PARTICIPANTS_PER_JOB,
+    DEFAULT_DROPOUT_GRACE, DEFAULT_MAX_JOBS, DEFAULT_MAX_MODEL_PARAMS,
+    DEFAULT_MAX_PARTICIPANTS_PER_JOB, MAX_PARTICIPANTS_PER_JOB,
 };
 use conclave_coordinator::limits::{self, StreamLimits};
 use conclave_coordinator::{ServerPolicy, State};
@@ -64,6 +64,11 @@ pub struct Args {
     /// place); each reader may have 4.
     #[arg(long, default_value_t = limits::DEFAULT_DOWNLOADS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_downloads: u64,
+    /// Seconds a round waits for a participant whose work stream is gone, once the round
+    /// has min_participants updates, before it closes without it (its deadline still bounds
+    /// the round).
+    #[arg(long, default_value_t = DEFAULT_DROPOUT_GRACE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    dropout_grace_secs: u64,
 }
 
 fn parse_did(s: &str) -> Result<ParticipantId, String> {
@@ -86,6 +91,7 @@ impl Args {
                 ledger_streams: self.max_ledger_streams as usize,
                 downloads: self.max_downloads as usize,
             },
+            dropout_grace: std::time::Duration::from_secs(self.dropout_grace_secs),
         }
     }
 }

@@ -72,11 +72,20 @@ impl Rounds for RoundsService {
                 if cursor.is_done() {
                     return;
                 }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
+                let shutting_down = tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return } else { false },
                     _ = tx.closed() => return,
-                    // The server is shutting down: end the stream so the client reconnects later.
-                    _ = closing.wait_for(|c| *c) => return,
+                    _ = closing.wait_for(|c| *c) => true,
+                };
+                // The server is shutting down: end the stream, saying so, and the client
+                // reconnects to the next server.
+                if shutting_down {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the coordinator is shutting down: reconnect",
+                        )))
+                        .await;
+                    return;
                 }
             }
         });
