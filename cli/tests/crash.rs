@@ -79,12 +79,7 @@ struct Outcome {
 
 /// Runs the job once: a coordinator, the hospitals, and `kills` SIGKILLs of the coordinator
 /// at `schedule`'s intervals, each followed by a restart on the same port and data directory.
-fn run_job(
-    setup: &Setup,
-    name: &str,
-    plain: bool,
-    kills: &mut dyn Iterator<Item = Duration>,
-) -> Outcome {
+fn run_job(setup: &Setup, name: &str, plain: bool, kills: Vec<Duration>) -> Outcome {
     let data_dir = setup.path(&format!("{name}-coordinator"));
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -109,6 +104,8 @@ fn run_job(
                 .unwrap()
         })
         .collect();
+    let planned = kills.len();
+    let mut landed = 0;
     for wait in kills {
         std::thread::sleep(wait);
         if hospitals
@@ -117,10 +114,15 @@ fn run_job(
         {
             break;
         }
+        landed += 1;
         server.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
         server.0.wait().unwrap();
         server = Server::start(port, &data_dir);
     }
+    assert!(
+        planned == 0 || landed > 0,
+        "the job finished before the coordinator was killed"
+    );
     let started = Instant::now();
     let mut versions = Vec::new();
     for h in hospitals.iter_mut() {
@@ -191,17 +193,12 @@ fn schedule(seed: u64) -> Vec<Duration> {
 #[test]
 fn plain_jobs_survive_kill_9_and_train_the_same_model() {
     let setup = Setup::new("plain");
-    let calm = run_job(&setup, "calm", true, &mut std::iter::empty());
+    let calm = run_job(&setup, "calm", true, Vec::new());
     assert_eq!(calm.version, ROUNDS.to_string());
     for seed in 0..runs(2) {
         let kills = schedule(1000 + seed);
         eprintln!("plain run {seed}: kills after {kills:?}");
-        let crashed = run_job(
-            &setup,
-            &format!("plain-{seed}"),
-            true,
-            &mut kills.into_iter(),
-        );
+        let crashed = run_job(&setup, &format!("plain-{seed}"), true, kills);
         assert_eq!(crashed.version, ROUNDS.to_string(), "run {seed}");
         assert!(
             crashed.model == calm.model,
@@ -217,12 +214,7 @@ fn secure_jobs_survive_kill_9() {
     for seed in 0..runs(2) {
         let kills = schedule(2000 + seed);
         eprintln!("secagg run {seed}: kills after {kills:?}");
-        let crashed = run_job(
-            &setup,
-            &format!("secagg-{seed}"),
-            false,
-            &mut kills.into_iter(),
-        );
+        let crashed = run_job(&setup, &format!("secagg-{seed}"), false, kills);
         // A secure round caught mid-protocol may fail (and is recorded as failed); the job
         // still finishes with every hospital, on a model the rounds that closed produced.
         let version: u32 = crashed.version.parse().unwrap();

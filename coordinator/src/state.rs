@@ -116,6 +116,9 @@ pub struct State {
     pub(crate) ledger_gate: Gate,
     /// Launches whose model is being built (each holds a place among the jobs).
     launching: crate::access::Launching,
+    /// When this state started serving (unix ms): the dropout grace of a participant that has
+    /// had no work stream since is counted from then.
+    serving_since: std::sync::atomic::AtomicU64,
     /// The jobs' round drivers: they end when the server closes, and `serve` waits for them.
     drivers: Mutex<tokio::task::JoinSet<()>>,
 }
@@ -213,6 +216,7 @@ impl State {
             ledger_gate,
             launching: Default::default(),
             drivers: Mutex::new(tokio::task::JoinSet::new()),
+            serving_since: std::sync::atomic::AtomicU64::new(started),
         }))
     }
 
@@ -280,6 +284,9 @@ impl State {
 
     /// Starts the round driver of every unfinished job.
     pub fn start_drivers(self: &Arc<Self>) {
+        // Participants can only come back from now on: their grace period starts here.
+        self.serving_since
+            .store(now_ms(), std::sync::atomic::Ordering::SeqCst);
         let ids: Vec<String> = self
             .lock()
             .iter()
@@ -1080,11 +1087,8 @@ impl State {
             if job.connected.contains_key(did.as_str()) {
                 return (false, None);
             }
-            let gone = job
-                .gone_since
-                .get(did.as_str())
-                .copied()
-                .unwrap_or(self.started);
+            let serving = self.serving_since.load(std::sync::atomic::Ordering::SeqCst);
+            let gone = job.gone_since.get(did.as_str()).copied().unwrap_or(serving);
             last_over = last_over.max(gone.saturating_add(grace));
         }
         if last_over <= now {
@@ -1155,26 +1159,39 @@ impl State {
 fn plain_mean(job: &Job, store: &Store, round: &RoundRecord) -> Result<Outcome, CoordinatorError> {
     let mut uploads: Vec<&UploadRecord> = round.uploads.iter().collect();
     uploads.sort_by(|a, b| a.did.cmp(&b.did));
-    let total = uploads
+    // What cannot be fixed by trying again fails the round (with why) instead of stalling it.
+    let Some(total) = uploads
         .iter()
         .try_fold(0u64, |t, u| t.checked_add(u.num_samples))
-        .ok_or_else(|| CoordinatorError::Storage("the round's sample counts overflow".into()))?;
+    else {
+        return Ok(Err("the round's sample counts overflow".into()));
+    };
     let mut params = decode_f32(&job.latest_model)?;
-    let mut mean = StreamingMean::new(&mut params, total)?;
+    let mut mean = match StreamingMean::new(&mut params, total) {
+        Ok(mean) => mean,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
     for u in uploads {
-        let delta =
-            decode_f32(&store.load_update(job.id(), round.round, &u.did, UploadPart::Payload)?)?;
-        mean.add(WeightedUpdate {
-            delta: &delta,
-            num_samples: u.num_samples,
-        })?;
+        let delta = store
+            .load_update(job.id(), round.round, &u.did, UploadPart::Payload)
+            .and_then(|bytes| decode_f32(&bytes));
+        let added = delta.map_err(|e| e.to_string()).and_then(|delta| {
+            mean.add(WeightedUpdate {
+                delta: &delta,
+                num_samples: u.num_samples,
+            })
+            .map_err(|e| e.to_string())
+        });
+        if let Err(e) = added {
+            return Ok(Err(format!("the update of {} cannot be used: {e}", u.did)));
+        }
     }
     match mean.finish() {
         Ok(()) => Ok(Ok((params, None))),
         Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
             "the aggregate overflows: parameter {index} of the new model is not finite"
         ))),
-        Err(e) => Err(e.into()),
+        Err(e) => Ok(Err(e.to_string())),
     }
 }
 

@@ -52,7 +52,13 @@ async fn connect_to(url: &str, patient: bool) -> Result<Channel, ParticipantErro
     }
     let endpoint = endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A coordinator whose host vanished (no reset ever comes) is noticed within a minute,
+        // so the stream breaks and is retried instead of waiting forever.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if !patient {
         return endpoint.connect().await.map_err(|e| err(&e));
     }
@@ -567,11 +573,15 @@ impl Client {
         let identity = Arc::clone(&self.identity);
         let rounds = self.rounds.clone();
         let mut first = true;
-        let receipt = retrying("UploadUpdate", Retry::Stream, || {
+        let resent = std::sync::atomic::AtomicBool::new(false);
+        let sent = retrying("UploadUpdate", Retry::Stream, || {
             // The same bytes each time; a resend's header is signed afresh (a new nonce),
             // its contribution signature is the same.
             let mut messages = messages.clone();
-            if !std::mem::take(&mut first)
+            if !std::mem::take(&mut first) {
+                resent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if resent.load(std::sync::atomic::Ordering::Relaxed)
                 && let Some(v1::UploadChunk {
                     part: Some(Part::Header(header)),
                 }) = messages.first_mut()
@@ -581,9 +591,18 @@ impl Client {
             let mut rounds = rounds.clone();
             async move { rounds.upload_update(tokio_stream::iter(messages)).await }
         })
-        .await
-        .map_err(ParticipantError::rpc("UploadUpdate"))?
-        .into_inner();
+        .await;
+        let receipt = match sent {
+            Ok(receipt) => receipt.into_inner(),
+            // A resend the coordinator already holds: the try whose answer was lost stored it.
+            Err(status)
+                if status.code() == tonic::Code::AlreadyExists
+                    && resent.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                v1::UploadReceipt::default()
+            }
+            Err(status) => return Err(ParticipantError::rpc("UploadUpdate")(status)),
+        };
         Ok((receipt, bytes))
     }
 

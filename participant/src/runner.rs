@@ -349,7 +349,14 @@ pub async fn run(
                                     refuse(&events, round, reason);
                                     continue;
                                 }
-                                other => return Err(other),
+                                // Its own disk failed: nothing it can vouch for.
+                                e @ ParticipantError::State(_) => return Err(e),
+                                // The plan could not be checked (the ledger replica could not
+                                // catch up): nothing is uploaded this round.
+                                other => {
+                                    refuse(&events, round, format!("plan not checked: {other}"));
+                                    continue;
+                                }
                             }
                         }
                     }
@@ -417,7 +424,11 @@ pub async fn run(
                             || matches!(
                                 e.code(),
                                 Some(
-                                    Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted
+                                    Code::FailedPrecondition
+                                        | Code::AlreadyExists
+                                        | Code::Aborted
+                                        | Code::ResourceExhausted
+                                        | Code::DeadlineExceeded
                                 )
                             ) =>
                     {

@@ -203,4 +203,5 @@ async fn a_round_stops_waiting_for_a_participant_gone_past_the_grace_period() {
     );
     assert_eq!(info.rounds[0].uploaded_count, 2);
     assert_eq!(info.rounds[0].expected_count, 3);
+    coordinator.stop().await;
 }
