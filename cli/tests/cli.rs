@@ -366,7 +366,7 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let job_file = d("job.toml");
     std::fs::write(
         &job_file,
-        "name = \"crash\"\nrounds = 1\nmin_participants = 2\nstart_participants = 100000\nprivacy = \"plain\"\n[model]\nkind = \"logistic_regression\"\n[data]\nfeatures = [\"a\"]\nlabel = \"y\"\n",
+        "name = \"crash\"\nrounds = 1\nmin_participants = 2\nstart_participants = 10000\nprivacy = \"plain\"\n[model]\nkind = \"logistic_regression\"\n[data]\nfeatures = [\"a\"]\nlabel = \"y\"\n",
     )
     .unwrap();
     let launched = once_up(&["job", "launch", &job_file, "--coordinator", &url]);

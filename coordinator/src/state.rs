@@ -315,6 +315,24 @@ impl State {
         }
         let spec = JobSpec::from_proto(req.spec.as_ref().unwrap_or(&v1::JobSpec::default()))?;
         self.policy.check_model(&spec)?;
+        if let Some(s) = spec.secagg() {
+            let most = s.most_listed_participants();
+            if u64::from(s.quant.max_participants()) > most {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "max_participants is {}, at most {most} with committee_size {}: a committee \
+                     member's check task lists every upload in one message",
+                    s.quant.max_participants(),
+                    s.committee_size
+                )));
+            }
+        }
+        if spec.start_participants as usize > self.policy.max_participants_per_job {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "start_participants is {}, more than the {} participants this coordinator lets \
+                 a job have (conclave serve --max-participants-per-job)",
+                spec.start_participants, self.policy.max_participants_per_job
+            )));
+        }
         // A place among the jobs is reserved before the model is built, so concurrent
         // launches cannot build more models than there are places.
         let place = {

@@ -45,6 +45,12 @@ impl Job {
         let recent = &r.rounds[r.rounds.len().saturating_sub(RECENT_ROUNDS)..];
         let mut evaluations: Vec<_> = self.evaluation(0).into_iter().collect();
         evaluations.extend(self.round_evaluations(recent));
+        // The current model's, also when the recent rounds all failed.
+        let current = r.model_version;
+        if !evaluations.iter().any(|e| e.model_version == current) {
+            evaluations.extend(self.evaluation(current));
+        }
+        evaluations.sort_by_key(|e| e.model_version);
         v1::JobInfo {
             job_id: r.id.clone(),
             spec: Some(self.spec.to_proto()),

@@ -387,14 +387,23 @@ pub async fn list_rounds(
         .await
         .map_err(ParticipantError::rpc("ListRounds"))?
         .into_inner();
+        // Only pages that continue the history are followed: an empty page, one that does
+        // not start where asked or skips ahead, or more than a job can hold, ends the list
+        // (a coordinator cannot keep this loop or its memory going).
+        let (Some(first_r), Some(last)) = (page.rounds.first(), page.rounds.last()) else {
+            break;
+        };
+        let continues = first_r.round == next
+            && (page.next_round == 0 || page.next_round == last.round + 1)
+            && page.evaluations.len() <= page.rounds.len();
+        let next_round = page.next_round;
         rounds.extend(page.rounds);
         evaluations.extend(page.evaluations);
-        // Pages move forward; a coordinator that sends one back is not followed.
         // A job has at most 100,000 rounds.
-        if page.next_round <= next || rounds.len() > 200_000 {
+        if !continues || next_round == 0 || rounds.len() > 100_000 {
             break;
         }
-        next = page.next_round;
+        next = next_round;
     }
     Ok((rounds, evaluations))
 }
@@ -405,6 +414,7 @@ pub async fn list_jobs(
     reader: Option<&Identity>,
 ) -> Result<Vec<v1::JobInfo>, ParticipantError> {
     let mut out: Vec<v1::JobInfo> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut after = String::new();
     loop {
         let page = retrying("ListJobs", Retry::Call, || {
@@ -419,9 +429,12 @@ pub async fn list_jobs(
         .await
         .map_err(ParticipantError::rpc("ListJobs"))?
         .into_inner();
+        // Pages are followed only while they bring jobs not seen yet, up to what a
+        // coordinator can keep (its --max-jobs is at most a few thousand in practice).
+        let fresh =
+            !page.jobs.is_empty() && page.jobs.iter().all(|j| seen.insert(j.job_id.clone()));
         out.extend(page.jobs);
-        // An empty page, or one that would start again where this one started, ends the list.
-        if page.next_after.is_empty() || page.next_after == after || out.len() > 1 << 20 {
+        if !fresh || page.next_after.is_empty() || out.len() > 100_000 {
             break;
         }
         after = page.next_after;
