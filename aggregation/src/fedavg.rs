@@ -64,7 +64,15 @@ pub fn add_weighted_mean(
         .iter()
         .map(|u| (u.num_samples as f64 / total as f64) as f32)
         .collect();
-    // Split the output among the available cores; each sums its range block by block.
+    sum_parallel(global, updates, &weights);
+    check_finite(global)
+}
+
+/// Adds `Σ w_i · update_i` into `global`, the output split among the available cores (each
+/// sums its range block by block). The split depends only on `global`'s length, so every
+/// caller adds each element in the same order.
+fn sum_parallel(global: &mut [f32], updates: &[WeightedUpdate<'_>], weights: &[f32]) {
+    let dim = global.len();
     let threads = if dim >= PARALLEL_MIN {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -73,9 +81,7 @@ pub fn add_weighted_mean(
     let per_thread = dim.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (t, range) in global.chunks_mut(per_thread).enumerate() {
-            let offset = t * per_thread;
-            let weights = &weights;
-            let mut job = move || sum_range(range, offset, updates, weights);
+            let mut job = move || sum_range(range, t * per_thread, updates, weights);
             if threads == 1 {
                 job()
             } else {
@@ -83,6 +89,10 @@ pub fn add_weighted_mean(
             }
         }
     });
+}
+
+/// `Ok` when every parameter is finite.
+fn check_finite(global: &[f32]) -> Result<(), AggregationError> {
     match global.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(AggregationError::NonFinite { index }),
         None => Ok(()),
@@ -135,24 +145,7 @@ impl<'a> StreamingMean<'a> {
             })?;
         self.added = added;
         let w = [(update.num_samples as f64 / self.total as f64) as f32];
-        let one = [update];
-        let threads = if dim >= PARALLEL_MIN {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            1
-        };
-        let per_thread = dim.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (t, range) in self.global.chunks_mut(per_thread).enumerate() {
-                let (one, w) = (&one, &w);
-                let mut job = move || sum_range(range, t * per_thread, one, w);
-                if threads == 1 {
-                    job()
-                } else {
-                    scope.spawn(job);
-                }
-            }
-        });
+        sum_parallel(self.global, &[update], &w);
         Ok(())
     }
 
@@ -164,10 +157,7 @@ impl<'a> StreamingMean<'a> {
                 total: self.total,
             });
         }
-        match self.global.iter().position(|v| !v.is_finite()) {
-            Some(index) => Err(AggregationError::NonFinite { index }),
-            None => Ok(()),
-        }
+        check_finite(self.global)
     }
 }
 
