@@ -4,6 +4,7 @@
 
 mod cmd;
 mod printer;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,18 @@ struct Cli {
     /// consortium's own CA). Without it, the system's certificate store is used.
     #[arg(long, global = true, env = "CONCLAVE_TLS_CA", value_name = "PEM")]
     tls_ca: Option<PathBuf>,
+    /// How log lines on stderr are written.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: telemetry::LogFormat,
+    /// Export spans and metrics over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    /// Without it (and without the variable) nothing is exported.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,23 +115,8 @@ enum Format {
     Json,
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
     let printer = Printer::new(cli.quiet > 0);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,6 +125,18 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The exporters' connections are tasks of this runtime, so they are built inside it.
+    let telemetry = {
+        let _inside = runtime.enter();
+        telemetry::init(cli.verbose, cli.log_format, cli.otlp_endpoint.as_deref())
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -154,6 +164,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(c) => cmd::bench::run(c, &printer).await,
         }
     });
+    // What is still buffered goes out while the runtime (and the exporters' connections) is up.
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -115,6 +115,50 @@ pub enum CoordinatorError {
 }
 
 impl CoordinatorError {
+    /// A short fixed name for this kind of error: the `reason` label of refusals in
+    /// telemetry (never anything a client chose).
+    pub fn reason(&self) -> &'static str {
+        use CoordinatorError::*;
+        match self {
+            UnknownJob(_) => "unknown_job",
+            UnknownModelVersion { .. } => "unknown_model_version",
+            InvalidJob(_) => "invalid_job",
+            BadAuth(_) => "bad_auth",
+            Replay(_) => "replay",
+            ClockSkew { .. } => "clock_skew",
+            SignedBeforeStart { .. } => "signed_before_start",
+            TooManyRequests(_) => "too_many_requests",
+            NotClipped { .. } => "not_clipped",
+            TooManySamples { .. } => "too_many_samples",
+            NotAdmitted { .. } => "not_admitted",
+            NotJoined { .. } => "not_joined",
+            KeyMismatch { .. } => "key_mismatch",
+            InvalidRequest(_) => "invalid_request",
+            WrongLength { .. } => "wrong_length",
+            NonFinite { .. } => "non_finite",
+            HashMismatch => "hash_mismatch",
+            ChunkTooLarge { .. } => "chunk_too_large",
+            RoundNotOpen { .. } => "round_not_open",
+            NotInRound { .. } => "not_in_round",
+            DuplicateUpload { .. } => "duplicate_upload",
+            DuplicateReport { .. } => "duplicate_report",
+            DuplicateExport { .. } => "duplicate_export",
+            JobFinished(_) => "job_finished",
+            Storage(_) => "storage",
+            Tls(_) => "tls",
+            Aggregation(_) => "aggregation",
+            Protocol(_) => "secagg_protocol",
+            JobFull { .. } => "job_full",
+            NotLauncher(_) => "not_launcher",
+            NotReader { .. } => "not_reader",
+            LimitReached(_) => "limit_reached",
+            ModelTooLarge { .. } => "model_too_large",
+            StreamIdle(_) => "stream_idle",
+            StreamTooSlow => "stream_too_slow",
+            ReaderStalled(_) => "reader_stalled",
+        }
+    }
+
     /// The gRPC code of this error.
     pub fn code(&self) -> Code {
         use CoordinatorError::*;

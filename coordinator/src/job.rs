@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use conclave_aggregation::fedavg::{self, WeightedUpdate};
 use conclave_aggregation::{JobSpec, ModelLayout};
@@ -20,6 +21,7 @@ use crate::auth::Nonces;
 use crate::draw::Gathering;
 use crate::secagg::{self, Phase, SecaggRound};
 use crate::store::{RoundRecord, RoundStatus, Store};
+use crate::telemetry::{self, RoundClock, RoundEnd};
 
 /// A job and everything the coordinator holds of it.
 pub(crate) struct Job {
@@ -42,6 +44,8 @@ pub(crate) struct Job {
     pub gone_since: HashMap<String, u64>,
     /// The coordinator's did:key (shown in the job's info).
     pub coordinator: String,
+    /// Which phase the open round is in since when, for telemetry (in memory only).
+    pub clock: RoundClock,
 }
 
 /// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
@@ -85,6 +89,7 @@ impl Job {
     ) -> Self {
         Self {
             layout: spec.layout(),
+            clock: RoundClock::new(&record.id, telemetry::privacy_label(&spec.privacy)),
             spec,
             record,
             latest_model,
@@ -128,6 +133,29 @@ impl Job {
             .filter(|r| r.status == RoundStatus::Open)
     }
 
+    /// The open round and the phase it is in, if a round is open.
+    pub fn live_phase(&self) -> Option<(u32, telemetry::Phase)> {
+        let round = self.open_round()?.round;
+        let phase = match self.secagg.as_ref().filter(|sa| sa.round == round) {
+            Some(sa) => match sa.phase {
+                Phase::Collecting => telemetry::Phase::Collect,
+                Phase::Checking { .. } => telemetry::Phase::Check,
+                Phase::Signing { .. } => telemetry::Phase::Statement,
+                Phase::Revealing { .. } => telemetry::Phase::Reveal,
+            },
+            None => telemetry::Phase::Collect,
+        };
+        Some((round, phase))
+    }
+
+    /// Tells the round clock where the job is now (after any change to it). A round that
+    /// is opening or closing stays so until its opening is committed or its end recorded.
+    pub fn observe_phase(&mut self) {
+        if let Some((round, phase)) = self.live_phase() {
+            self.clock.enter(round, phase, SystemTime::now());
+        }
+    }
+
     pub fn model_hash(&self, version: u32) -> Vec<u8> {
         hex_to_bytes(&self.record.model_hashes[version as usize])
     }
@@ -157,6 +185,7 @@ impl Job {
     /// with a signed plan. Records the opening in `batch`.
     pub fn open_next_round(&mut self, now: u64, batch: &mut Batch<'_>) {
         let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
+        self.clock.open(round, SystemTime::now());
         let mut record = RoundRecord {
             round,
             status: RoundStatus::Open,
@@ -359,6 +388,26 @@ impl Job {
 
     /// Closes the open round with its outcome (new parameters, or failure with its reason),
     /// opens the next round or finishes the job, and makes it all durable.
+    /// Committee members of `round` that did not finish their part: those not among the
+    /// statement's answering members when it closed, or, when it failed before a statement,
+    /// those that never reported their check.
+    fn committee_dropouts(&self, round: &RoundRecord, completed: &[String]) -> u64 {
+        if round.committee.is_empty() {
+            return 0;
+        }
+        let finished = |did: &String| {
+            if !completed.is_empty() {
+                completed.contains(did)
+            } else {
+                self.secagg
+                    .as_ref()
+                    .filter(|sa| sa.round == round.round)
+                    .is_some_and(|sa| sa.checked.contains(did))
+            }
+        };
+        round.committee.iter().filter(|d| !finished(d)).count() as u64
+    }
+
     pub fn close_round(
         &mut self,
         store: &Store,
@@ -435,6 +484,13 @@ impl Job {
             .iter()
             .map(|c| (c.participant.clone(), c.num_samples))
             .collect();
+        let end = RoundEnd {
+            closed: entry.success,
+            failure: (!entry.success).then(|| entry.failure.clone()),
+            uploads: round.uploads.len() as u64,
+            participant_dropouts: round.expected.len().saturating_sub(round.uploads.len()) as u64,
+            committee_dropouts: self.committee_dropouts(round, &completed),
+        };
         batch.push(Payload::RoundClosed(entry));
         let awards =
             conclave_ledger::rewards::round_awards(&self.spec.rewards, &contributors, &completed);
@@ -445,6 +501,7 @@ impl Job {
                 awards,
             }));
         }
+        self.clock.finish(round.round, end, SystemTime::now());
         let before = std::mem::replace(&mut self.record, record);
         let before_model = self.latest_model.clone();
         if round.round >= self.spec.rounds {

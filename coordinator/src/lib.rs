@@ -32,6 +32,7 @@ mod service;
 pub mod state;
 pub mod store;
 mod summary;
+pub mod telemetry;
 pub mod tls;
 
 pub use access::ServerPolicy;

@@ -75,6 +75,7 @@ pub async fn serve_with_tls(
         })
     });
     let served = builder
+        .layer(crate::telemetry::RpcTelemetry)
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         // A peer that vanished without closing its connection is noticed within a minute (an
         // unanswered HTTP/2 ping closes it), so its streams end and give their places back.

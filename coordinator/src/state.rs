@@ -31,6 +31,7 @@ use crate::secagg::{self, Phase};
 use crate::store::{
     EvalRecord, JobRecord, ParticipantRecord, RoundRecord, Store, UploadPart, UploadRecord,
 };
+use crate::telemetry;
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
 pub fn now_ms() -> u64 {
@@ -273,7 +274,9 @@ impl State {
         let job = jobs
             .get_mut(id)
             .ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
-        f(job, &self.store)
+        let result = f(job, &self.store);
+        job.observe_phase();
+        result
     }
 
     /// Checks a signed request's signature and signing time; the nonce is consumed under the
@@ -1048,6 +1051,7 @@ impl State {
     /// or finishes the job; a failure is recorded once, with its reason. Returns the time to
     /// wake up at, if the job is waiting for something.
     pub fn advance(&self, job_id: &str, now: u64) -> Result<Option<u64>, CoordinatorError> {
+        let entered = std::time::SystemTime::now();
         self.with_job(job_id, |job, store| {
             if job.gathering.is_some() {
                 return job.draw_step(store, now);
@@ -1076,6 +1080,8 @@ impl State {
                     plain_mean(job, store, &round)?
                 }
             };
+            job.clock
+                .enter(round.round, telemetry::Phase::Close, entered);
             job.close_round(store, &round, now, outcome)
         })
     }

@@ -109,9 +109,49 @@ signed!(ListRoundsRequest, "/conclave.v1.Jobs/ListRounds");
 signed!(DownloadModelRequest, "/conclave.v1.Rounds/DownloadModel");
 signed!(LedgerRequest, "/conclave.v1.Ledger/Entries");
 
+/// The request path of every RPC the coordinator serves (each is a signed request's
+/// [`Signed::METHOD`]). Anything else a client asks for is answered UNIMPLEMENTED; telemetry
+/// names only these, so a stranger cannot grow its label sets.
+pub const METHODS: [&str; 15] = [
+    <CreateJobRequest as Signed>::METHOD,
+    <GetJobRequest as Signed>::METHOD,
+    <ListJobsRequest as Signed>::METHOD,
+    <ListRoundsRequest as Signed>::METHOD,
+    <RecordExportRequest as Signed>::METHOD,
+    <JoinRequest as Signed>::METHOD,
+    <WorkRequest as Signed>::METHOD,
+    <DownloadModelRequest as Signed>::METHOD,
+    <UploadHeader as Signed>::METHOD,
+    <MetricsReport as Signed>::METHOD,
+    <CheckReport as Signed>::METHOD,
+    <DrawRevealRequest as Signed>::METHOD,
+    <ApprovalRequest as Signed>::METHOD,
+    <RevealHeader as Signed>::METHOD,
+    <LedgerRequest as Signed>::METHOD,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_are_exactly_the_rpcs_of_the_proto() {
+        let proto = include_str!("../conclave/v1/conclave.proto");
+        let mut service = "";
+        let mut declared = std::collections::BTreeSet::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.trim_end_matches('{').trim();
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                let name = rest.split('(').next().unwrap().trim();
+                declared.insert(format!("/conclave.v1.{service}/{name}"));
+            }
+        }
+        let listed: std::collections::BTreeSet<String> =
+            METHODS.iter().map(|m| m.to_string()).collect();
+        assert_eq!(listed.len(), METHODS.len(), "a method is listed twice");
+        assert_eq!(listed, declared);
+    }
 
     #[test]
     fn signing_bytes_bind_method_and_every_field() {

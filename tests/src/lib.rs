@@ -17,6 +17,7 @@ use conclave_proto::v1::{self, jobs_client::JobsClient, rounds_client::RoundsCli
 use tonic::transport::Channel;
 
 pub mod adversary;
+pub mod metrics;
 
 /// The launcher of every test coordinator: one identity per test process, so a coordinator
 /// restarted in a test still lets it launch and read.

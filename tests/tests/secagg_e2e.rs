@@ -24,6 +24,7 @@ use tokio_stream::StreamExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_survives_two_committee_and_three_participant_deaths() {
     tch::set_num_threads(1);
+    conclave_tests::metrics::record_metrics();
     let dir = tempfile::tempdir().unwrap();
     let coordinator = TestCoordinator::start(&dir.path().join("coordinator")).await;
     let spec = wdbc_secagg_job(1, 3, 10, 6, (5, 3), 20);
@@ -246,5 +247,28 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
         assert!(!paid.contains_key(ids[d].as_str()), "dropouts earn nothing");
     }
     assert_eq!(paid.values().map(|b| b.total()).sum::<u64>(), 1000);
+
+    // The operator's metrics count the same round: seven updates in, three hospitals and two
+    // committee members missing.
+    let metrics = conclave_tests::metrics::metric_values();
+    let value = |k: &str| {
+        metrics
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in {metrics:#?}"))
+    };
+    assert_eq!(value("conclave.uploads{outcome=accepted}"), 7.0);
+    assert_eq!(
+        value("conclave.dropouts{privacy=secagg,role=participant}"),
+        3.0
+    );
+    assert_eq!(
+        value("conclave.dropouts{privacy=secagg,role=committee}"),
+        2.0
+    );
+    assert_eq!(
+        value("conclave.round.duration{outcome=closed,privacy=secagg}"),
+        1.0
+    );
     coordinator.stop().await;
 }

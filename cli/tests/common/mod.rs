@@ -34,6 +34,7 @@ pub fn conclave() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conclave"));
     cmd.env_remove("CONCLAVE_COORDINATOR")
         .env_remove("CONCLAVE_TLS_CA")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("CONCLAVE_IDENTITY", &launcher().file)
         .env("CONCLAVE_LOG", "warn");
     cmd

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::access::reader_key;
 use crate::limits::{self, next_within};
 use crate::state::WorkCursor;
+use crate::telemetry;
 use crate::{CoordinatorError, State};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -154,51 +155,19 @@ impl Rounds for RoundsService {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
-        let mut stream = request.into_inner();
-        let streams = &self.state.policy.streams;
-        let idle = streams.upload_idle;
-        let header = match next_within(&mut stream, idle, None).await? {
-            Some(Ok(v1::UploadChunk {
-                part: Some(Part::Header(h)),
-            })) => h,
-            Some(Ok(_)) => {
-                return Err(CoordinatorError::InvalidRequest(
-                    "an upload must start with its header".into(),
-                )
-                .into());
+        let (answer, refused) = match self.receive_upload(request).await {
+            Ok(receipt) => (Ok(Response::new(receipt)), None),
+            Err(Refused::Coordinator(e)) => {
+                let reason = e.reason();
+                (Err(e.into()), Some(reason))
             }
-            Some(Err(status)) => return Err(status),
-            None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
-        };
-        let ticket = self.state.check_upload(&header)?;
-        // Held until the payload is stored, however the stream ends.
-        let slot = self.state.slots.take(
-            limits::participant_key("upload", &ticket.job, &ticket.did),
-            streams.uploads_per_participant,
-            &format!("{} (uploads to job {})", ticket.did, ticket.job),
-            "--max-uploads-per-participant",
-        )?;
-        let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
-            match c.part {
-                Some(Part::Data(d)) => Some(d),
-                _ => None,
+            Err(Refused::Stream(status)) => {
+                let reason = stream_reason(status.code());
+                (Err(status), Some(reason))
             }
-        })
-        .await?;
-        let state = Arc::clone(&self.state);
-        let receipt = v1::UploadReceipt {
-            round: ticket.round,
-            payload_hash: ticket.payload_hash.to_vec(),
         };
-        tokio::task::spawn_blocking(move || {
-            // Still held if the client goes away while the update is stored.
-            let _slot = slot;
-            state.accept_upload(&ticket, &payload)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        tracing::debug!(round = receipt.round, "update accepted");
-        Ok(Response::new(receipt))
+        telemetry::upload(refused);
+        answer
     }
 
     async fn submit_check(
@@ -279,6 +248,90 @@ impl Rounds for RoundsService {
     ) -> Result<Response<v1::MetricsReceipt>, Status> {
         self.state.report_metrics(&request.into_inner())?;
         Ok(Response::new(v1::MetricsReceipt {}))
+    }
+}
+
+/// Why an upload was not taken: a refusal of the coordinator, or the stream's own status.
+enum Refused {
+    Coordinator(CoordinatorError),
+    Stream(Status),
+}
+
+impl From<CoordinatorError> for Refused {
+    fn from(e: CoordinatorError) -> Self {
+        Refused::Coordinator(e)
+    }
+}
+
+impl From<Status> for Refused {
+    fn from(s: Status) -> Self {
+        Refused::Stream(s)
+    }
+}
+
+/// The telemetry reason of an upload whose stream failed (a fixed name per code).
+fn stream_reason(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        InvalidArgument => "stream_invalid",
+        DeadlineExceeded => "stream_deadline",
+        ResourceExhausted => "stream_exhausted",
+        Cancelled => "stream_cancelled",
+        _ => "stream_other",
+    }
+}
+
+impl RoundsService {
+    /// Reads one upload (header, then data) and stores it.
+    async fn receive_upload(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<v1::UploadReceipt, Refused> {
+        let mut stream = request.into_inner();
+        let streams = &self.state.policy.streams;
+        let idle = streams.upload_idle;
+        let header = match next_within(&mut stream, idle, None).await? {
+            Some(Ok(v1::UploadChunk {
+                part: Some(Part::Header(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(CoordinatorError::InvalidRequest(
+                    "an upload must start with its header".into(),
+                )
+                .into());
+            }
+            Some(Err(status)) => return Err(status.into()),
+            None => return Err(CoordinatorError::InvalidRequest("empty upload".into()).into()),
+        };
+        let ticket = self.state.check_upload(&header)?;
+        // Held until the payload is stored, however the stream ends.
+        let slot = self.state.slots.take(
+            limits::participant_key("upload", &ticket.job, &ticket.did),
+            streams.uploads_per_participant,
+            &format!("{} (uploads to job {})", ticket.did, ticket.job),
+            "--max-uploads-per-participant",
+        )?;
+        let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
+            match c.part {
+                Some(Part::Data(d)) => Some(d),
+                _ => None,
+            }
+        })
+        .await?;
+        let state = Arc::clone(&self.state);
+        let receipt = v1::UploadReceipt {
+            round: ticket.round,
+            payload_hash: ticket.payload_hash.to_vec(),
+        };
+        tokio::task::spawn_blocking(move || {
+            // Still held if the client goes away while the update is stored.
+            let _slot = slot;
+            state.accept_upload(&ticket, &payload)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::debug!(round = receipt.round, "update accepted");
+        Ok(receipt)
     }
 }
 
