@@ -165,11 +165,12 @@ enum Reader {
 /// One page of the jobs whose spec `allowed` takes, oldest first (ties by id), starting after
 /// the job `after` (from the first when empty), within [`MAX_PAGE_BYTES`].
 fn jobs_where(
-    jobs: &std::collections::BTreeMap<String, crate::job::Job>,
+    jobs: &[&crate::job::Job],
     after: &str,
     allowed: impl Fn(&JobSpec) -> bool,
 ) -> Result<v1::ListJobsResponse, CoordinatorError> {
-    let mut order: Vec<_> = jobs.values().filter(|j| allowed(&j.spec)).collect();
+    let mut order: Vec<&crate::job::Job> =
+        jobs.iter().copied().filter(|j| allowed(&j.spec)).collect();
     order.sort_by_key(|j| (j.record.created_unix_ms, j.id().to_owned()));
     let from = if after.is_empty() {
         0
@@ -250,7 +251,7 @@ impl State {
                     let did = self.authenticate(req)?.did;
                     let known = self.policy.is_launcher(&did)
                         || self.with_jobs(|jobs| {
-                            jobs.values()
+                            jobs.iter()
                                 .any(|j| j.spec.admission.contains(&did) || j.is_joined(&did))
                         });
                     known.then(|| Box::new(did))
@@ -336,7 +337,7 @@ impl State {
                 // so a job naming the signer cannot appear between the two.
                 let (named, jobs) = self.with_jobs(|jobs| {
                     let named = self.policy.is_launcher(&s.did)
-                        || jobs.values().any(|j| j.spec.admission.contains(&s.did));
+                        || jobs.iter().any(|j| j.spec.admission.contains(&s.did));
                     let readable =
                         |spec: &JobSpec| may_read_job(&self.policy, &s.did, &spec.admission);
                     (named, jobs_where(jobs, after, readable))
@@ -379,7 +380,7 @@ impl State {
             Reader::Public(did) => Ok(did.map(|d| *d)),
             Reader::Signed(s) => {
                 let allowed = self.policy.is_launcher(&s.did)
-                    || self.with_jobs(|jobs| jobs.values().any(|j| j.is_joined(&s.did)));
+                    || self.with_jobs(|jobs| jobs.iter().any(|j| j.is_joined(&s.did)));
                 if !allowed {
                     return Err(CoordinatorError::NotReader {
                         did: s.did.to_string(),

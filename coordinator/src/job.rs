@@ -46,6 +46,8 @@ pub(crate) struct Job {
     pub coordinator: String,
     /// Which phase the open round is in since when, for telemetry (in memory only).
     pub clock: RoundClock,
+    /// A plain round being averaged (outside the job's lock): it takes no more uploads.
+    pub closing: Option<u32>,
 }
 
 /// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
@@ -101,6 +103,7 @@ impl Job {
             connected: HashMap::new(),
             gone_since: HashMap::new(),
             coordinator,
+            closing: None,
         }
     }
 
@@ -136,6 +139,9 @@ impl Job {
     /// The open round and the phase it is in, if a round is open.
     pub fn live_phase(&self) -> Option<(u32, telemetry::Phase)> {
         let round = self.open_round()?.round;
+        if self.closing == Some(round) {
+            return Some((round, telemetry::Phase::Close));
+        }
         let phase = match self.secagg.as_ref().filter(|sa| sa.round == round) {
             Some(sa) => match sa.phase {
                 Phase::Collecting => telemetry::Phase::Collect,
@@ -386,8 +392,6 @@ impl Job {
         step
     }
 
-    /// Closes the open round with its outcome (new parameters, or failure with its reason),
-    /// opens the next round or finishes the job, and makes it all durable.
     /// Committee members of `round` that did not finish their part: those not among the
     /// statement's answering members when it closed, or, when it failed before a statement,
     /// those that never reported their check.
@@ -408,12 +412,17 @@ impl Job {
         round.committee.iter().filter(|d| !finished(d)).count() as u64
     }
 
+    /// Closes the open round with its outcome (new parameters, or failure with its reason),
+    /// opens the next round or finishes the job, and makes it all durable. With
+    /// `model_stored`, the new model's file was already written (a plain round's average is
+    /// computed and stored without the job's lock).
     pub fn close_round(
         &mut self,
         store: &Store,
         round: &RoundRecord,
         now: u64,
         outcome: Outcome,
+        model_stored: bool,
     ) -> Result<Option<u64>, CoordinatorError> {
         let mut record = self.record.clone();
         let mut new_model = None;
@@ -429,7 +438,9 @@ impl Job {
         match outcome {
             Ok((params, total)) => {
                 let version = record.model_version + 1;
-                store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
+                if !model_stored {
+                    store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
+                }
                 let bytes = f32_bytes(&params);
                 let hash = blake3::hash(&bytes);
                 record.model_hashes.push(hash.to_hex().to_string());

@@ -101,7 +101,9 @@ impl UploadTicket {
 /// The coordinator's state.
 pub struct State {
     store: Store,
-    jobs: Mutex<BTreeMap<String, Job>>,
+    /// Every job, each behind its own lock: the map's lock is held only to find or add a job,
+    /// never while a job is worked on, so one job's work never waits for another's.
+    jobs: Mutex<BTreeMap<String, Arc<Mutex<Job>>>>,
     /// Set when the server shuts down: open work streams end.
     closing: watch::Sender<bool>,
     /// When this coordinator started (unix ms): requests signed before are refused.
@@ -201,7 +203,7 @@ impl State {
                 }
             }
             job.resume_draw(started);
-            jobs.insert(job.record.id.clone(), job);
+            jobs.insert(job.record.id.clone(), Arc::new(Mutex::new(job)));
         }
         let download_gate = Gate::new(policy.streams.downloads, "--max-downloads");
         let ledger_gate = Gate::new(policy.streams.ledger_streams, "--max-ledger-streams");
@@ -257,24 +259,26 @@ impl State {
             .len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
-        // A panic while holding the lock cannot leave a half-applied change on disk (records
-        // are written whole), so the in-memory map is still the last durable state.
+    fn directory(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Mutex<Job>>>> {
         self.jobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on one job under that job's lock (only). The lock is held through `f`'s
+    /// ledger commit, never across jobs.
     pub(crate) fn with_job<R>(
         &self,
         id: &str,
         f: impl FnOnce(&mut Job, &Store) -> Result<R, CoordinatorError>,
     ) -> Result<R, CoordinatorError> {
-        let mut jobs = self.lock();
-        let job = jobs
-            .get_mut(id)
+        let cell = self
+            .directory()
+            .get(id)
+            .cloned()
             .ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
-        let result = f(job, &self.store);
+        let mut job = lock_job(&cell);
+        let result = f(&mut job, &self.store);
         job.observe_phase();
         result
     }
@@ -290,12 +294,12 @@ impl State {
         // Participants can only come back from now on: their grace period starts here.
         self.serving_since
             .store(now_ms(), std::sync::atomic::Ordering::SeqCst);
-        let ids: Vec<String> = self
-            .lock()
-            .iter()
-            .filter(|(_, j)| !j.record.finished)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let ids: Vec<String> = self.with_jobs(|jobs| {
+            jobs.iter()
+                .filter(|j| !j.record.finished)
+                .map(|j| j.id().to_string())
+                .collect()
+        });
         for id in ids {
             self.spawn_driver(id);
         }
@@ -339,7 +343,7 @@ impl State {
         // A place among the jobs is reserved before the model is built, so concurrent
         // launches cannot build more models than there are places.
         let place = {
-            let jobs = self.lock();
+            let jobs = self.directory();
             self.launching.reserve(jobs.len(), self.policy.max_jobs)?
         };
         self.consume_server_nonce(&signer)?;
@@ -362,23 +366,20 @@ impl State {
             draw: Default::default(),
             exports: Vec::new(),
         };
-        // Under the jobs lock: every append happens there, so the ledger has one order.
-        let mut jobs = self.lock();
         let mut batch = self.store.batch(record.created_unix_ms);
         batch.push(Payload::JobCreated(v1::JobCreated {
             job_id: id.clone(),
             spec: Some(spec.to_proto()),
             model_hash: blake3::hash(&latest_model).as_bytes().to_vec(),
         }));
+        // The ledger orders the commit among everyone's; no job's lock is needed for it.
         self.store.commit(Some(&record), batch)?;
         let coordinator = self.store.identity().participant_id().to_string();
-        jobs.insert(
-            id.clone(),
-            Job::new(spec, record, latest_model, coordinator),
-        );
+        let job = Job::new(spec, record, latest_model, coordinator);
+        self.directory()
+            .insert(id.clone(), Arc::new(Mutex::new(job)));
         // The job now holds its place itself.
         drop(place);
-        drop(jobs);
         self.spawn_driver(id.clone());
         Ok(id)
     }
@@ -394,9 +395,14 @@ impl State {
             .count(&crate::limits::participant_key("upload", job, did))
     }
 
-    /// Runs `f` over every job, under the lock.
-    pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&BTreeMap<String, Job>) -> R) -> R {
-        f(&self.lock())
+    /// Runs `f` over every job (in id order) at one moment: each job's lock is taken, in id
+    /// order (so two such calls cannot deadlock; [`State::with_job`] holds one lock only),
+    /// and held through `f`. A job's lock is held only briefly, never across aggregation.
+    pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&[&Job]) -> R) -> R {
+        let cells: Vec<Arc<Mutex<Job>>> = self.directory().values().cloned().collect();
+        let guards: Vec<MutexGuard<'_, Job>> = cells.iter().map(|c| lock_job(c)).collect();
+        let jobs: Vec<&Job> = guards.iter().map(|g| &**g).collect();
+        f(&jobs)
     }
 
     /// Admits a participant to a job (idempotent for the same keys) and starts the job once
@@ -1033,9 +1039,10 @@ impl State {
                 exported_by: did.to_string(),
                 signature: req.signature.clone(),
             }));
-            store.commit(Some(&record), batch)?;
+            // The head the commit returned: another job's entries may follow at once.
+            let head = store.commit(Some(&record), batch)?;
             job.record = record;
-            Ok(store.ledger().head().len - 1)
+            Ok(head.len - 1)
         })
     }
 
@@ -1052,15 +1059,15 @@ impl State {
     /// wake up at, if the job is waiting for something.
     pub fn advance(&self, job_id: &str, now: u64) -> Result<Option<u64>, CoordinatorError> {
         let entered = std::time::SystemTime::now();
-        self.with_job(job_id, |job, store| {
+        let next = self.with_job(job_id, |job, store| {
             if job.gathering.is_some() {
-                return job.draw_step(store, now);
+                return job.draw_step(store, now).map(Advanced::Done);
             }
             let Some(round) = job.open_round().cloned() else {
-                return Ok(None);
+                return Ok(Advanced::Done(None));
             };
             let (complete, grace_over) = self.collected(job, &round, now);
-            let wake = |t: u64| Ok(Some(grace_over.map_or(t, |g| g.min(t))));
+            let wake = |t: u64| Ok(Advanced::Done(Some(grace_over.map_or(t, |g| g.min(t)))));
             let outcome = if job.spec.secagg().is_some() {
                 match job.secagg_step(&round, complete, now) {
                     Step::Wait(deadline) => return wake(deadline),
@@ -1077,13 +1084,69 @@ impl State {
                         round.uploads.len()
                     ))
                 } else {
-                    plain_mean(job, store, &round)?
+                    // Averaged without the job's lock: uploads to the round are refused
+                    // from here on, so the updates averaged are the round's.
+                    job.closing = Some(round.round);
+                    return Ok(Advanced::Average(Box::new(PlainClose {
+                        version: job.record.model_version + 1,
+                        latest: Arc::clone(&job.latest_model),
+                        layout: job.layout.clone(),
+                        round,
+                    })));
                 }
             };
             job.clock
                 .enter(round.round, telemetry::Phase::Close, entered);
-            job.close_round(store, &round, now, outcome)
-        })
+            job.close_round(store, &round, now, outcome, false)
+                .map(Advanced::Done)
+        })?;
+        match next {
+            Advanced::Done(wake) => Ok(wake),
+            Advanced::Average(close) => self.close_plain(job_id, close, now),
+        }
+    }
+
+    /// Closes a plain round whose uploads are all in: averages them from their files and
+    /// stores the new model with no lock held (every other request to the job, and to every
+    /// other job, is served meanwhile), then records the close under the job's lock.
+    fn close_plain(
+        &self,
+        job_id: &str,
+        close: Box<PlainClose>,
+        now: u64,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        // However this ends (an error, a panic), the round takes uploads again, to be
+        // averaged on the next try.
+        let reopen = Reopen {
+            state: self,
+            job_id,
+        };
+        let round = close.round.round;
+        let outcome = plain_mean(job_id, &close.latest, &self.store, &close.round)?;
+        let stored = match &outcome {
+            Ok((params, _)) => {
+                let file = close.layout.to_safetensors(params)?;
+                self.store.save_model(job_id, close.version, &file)?;
+                true
+            }
+            Err(_) => false,
+        };
+        let closed = self.with_job(job_id, |job, store| {
+            job.closing = None;
+            // Only this job's driver closes its rounds, so the round is still the one that was
+            // averaged; anything else is a bug, and nothing is recorded.
+            let current = job.open_round().map(|r| (r.round, r.uploads.len()));
+            if current != Some((round, close.round.uploads.len()))
+                || job.record.model_version + 1 != close.version
+            {
+                return Err(CoordinatorError::Storage(format!(
+                    "job {job_id}: round {round} changed while it was averaged"
+                )));
+            }
+            job.close_round(store, &close.round, now, outcome, stored)
+        });
+        std::mem::forget(reopen);
+        closed
     }
 
     /// Whether the open round has every update it will get: all expected participants
@@ -1176,11 +1239,54 @@ impl State {
     }
 }
 
+fn lock_job(cell: &Mutex<Job>) -> MutexGuard<'_, Job> {
+    // A panic while holding the lock cannot leave a half-applied change on disk (records
+    // are written whole), so the in-memory job is still the last durable state.
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What [`State::advance`] did under the job's lock: all of it, or it left a plain round's
+/// average to be computed without the lock.
+enum Advanced {
+    Done(Option<u64>),
+    Average(Box<PlainClose>),
+}
+
+/// A plain round to average: a snapshot of what the average needs.
+struct PlainClose {
+    round: RoundRecord,
+    /// The model the round started from.
+    latest: Arc<Vec<u8>>,
+    layout: conclave_aggregation::ModelLayout,
+    /// The version the average becomes.
+    version: u32,
+}
+
+/// Lets a round that was being averaged take uploads again if the close did not finish.
+struct Reopen<'a> {
+    state: &'a State,
+    job_id: &'a str,
+}
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        let _ = self.state.with_job(self.job_id, |job, _| {
+            job.closing = None;
+            Ok(())
+        });
+    }
+}
+
 /// A plain round's new model: the FedAvg of its uploads, read from their durable files one at
 /// a time (only the model and one update are in memory, however many uploaded), in the order
 /// of the uploaders' did:keys so that the result does not depend on the order they arrived
 /// in. `Err` inside: the round fails, with why.
-fn plain_mean(job: &Job, store: &Store, round: &RoundRecord) -> Result<Outcome, CoordinatorError> {
+fn plain_mean(
+    job_id: &str,
+    latest_model: &[u8],
+    store: &Store,
+    round: &RoundRecord,
+) -> Result<Outcome, CoordinatorError> {
     let mut uploads: Vec<&UploadRecord> = round.uploads.iter().collect();
     uploads.sort_by(|a, b| a.did.cmp(&b.did));
     // What cannot be fixed by trying again fails the round (with why) instead of stalling it.
@@ -1190,14 +1296,14 @@ fn plain_mean(job: &Job, store: &Store, round: &RoundRecord) -> Result<Outcome, 
     else {
         return Ok(Err("the round's sample counts overflow".into()));
     };
-    let mut params = decode_f32(&job.latest_model)?;
+    let mut params = decode_f32(latest_model)?;
     let mut mean = match StreamingMean::new(&mut params, total) {
         Ok(mean) => mean,
         Err(e) => return Ok(Err(e.to_string())),
     };
     for u in uploads {
         let delta = store
-            .load_update(job.id(), round.round, &u.did, UploadPart::Payload)
+            .load_update(job_id, round.round, &u.did, UploadPart::Payload)
             .and_then(|bytes| decode_f32(&bytes));
         let added = delta.map_err(|e| e.to_string()).and_then(|delta| {
             mean.add(WeightedUpdate {
@@ -1230,6 +1336,13 @@ fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), 
             current,
         });
     };
+    if job.closing == Some(round) {
+        return Err(CoordinatorError::RoundNotOpen {
+            job: job.id().into(),
+            round,
+            current: format!("{round}, closing with the updates it has"),
+        });
+    }
     if !open.expected.iter().any(|d| d == did.as_str()) {
         return Err(CoordinatorError::NotInRound {
             did: did.to_string(),

@@ -182,7 +182,7 @@ impl Store {
         &self.identity
     }
 
-    /// A batch of ledger entries on the current head, signed by the coordinator at `now`.
+    /// A batch of ledger entries signed by the coordinator at `now` (chained when committed).
     pub fn batch(&self, now: u64) -> Batch<'_> {
         self.ledger.batch(&self.identity, now)
     }
@@ -192,7 +192,7 @@ impl Store {
         &self,
         record: Option<&JobRecord>,
         batch: Batch<'_>,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<conclave_ledger::db::Head, CoordinatorError> {
         let state = match record {
             Some(r) => vec![StateWrite::Put {
                 key: format!("{JOB_KEY}{}", r.id),
@@ -201,8 +201,7 @@ impl Store {
             }],
             None => Vec::new(),
         };
-        self.ledger.commit(batch, &state)?;
-        Ok(())
+        Ok(self.ledger.commit(batch, &state)?)
     }
 
     fn job_dir(&self, job: &str) -> PathBuf {

@@ -57,31 +57,20 @@ pub enum StateWrite {
     Delete { key: String },
 }
 
-/// Entries signed on a head, waiting to be committed together.
+/// Payloads waiting to be committed together, as consecutive entries signed by one signer
+/// at one time. They are chained onto the ledger's head and signed when committed, under the
+/// ledger's write lock: batches built at the same time (by different jobs) never conflict, and
+/// each lands whole, in commit order.
 pub struct Batch<'a> {
     signer: &'a Identity,
     time_unix_ms: u64,
-    start: Head,
-    next: Head,
-    entries: Vec<Entry>,
+    payloads: Vec<Payload>,
 }
 
 impl Batch<'_> {
-    /// Signs an entry after the batch's last one; returns its hash (the new head).
-    pub fn push(&mut self, payload: Payload) -> Hash {
-        let entry = Entry::create(
-            self.signer,
-            self.next.len,
-            self.next.hash,
-            self.time_unix_ms,
-            payload,
-        );
-        self.next = Head {
-            len: self.next.len + 1,
-            hash: *entry.hash(),
-        };
-        self.entries.push(entry);
-        self.next.hash
+    /// Adds an entry after the batch's last one.
+    pub fn push(&mut self, payload: Payload) {
+        self.payloads.push(payload);
     }
 
     /// Who signs the batch's entries.
@@ -89,17 +78,35 @@ impl Batch<'_> {
         self.signer
     }
 
-    /// The hash of the last entry so far (the ledger head once committed).
-    pub fn head(&self) -> Hash {
-        self.next.hash
-    }
-
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    /// The entries so far.
+    pub fn len(&self) -> usize {
+        self.payloads.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.payloads.is_empty()
+    }
+
+    /// What the entries so far record.
+    pub fn payloads(&self) -> &[Payload] {
+        &self.payloads
+    }
+
+    /// The entries, chained onto `head` and signed: what a commit on that head writes.
+    pub fn seal(self, head: Head) -> Vec<Entry> {
+        let mut next = head;
+        self.payloads
+            .into_iter()
+            .map(|payload| {
+                let entry =
+                    Entry::create(self.signer, next.len, next.hash, self.time_unix_ms, payload);
+                next = Head {
+                    len: next.len + 1,
+                    hash: *entry.hash(),
+                };
+                entry
+            })
+            .collect()
     }
 }
 
@@ -202,22 +209,23 @@ impl Ledger {
         self.appended.subscribe()
     }
 
-    /// Starts a batch of entries signed by `signer` at `time_unix_ms`, on the current head.
+    /// Starts a batch of entries signed by `signer` at `time_unix_ms`.
     pub fn batch<'a>(&self, signer: &'a Identity, time_unix_ms: u64) -> Batch<'a> {
-        let head = self.head();
         Batch {
             signer,
             time_unix_ms,
-            start: head,
-            next: head,
-            entries: Vec::new(),
+            payloads: Vec::new(),
         }
     }
 
-    /// Durably commits a batch and state changes in one transaction; returns the new head.
-    /// Nothing is written when it fails.
+    /// Durably commits a batch, chained onto the head as it is now, and state changes in one
+    /// transaction; returns the new head. Nothing is written when it fails.
     pub fn commit(&self, batch: Batch<'_>, state: &[StateWrite]) -> Result<Head, LedgerError> {
-        self.commit_entries(batch.start, &batch.entries, state)
+        let mut conn = lock(&self.write);
+        let mut head = lock(&self.head);
+        let entries = batch.seal(*head);
+        let start = *head;
+        self.write_locked(&mut conn, &mut head, start, &entries, state)
     }
 
     /// Appends entries that must extend the head `start` (a replica's served entries, after
@@ -230,14 +238,27 @@ impl Ledger {
     ) -> Result<Head, LedgerError> {
         // An entry too large to read back would make every later verify (and the next
         // startup) fail: refused here, before anything is written.
+        let mut conn = lock(&self.write);
+        let mut head = lock(&self.head);
+        self.write_locked(&mut conn, &mut head, start, entries, state)
+    }
+
+    /// Writes `entries`, which must extend `start`, the head now, with `state`, in one durable
+    /// transaction. The caller holds the write connection and the head.
+    fn write_locked(
+        &self,
+        conn: &mut Connection,
+        head: &mut Head,
+        start: Head,
+        entries: &[Entry],
+        state: &[StateWrite],
+    ) -> Result<Head, LedgerError> {
         if let Some(e) = entries.iter().find(|e| e.bytes().len() > MAX_ENTRY_BYTES) {
             return Err(LedgerError::Entry {
                 index: e.index(),
                 source: EntryError::TooLarge(e.bytes().len()),
             });
         }
-        let mut conn = lock(&self.write);
-        let mut head = lock(&self.head);
         if *head != start {
             return Err(LedgerError::Conflict {
                 built: start.len,
@@ -374,38 +395,60 @@ mod tests {
         let ledger = Ledger::open(&path).unwrap();
         let mut b = ledger.batch(&id, 1);
         b.push(admitted(0));
-        let h = b.push(admitted(1));
+        b.push(admitted(1));
         let put = StateWrite::Put {
             key: "job/j-1".into(),
             value: b"{}".to_vec(),
         };
         let head = ledger.commit(b, &[put]).unwrap();
-        assert_eq!(head, Head { len: 2, hash: h });
+        assert_eq!(head.len, 2);
+        assert_eq!(head.hash, *ledger.get(1).unwrap().unwrap().hash());
         assert_eq!(ledger.state("job/").unwrap().len(), 1);
         assert!(ledger.state("jobs/").unwrap().is_empty());
 
-        // A batch built on a stale head is refused and writes nothing.
-        let mut stale = ledger.batch(&id, 2);
-        let mut fresh = ledger.batch(&id, 2);
-        fresh.push(admitted(2));
-        ledger.commit(fresh, &[]).unwrap();
-        stale.push(admitted(3));
+        // Batches started together land whole, one after the other, in commit order.
+        let mut first = ledger.batch(&id, 2);
+        let mut second = ledger.batch(&id, 3);
+        second.push(admitted(2));
+        second.push(admitted(3));
+        first.push(admitted(4));
+        ledger.commit(second, &[]).unwrap();
+        ledger.commit(first, &[]).unwrap();
+        let head = ledger.head();
+        assert_eq!(head.len, 5);
+
+        // Served entries that do not extend the head are refused, and write nothing.
+        let stale = ledger.read(4, 1).unwrap();
         let delete = StateWrite::Delete {
             key: "job/j-1".into(),
         };
+        let before = Head {
+            len: 4,
+            hash: stale[0].prev_hash(),
+        };
         assert!(matches!(
-            ledger.commit(stale, &[delete]),
-            Err(LedgerError::Conflict { built: 2, now: 3 })
+            ledger.commit_entries(before, &stale, &[delete]),
+            Err(LedgerError::Conflict { built: 4, now: 5 })
         ));
         assert_eq!(ledger.state("job/").unwrap().len(), 1);
-        let head = ledger.head();
         drop(ledger);
 
         let reopened = Ledger::open(&path).unwrap();
         assert_eq!(reopened.head(), head);
         let entries = reopened.read(0, 10).unwrap();
-        assert_eq!(entries.len(), 3);
-        assert_eq!(entries[1].prev_hash(), *entries[0].hash());
+        assert_eq!(entries.len(), 5);
+        for pair in entries.windows(2) {
+            assert_eq!(pair[1].prev_hash(), *pair[0].hash());
+        }
+        let payloads: Vec<String> = entries
+            .iter()
+            .map(|e| match e.payload() {
+                Payload::ParticipantAdmitted(a) => a.participant.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(payloads, ["p0", "p1", "p2", "p3", "p4"]);
+        assert_eq!(entries[4].time_unix_ms(), 2);
         let ro = Ledger::open_read_only(&path).unwrap();
         assert_eq!(ro.head(), head);
         assert!(matches!(

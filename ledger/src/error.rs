@@ -18,8 +18,9 @@ pub enum LedgerError {
     Sqlite(#[from] rusqlite::Error),
     #[error("ledger entry {index}: {source}")]
     Entry { index: u64, source: EntryError },
-    /// A batch was built on a head that another append has since moved.
-    #[error("the ledger head moved while the batch was built (at {built}, now {now})")]
+    /// Served entries (a replica's) were checked against a head that another append has
+    /// since moved.
+    #[error("the ledger head moved while the entries were checked (at {built}, now {now})")]
     Conflict { built: u64, now: u64 },
     #[error("ledger is corrupt: {0}")]
     Corrupt(String),

@@ -179,7 +179,7 @@ impl SimJob {
     /// One successful round in which everyone uploads (in a secure job, the first committee
     /// member complains about one upload, which is left out); returns the entries it took.
     pub fn round(&mut self, batch: &mut Batch<'_>) -> usize {
-        let before = batch.entries().len();
+        let before = batch.len();
         if self.spec.secagg().is_some() && self.entropy.is_none() {
             self.entropy = Some(self.draw(batch));
         }
@@ -329,7 +329,7 @@ impl SimJob {
             }));
         }
         self.previous_committee = committee;
-        batch.entries().len() - before
+        batch.len() - before
     }
 
     /// The model hash of the latest version (for an export entry).

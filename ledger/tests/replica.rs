@@ -77,8 +77,7 @@ fn a_replica_follows_an_honest_coordinator_and_catches_a_rewrite_and_a_truncatio
     let impostor = Identity::generate();
     let mut b = honest.batch(&impostor, 9);
     rounds_into(&mut b, &mut job);
-    let bad: Vec<_> = b.entries().to_vec();
-    drop(b);
+    let bad = b.seal(honest.head());
     let (mut replica, _) = Replica::open(&replica_path).unwrap();
     let mut served = serve(&honest, replica.request_from());
     served.extend(bad);

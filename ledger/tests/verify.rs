@@ -210,7 +210,7 @@ fn a_coordinator_that_signs_a_wrong_entry_is_caught_at_it() {
         // Round 2 built honestly, then one entry altered and signed again by the coordinator.
         let mut b = ledger.batch(&coordinator, 2);
         secure.round(&mut b);
-        let mut entries: Vec<Payload> = b.entries().iter().map(|e| e.payload().clone()).collect();
+        let mut entries: Vec<Payload> = b.payloads().to_vec();
         drop(b);
         let target = entries
             .iter()
@@ -412,7 +412,7 @@ fn a_draw_pool_the_coordinator_picked_is_caught() {
     ledger.commit(b, &[]).unwrap();
     let mut b = ledger.batch(&coordinator, 2);
     secure.round(&mut b);
-    let mut entries: Vec<Payload> = b.entries().iter().map(|e| e.payload().clone()).collect();
+    let mut entries: Vec<Payload> = b.payloads().to_vec();
     drop(b);
     let Payload::DrawPool(pool) = &mut entries[0] else {
         panic!("the first round starts with the draw")
