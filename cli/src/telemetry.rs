@@ -25,8 +25,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// What is exported to the OTLP endpoint: the spans and events of these crates, at info.
-const EXPORTED: &str = "conclave_coordinator=info,conclave_participant=info,conclave=info";
+/// What is exported to the OTLP endpoint: the coordinator's telemetry spans only. Log events
+/// stay out of the export (they name participants), and so do other crates' spans.
+const EXPORTED: &str = "conclave_coordinator::telemetry=info";
 
 /// The installed exporters; [`Telemetry::shutdown`] sends what is still buffered.
 pub struct Telemetry {

@@ -15,7 +15,7 @@
 //!   the answer depends on who signed (not for a read of an open job), so a stranger's
 //!   signatures take no memory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use conclave_aggregation::JobSpec;
@@ -236,7 +236,40 @@ pub fn may_read_job(
     policy.is_launcher(did) || admission.is_empty() || admission.contains(did)
 }
 
+/// Every identity some job's admission list names, and every identity that joined some job:
+/// kept beside the jobs so that the checks of who a reader is never wait for a job's lock.
+/// Identities are only ever added (admission lists are fixed at launch; participants stay).
+#[derive(Default)]
+pub(crate) struct KnownIds {
+    named: HashSet<ParticipantId>,
+    joined: HashSet<ParticipantId>,
+}
+
+impl KnownIds {
+    pub fn name(&mut self, admission: &[ParticipantId]) {
+        self.named.extend(admission.iter().cloned());
+    }
+
+    pub fn join(&mut self, did: ParticipantId) {
+        self.joined.insert(did);
+    }
+}
+
 impl State {
+    fn known_ids(&self) -> std::sync::RwLockReadGuard<'_, KnownIds> {
+        self.known
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records identities a job names or admitted (see [`KnownIds`]).
+    pub(crate) fn learn_ids(&self, f: impl FnOnce(&mut KnownIds)) {
+        f(&mut self
+            .known
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
+
     /// Who a read comes from. On a server that does not read publicly, an unsigned read, a
     /// bad signature or a stale signing time is refused.
     fn reader<T: Signed>(&self, req: &T) -> Result<Reader, CoordinatorError> {
@@ -249,11 +282,10 @@ impl State {
             let did = match req.auth() {
                 Some(_) => {
                     let did = self.authenticate(req)?.did;
-                    let known = self.policy.is_launcher(&did)
-                        || self.with_jobs(|jobs| {
-                            jobs.iter()
-                                .any(|j| j.spec.admission.contains(&did) || j.is_joined(&did))
-                        });
+                    let known = self.policy.is_launcher(&did) || {
+                        let ids = self.known_ids();
+                        ids.named.contains(&did) || ids.joined.contains(&did)
+                    };
                     known.then(|| Box::new(did))
                 }
                 None => None,
@@ -379,8 +411,8 @@ impl State {
         match self.reader(req)? {
             Reader::Public(did) => Ok(did.map(|d| *d)),
             Reader::Signed(s) => {
-                let allowed = self.policy.is_launcher(&s.did)
-                    || self.with_jobs(|jobs| jobs.iter().any(|j| j.is_joined(&s.did)));
+                let allowed =
+                    self.policy.is_launcher(&s.did) || self.known_ids().joined.contains(&s.did);
                 if !allowed {
                     return Err(CoordinatorError::NotReader {
                         did: s.did.to_string(),

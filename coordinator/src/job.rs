@@ -48,10 +48,44 @@ pub(crate) struct Job {
     pub clock: RoundClock,
     /// A plain round being averaged (outside the job's lock): it takes no more uploads.
     pub closing: Option<u32>,
+    /// The round last opened and when its opening began (for the clock, once committed).
+    pub opened_at: Option<(u32, SystemTime)>,
 }
 
 /// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
-pub(crate) type Outcome = Result<(Vec<f32>, Option<u64>), String>;
+pub(crate) type Outcome = Result<(NewModel, Option<u64>), String>;
+
+/// A round's new model: its parameters, or already stored (a plain round's average is stored
+/// without the job's lock, and only recorded under it).
+pub(crate) enum NewModel {
+    Params(Vec<f32>),
+    Stored(StoredModel),
+}
+
+/// A model version's file written, with its flat bytes and their hash.
+pub(crate) struct StoredModel {
+    pub bytes: Arc<Vec<u8>>,
+    pub hash: blake3::Hash,
+}
+
+impl StoredModel {
+    /// Writes `params` as model `version` of `job`.
+    pub fn save(
+        store: &Store,
+        job: &str,
+        version: u32,
+        layout: &ModelLayout,
+        params: &[f32],
+    ) -> Result<Self, CoordinatorError> {
+        store.save_model(job, version, &layout.to_safetensors(params)?)?;
+        let bytes = f32_bytes(params);
+        let hash = blake3::hash(&bytes);
+        Ok(Self {
+            bytes: Arc::new(bytes),
+            hash,
+        })
+    }
+}
 
 /// What the open round does next.
 pub(crate) enum Step {
@@ -59,6 +93,9 @@ pub(crate) enum Step {
     Wait(u64),
     /// Close the round: with the new parameters and Σ n_i (secagg), or failed, with why.
     Close(Outcome),
+    /// Every answering member revealed: unmask the sum (see [`SecaggRound::unmask`]) and
+    /// close the round with it.
+    Unmask,
 }
 
 pub(crate) fn hex_to_bytes(s: &str) -> Vec<u8> {
@@ -104,6 +141,7 @@ impl Job {
             gone_since: HashMap::new(),
             coordinator,
             closing: None,
+            opened_at: None,
         }
     }
 
@@ -157,9 +195,16 @@ impl Job {
     /// Tells the round clock where the job is now (after any change to it). A round that
     /// is opening or closing stays so until its opening is committed or its end recorded.
     pub fn observe_phase(&mut self) {
-        if let Some((round, phase)) = self.live_phase() {
-            self.clock.enter(round, phase, SystemTime::now());
+        let Some((round, phase)) = self.live_phase() else {
+            return;
+        };
+        if !self.clock.is_on(round)
+            && let Some((_, at)) = self.opened_at.take().filter(|(r, _)| *r == round)
+        {
+            // Opened (and committed) just now: its opening phase started at `at`.
+            self.clock.open(round, at);
         }
+        self.clock.enter(round, phase, SystemTime::now());
     }
 
     pub fn model_hash(&self, version: u32) -> Vec<u8> {
@@ -191,7 +236,7 @@ impl Job {
     /// with a signed plan. Records the opening in `batch`.
     pub fn open_next_round(&mut self, now: u64, batch: &mut Batch<'_>) {
         let round = self.record.rounds.last().map_or(1, |r| r.round + 1);
-        self.clock.open(round, SystemTime::now());
+        self.opened_at = Some((round, SystemTime::now()));
         let mut record = RoundRecord {
             round,
             status: RoundStatus::Open,
@@ -290,7 +335,6 @@ impl Job {
     /// One step of the open secure-aggregation round.
     pub fn secagg_step(&mut self, round: &RoundRecord, complete: bool, now: u64) -> Step {
         let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
-        let dim = self.layout.dim();
         let connected = &self.connected;
         let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round.round) else {
             return Step::Close(Err("the secure round could not be set up or resumed".into()));
@@ -362,21 +406,7 @@ impl Job {
             }
             Phase::Revealing { deadline } => {
                 if sa.aggregator.complete() {
-                    let uploads = sa.aggregator.uploads();
-                    let unmasked = sa
-                        .aggregator
-                        .finish()
-                        .map_err(|e| format!("unmasking failed: {e}"))
-                        .and_then(|sum| {
-                            sa.quant
-                                .decode_mean(&sum, dim, uploads)
-                                .map_err(|e| e.to_string())
-                        })
-                        .and_then(|(mean, total)| {
-                            let params = apply_mean(&self.latest_model, &mean)?;
-                            Ok((params, Some(total)))
-                        });
-                    Step::Close(unmasked)
+                    Step::Unmask
                 } else if now >= deadline {
                     Step::Close(Err(
                         "an answering member did not reveal before the deadline".into(),
@@ -413,16 +443,15 @@ impl Job {
     }
 
     /// Closes the open round with its outcome (new parameters, or failure with its reason),
-    /// opens the next round or finishes the job, and makes it all durable. With
-    /// `model_stored`, the new model's file was already written (a plain round's average is
-    /// computed and stored without the job's lock).
+    /// opens the next round or finishes the job, and makes it all durable. The round's update
+    /// files are left for the caller to delete once the job's lock is released
+    /// ([`crate::store::Store::drop_round_updates`]).
     pub fn close_round(
         &mut self,
         store: &Store,
         round: &RoundRecord,
         now: u64,
         outcome: Outcome,
-        model_stored: bool,
     ) -> Result<Option<u64>, CoordinatorError> {
         let mut record = self.record.clone();
         let mut new_model = None;
@@ -436,13 +465,14 @@ impl Job {
         };
         let mut completed = Vec::new();
         match outcome {
-            Ok((params, total)) => {
+            Ok((model, total)) => {
                 let version = record.model_version + 1;
-                if !model_stored {
-                    store.save_model(&record.id, version, &self.layout.to_safetensors(&params)?)?;
-                }
-                let bytes = f32_bytes(&params);
-                let hash = blake3::hash(&bytes);
+                let StoredModel { bytes, hash } = match model {
+                    NewModel::Params(params) => {
+                        StoredModel::save(store, &record.id, version, &self.layout, &params)?
+                    }
+                    NewModel::Stored(stored) => stored,
+                };
                 record.model_hashes.push(hash.to_hex().to_string());
                 record.model_version = version;
                 closed.status = RoundStatus::Closed;
@@ -512,7 +542,7 @@ impl Job {
                 awards,
             }));
         }
-        self.clock.finish(round.round, end, SystemTime::now());
+        let ended_at = SystemTime::now();
         let before = std::mem::replace(&mut self.record, record);
         let before_model = self.latest_model.clone();
         if round.round >= self.spec.rounds {
@@ -520,7 +550,7 @@ impl Job {
             self.secagg = None;
         } else {
             if let Some(bytes) = &new_model {
-                self.latest_model = Arc::new(bytes.clone());
+                self.latest_model = Arc::clone(bytes);
             }
             self.open_next_round(now, &mut batch);
         }
@@ -530,10 +560,11 @@ impl Job {
             return Err(e);
         }
         if let Some(bytes) = new_model {
-            self.latest_model = Arc::new(bytes);
+            self.latest_model = bytes;
         }
+        // Reported once it is durable (a failed commit leaves the round open, on the clock).
+        self.clock.finish(round.round, end, ended_at);
         tracing::info!(job = %self.record.id, round = round.round, model_version = self.record.model_version, status = ?self.record.rounds.iter().find(|r| r.round == round.round).map(|r| r.status), "round closed");
-        store.drop_round_updates(&self.record.id, round.round)?;
         self.bump();
         Ok(self.open_round().map(|r| r.deadline_unix_ms))
     }

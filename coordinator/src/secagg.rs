@@ -49,6 +49,25 @@ pub struct SecaggRound {
     pub checked: HashSet<String>,
 }
 
+impl SecaggRound {
+    /// The new parameters from a round whose answering members all revealed: the sum
+    /// unmasked, decoded to the mean update, applied to `latest` (the round's base model);
+    /// with Σ n_i. Reads the round only, so it runs without the job's lock. `Err`: the round
+    /// fails, with why.
+    pub fn unmask(&self, latest: &[u8], dim: usize) -> Result<(Vec<f32>, u64), String> {
+        let uploads = self.aggregator.uploads();
+        let sum = self
+            .aggregator
+            .finish()
+            .map_err(|e| format!("unmasking failed: {e}"))?;
+        let (mean, total) = self
+            .quant
+            .decode_mean(&sum, dim, uploads)
+            .map_err(|e| e.to_string())?;
+        Ok((crate::job::apply_mean(latest, &mean)?, total))
+    }
+}
+
 /// How long a resumed round waits for committee members to reconnect.
 const RESUME_GRACE_MS: u64 = 5_000;
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
-use crate::job::{Job, Outcome, Step, decode_f32, f32_bytes};
+use crate::job::{Job, NewModel, Outcome, Step, StoredModel, decode_f32, f32_bytes};
 use crate::limits::{Gate, Slots};
 use crate::secagg::{self, Phase};
 use crate::store::{
@@ -124,6 +124,8 @@ pub struct State {
     serving_since: std::sync::atomic::AtomicU64,
     /// The jobs' round drivers: they end when the server closes, and `serve` waits for them.
     drivers: Mutex<tokio::task::JoinSet<()>>,
+    /// Who some job names or admitted, for reader checks that take no job's lock.
+    pub(crate) known: std::sync::RwLock<crate::access::KnownIds>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -167,6 +169,7 @@ impl State {
         }
         let started = now_ms();
         let mut jobs = BTreeMap::new();
+        let mut known = crate::access::KnownIds::default();
         for record in records {
             let wire = hex::decode(&record.spec)
                 .ok()
@@ -203,6 +206,12 @@ impl State {
                 }
             }
             job.resume_draw(started);
+            known.name(&job.spec.admission);
+            for p in &job.record.participants {
+                if let Ok(did) = ParticipantId::parse(&p.did) {
+                    known.join(did);
+                }
+            }
             jobs.insert(job.record.id.clone(), Arc::new(Mutex::new(job)));
         }
         let download_gate = Gate::new(policy.streams.downloads, "--max-downloads");
@@ -220,6 +229,7 @@ impl State {
             launching: Default::default(),
             drivers: Mutex::new(tokio::task::JoinSet::new()),
             serving_since: std::sync::atomic::AtomicU64::new(started),
+            known: std::sync::RwLock::new(known),
         }))
     }
 
@@ -375,6 +385,7 @@ impl State {
         // The ledger orders the commit among everyone's; no job's lock is needed for it.
         self.store.commit(Some(&record), batch)?;
         let coordinator = self.store.identity().participant_id().to_string();
+        self.learn_ids(|ids| ids.name(&spec.admission));
         let job = Job::new(spec, record, latest_model, coordinator);
         self.directory()
             .insert(id.clone(), Arc::new(Mutex::new(job)));
@@ -397,7 +408,8 @@ impl State {
 
     /// Runs `f` over every job (in id order) at one moment: each job's lock is taken, in id
     /// order (so two such calls cannot deadlock; [`State::with_job`] holds one lock only),
-    /// and held through `f`. A job's lock is held only briefly, never across aggregation.
+    /// and held through `f`. A job's lock is held only for brief work (its ledger commit
+    /// included), never while a round is averaged or unmasked or a model is stored.
     pub(crate) fn with_jobs<R>(&self, f: impl FnOnce(&[&Job]) -> R) -> R {
         let cells: Vec<Arc<Mutex<Job>>> = self.directory().values().cloned().collect();
         let guards: Vec<MutexGuard<'_, Job>> = cells.iter().map(|c| lock_job(c)).collect();
@@ -507,6 +519,7 @@ impl State {
                 job.gathering = None;
                 return Err(e);
             }
+            self.learn_ids(|ids| ids.join(did.clone()));
             job.bump();
             Ok(job.info())
         })
@@ -1066,12 +1079,29 @@ impl State {
             let Some(round) = job.open_round().cloned() else {
                 return Ok(Advanced::Done(None));
             };
+            if job.closing.is_some() {
+                // Its close is under way (one driver per job: this is not reached).
+                return Ok(Advanced::Done(None));
+            }
             let (complete, grace_over) = self.collected(job, &round, now);
             let wake = |t: u64| Ok(Advanced::Done(Some(grace_over.map_or(t, |g| g.min(t)))));
             let outcome = if job.spec.secagg().is_some() {
                 match job.secagg_step(&round, complete, now) {
                     Step::Wait(deadline) => return wake(deadline),
                     Step::Close(outcome) => outcome,
+                    Step::Unmask => {
+                        // Unmasked without the job's lock; the round takes no messages
+                        // meanwhile (every answering member has revealed).
+                        let sa = job.secagg.take().expect("secagg_step found the round");
+                        job.closing = Some(round.round);
+                        return Ok(Advanced::Average(Box::new(PendingClose {
+                            version: job.record.model_version + 1,
+                            latest: Arc::clone(&job.latest_model),
+                            layout: job.layout.clone(),
+                            round,
+                            secagg: Some(sa),
+                        })));
+                    }
                 }
             } else {
                 if !complete && now < round.deadline_unix_ms {
@@ -1087,66 +1117,98 @@ impl State {
                     // Averaged without the job's lock: uploads to the round are refused
                     // from here on, so the updates averaged are the round's.
                     job.closing = Some(round.round);
-                    return Ok(Advanced::Average(Box::new(PlainClose {
+                    return Ok(Advanced::Average(Box::new(PendingClose {
                         version: job.record.model_version + 1,
                         latest: Arc::clone(&job.latest_model),
                         layout: job.layout.clone(),
                         round,
+                        secagg: None,
                     })));
                 }
             };
             job.clock
                 .enter(round.round, telemetry::Phase::Close, entered);
-            job.close_round(store, &round, now, outcome, false)
-                .map(Advanced::Done)
+            job.close_round(store, &round, now, outcome)
+                .map(|wake| Advanced::Closed(round.round, wake))
         })?;
         match next {
             Advanced::Done(wake) => Ok(wake),
-            Advanced::Average(close) => self.close_plain(job_id, close, now),
+            Advanced::Closed(round, wake) => {
+                self.forget_updates(job_id, round);
+                Ok(wake)
+            }
+            Advanced::Average(close) => self.close_pending(job_id, *close),
         }
     }
 
-    /// Closes a plain round whose uploads are all in: averages them from their files and
-    /// stores the new model with no lock held (every other request to the job, and to every
-    /// other job, is served meanwhile), then records the close under the job's lock.
-    fn close_plain(
+    /// Deletes a closed round's update files (no longer needed), with no lock held. A failure
+    /// only leaves files behind.
+    fn forget_updates(&self, job_id: &str, round: u32) {
+        if let Err(e) = self.store.drop_round_updates(job_id, round) {
+            tracing::warn!(job = %job_id, round, error = %e, "cannot delete the closed round's updates");
+        }
+    }
+
+    /// Closes a round whose updates are all in, with no lock held (every other request to the
+    /// job, and to every other job, is served meanwhile): a plain round's updates are averaged
+    /// from their files, a secure round's sum is unmasked; the new model is stored. Then the
+    /// close is recorded under the job's lock.
+    fn close_pending(
         &self,
         job_id: &str,
-        close: Box<PlainClose>,
-        now: u64,
+        close: PendingClose,
     ) -> Result<Option<u64>, CoordinatorError> {
-        // However this ends (an error, a panic), the round takes uploads again, to be
-        // averaged on the next try.
-        let reopen = Reopen {
+        let PendingClose {
+            round,
+            latest,
+            layout,
+            version,
+            secagg,
+        } = close;
+        // However this ends (an error, a panic), the round is given back as it was: it takes
+        // uploads (plain) or holds its state (secure) again, to close on the next try.
+        let mut reopen = Reopen {
             state: self,
             job_id,
+            secagg,
         };
-        let round = close.round.round;
-        let outcome = plain_mean(job_id, &close.latest, &self.store, &close.round)?;
-        let stored = match &outcome {
-            Ok((params, _)) => {
-                let file = close.layout.to_safetensors(params)?;
-                self.store.save_model(job_id, close.version, &file)?;
-                true
+        let computed = match &reopen.secagg {
+            Some(sa) => Ok(sa
+                .unmask(&latest, layout.dim())
+                .map(|(params, total)| (NewModel::Params(params), Some(total)))),
+            None => plain_mean(job_id, &latest, &self.store, &round),
+        };
+        let outcome = match computed? {
+            Ok((NewModel::Params(params), total)) => {
+                let stored = StoredModel::save(&self.store, job_id, version, &layout, &params)?;
+                Ok((NewModel::Stored(stored), total))
             }
-            Err(_) => false,
+            other => other,
         };
+        let secagg = reopen.secagg.take();
         let closed = self.with_job(job_id, |job, store| {
             job.closing = None;
+            if secagg.is_some() {
+                job.secagg = secagg;
+            }
             // Only this job's driver closes its rounds, so the round is still the one that was
             // averaged; anything else is a bug, and nothing is recorded.
             let current = job.open_round().map(|r| (r.round, r.uploads.len()));
-            if current != Some((round, close.round.uploads.len()))
-                || job.record.model_version + 1 != close.version
+            if current != Some((round.round, round.uploads.len()))
+                || job.record.model_version + 1 != version
             {
                 return Err(CoordinatorError::Storage(format!(
-                    "job {job_id}: round {round} changed while it was averaged"
+                    "job {job_id}: round {} changed while it was closed",
+                    round.round
                 )));
             }
-            job.close_round(store, &close.round, now, outcome, stored)
+            // Closed now, not when averaging began: the next round's deadline counts from here.
+            job.close_round(store, &round, now_ms(), outcome)
         });
         std::mem::forget(reopen);
-        closed
+        let wake = closed?;
+        self.forget_updates(job_id, round.round);
+        Ok(wake)
     }
 
     /// Whether the open round has every update it will get: all expected participants
@@ -1245,33 +1307,43 @@ fn lock_job(cell: &Mutex<Job>) -> MutexGuard<'_, Job> {
     cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What [`State::advance`] did under the job's lock: all of it, or it left a plain round's
-/// average to be computed without the lock.
+/// What [`State::advance`] did under the job's lock: all of it, or it left a round's close
+/// (a plain average, a secure unmasking) to be computed without the lock.
 enum Advanced {
     Done(Option<u64>),
-    Average(Box<PlainClose>),
+    /// This round closed: its update files can go.
+    Closed(u32, Option<u64>),
+    Average(Box<PendingClose>),
 }
 
-/// A plain round to average: a snapshot of what the average needs.
-struct PlainClose {
+/// A round to close without the job's lock: a snapshot of what its close needs.
+struct PendingClose {
     round: RoundRecord,
     /// The model the round started from.
     latest: Arc<Vec<u8>>,
     layout: conclave_aggregation::ModelLayout,
-    /// The version the average becomes.
+    /// The version the new model becomes.
     version: u32,
+    /// A secure round's state, taken out of the job while its sum is unmasked.
+    secagg: Option<secagg::SecaggRound>,
 }
 
-/// Lets a round that was being averaged take uploads again if the close did not finish.
+/// Gives a round whose close did not finish back to its job: it takes uploads again, and a
+/// secure round gets its state back.
 struct Reopen<'a> {
     state: &'a State,
     job_id: &'a str,
+    secagg: Option<secagg::SecaggRound>,
 }
 
 impl Drop for Reopen<'_> {
     fn drop(&mut self) {
+        let secagg = self.secagg.take();
         let _ = self.state.with_job(self.job_id, |job, _| {
             job.closing = None;
+            if secagg.is_some() {
+                job.secagg = secagg;
+            }
             Ok(())
         });
     }
@@ -1317,7 +1389,7 @@ fn plain_mean(
         }
     }
     match mean.finish() {
-        Ok(()) => Ok(Ok((params, None))),
+        Ok(()) => Ok(Ok((NewModel::Params(params), None))),
         Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
             "the aggregate overflows: parameter {index} of the new model is not finite"
         ))),

@@ -341,7 +341,11 @@ fn sync_dir(path: &Path) -> Result<(), CoordinatorError> {
 
 /// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
-    let tmp = path.with_extension("conclave-tmp");
+    // A name of its own: two writers of one path never share a half-written file.
+    let tmp = path.with_extension(format!(
+        "conclave-tmp-{}",
+        hex::encode(conclave_crypto::random_bytes::<8>())
+    ));
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path)?;
     sync_dir(path)

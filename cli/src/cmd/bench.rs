@@ -32,6 +32,8 @@ pub enum Command {
     Secagg(SecaggArgs),
     /// Durable ledger appends per second and verification throughput.
     Ledger(super::bench_ledger::LedgerArgs),
+    /// GetJob latency while another job's large plain round closes.
+    Isolation(super::bench_isolation::IsolationArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,14 +63,14 @@ pub struct SecaggArgs {
 }
 
 /// An MLP with one input, two classes and hidden widths [a, b] whose size is close to `dim`.
-fn model_for(dim: usize) -> ModelArch {
+pub(super) fn model_for(dim: usize) -> ModelArch {
     let a = ((dim as f64).sqrt() as usize).clamp(1, 65_536);
     let b = (dim.saturating_sub(2 + 2 * a) / (a + 3)).clamp(1, 65_536);
     ModelArch::Mlp { hidden: vec![a, b] }
 }
 
 /// Uniform noise scaled to L2 norm `norm`.
-fn synthetic_update(dim: usize, norm: f32) -> Vec<f32> {
+pub(super) fn synthetic_update(dim: usize, norm: f32) -> Vec<f32> {
     let mut rng = rand::rng();
     let mut delta: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let current = delta
@@ -354,6 +356,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
     let args = match command {
         Command::Secagg(args) => args,
         Command::Ledger(args) => return super::bench_ledger::run(args, printer),
+        Command::Isolation(args) => return super::bench_isolation::run(args, printer).await,
     };
     anyhow::ensure!(args.participants >= 2, "--participants must be at least 2");
     anyhow::ensure!(

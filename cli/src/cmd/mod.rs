@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod bench;
+pub mod bench_isolation;
 pub mod bench_ledger;
 pub mod data;
 pub mod demo;

@@ -155,18 +155,24 @@ impl Rounds for RoundsService {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
-        let (answer, refused) = match self.receive_upload(request).await {
-            Ok(receipt) => (Ok(Response::new(receipt)), None),
+        // Counted however the call ends: an upload whose client goes away mid-stream (the
+        // call is dropped) counts as refused, "cancelled".
+        let mut outcome = UploadOutcome(Some("cancelled"));
+        let answer = match self.receive_upload(request).await {
+            Ok(receipt) => {
+                outcome.0 = None;
+                Ok(Response::new(receipt))
+            }
             Err(Refused::Coordinator(e)) => {
-                let reason = e.reason();
-                (Err(e.into()), Some(reason))
+                outcome.0 = Some(e.reason());
+                Err(e.into())
             }
             Err(Refused::Stream(status)) => {
-                let reason = stream_reason(status.code());
-                (Err(status), Some(reason))
+                outcome.0 = Some(stream_reason(status.code()));
+                Err(status)
             }
         };
-        telemetry::upload(refused);
+        drop(outcome);
         answer
     }
 
@@ -266,6 +272,15 @@ impl From<CoordinatorError> for Refused {
 impl From<Status> for Refused {
     fn from(s: Status) -> Self {
         Refused::Stream(s)
+    }
+}
+
+/// How an upload ended, counted when dropped: accepted (`None`) or refused for a reason.
+struct UploadOutcome(Option<&'static str>);
+
+impl Drop for UploadOutcome {
+    fn drop(&mut self) {
+        telemetry::upload(self.0);
     }
 }
 

@@ -54,7 +54,7 @@ impl Phase {
 pub(crate) struct RoundEnd {
     /// A new model came out of it (else it failed).
     pub closed: bool,
-    /// Why it failed, if it did.
+    /// Why it failed, if it did (not exported: it can name a participant).
     pub failure: Option<String>,
     /// Updates it got.
     pub uploads: u64,
@@ -94,6 +94,11 @@ impl RoundClock {
             privacy,
             active: None,
         }
+    }
+
+    /// Whether round `round` is on the clock.
+    pub fn is_on(&self, round: u32) -> bool {
+        self.active.as_ref().is_some_and(|a| a.round == round)
     }
 
     /// Round `round` starts opening at `at`. A round still on the clock ends here, unreported
@@ -144,8 +149,9 @@ impl RoundClock {
                 if end.closed { "closed" } else { "failed" },
             ),
         ]);
-        if let Some(why) = &end.failure {
-            a.span.set_status(Status::error(why.clone()));
+        // The reason can name a participant: it stays in the ledger and the logs.
+        if end.failure.is_some() {
+            a.span.set_status(Status::error("round failed"));
         }
         a.span.end_with_timestamp(at);
         super::round_done(self.privacy, &end, seconds(a.started, at));
