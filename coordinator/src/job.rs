@@ -545,9 +545,11 @@ impl Job {
         let ended_at = SystemTime::now();
         let before = std::mem::replace(&mut self.record, record);
         let before_model = self.latest_model.clone();
+        // A failed commit must leave the round exactly as it was, its secure state included.
+        let before_secagg = self.secagg.take();
+        let before_opened = self.opened_at;
         if round.round >= self.spec.rounds {
             self.record.finished = true;
-            self.secagg = None;
         } else {
             if let Some(bytes) = &new_model {
                 self.latest_model = Arc::clone(bytes);
@@ -557,6 +559,8 @@ impl Job {
         if let Err(e) = store.commit(Some(&self.record), batch) {
             self.record = before;
             self.latest_model = before_model;
+            self.secagg = before_secagg;
+            self.opened_at = before_opened;
             return Err(e);
         }
         if let Some(bytes) = new_model {

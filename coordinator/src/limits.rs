@@ -20,7 +20,7 @@
 //! the table grow past the server-wide bounds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,12 @@ pub const DEFAULT_DOWNLOADS: usize = 64;
 /// Downloads, and ledger streams, one reader may have open at once.
 pub const STREAMS_PER_READER: usize = 4;
 
+/// Bytes of update data the server holds in memory at once by default, over all uploads.
+pub const DEFAULT_UPLOAD_BUFFER: u64 = 1 << 30;
+
+/// The unit the upload buffer is counted in.
+const BUFFER_UNIT: u64 = 64 * 1024;
+
 /// The stream bounds of a server.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {
@@ -58,6 +64,9 @@ pub struct StreamLimits {
     pub ledger_streams: usize,
     /// Model downloads in all (each reader may hold [`STREAMS_PER_READER`]).
     pub downloads: usize,
+    /// Bytes of update data held in memory at once, over all uploads and reveals: an upload
+    /// takes its share before its data is read and gives it back once it is stored.
+    pub upload_buffer: u64,
 }
 
 impl Default for StreamLimits {
@@ -68,7 +77,59 @@ impl Default for StreamLimits {
             work_streams_per_participant: DEFAULT_WORK_STREAMS_PER_PARTICIPANT,
             ledger_streams: DEFAULT_LEDGER_STREAMS,
             downloads: DEFAULT_DOWNLOADS,
+            upload_buffer: DEFAULT_UPLOAD_BUFFER,
         }
+    }
+}
+
+/// The server's memory for update data in flight (see [`StreamLimits::upload_buffer`]), so
+/// that however many participants upload at once, the coordinator holds at most this much of
+/// their data: the others wait, unread (their senders held back by HTTP/2 flow control).
+pub struct UploadBuffer {
+    units: Arc<tokio::sync::Semaphore>,
+    size: u32,
+    waiting: AtomicUsize,
+}
+
+/// A share of the upload buffer, given back when dropped.
+#[must_use = "the share is given back when dropped"]
+pub struct BufferShare(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl UploadBuffer {
+    /// A buffer of `bytes` (at least one unit).
+    pub fn new(bytes: u64) -> Self {
+        let size = (bytes / BUFFER_UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        Self {
+            units: Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            size,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits up to `wait` for room for `bytes` of data (an upload larger than the whole buffer
+    /// waits for all of it, and then runs alone).
+    pub async fn take(&self, bytes: u64, wait: Duration) -> Result<BufferShare, CoordinatorError> {
+        let units = bytes.div_ceil(BUFFER_UNIT).clamp(1, u64::from(self.size)) as u32;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let taken =
+            tokio::time::timeout(wait, Arc::clone(&self.units).acquire_many_owned(units)).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match taken {
+            Ok(permit) => Ok(BufferShare(
+                permit.expect("the upload buffer's semaphore is never closed"),
+            )),
+            Err(_) => Err(CoordinatorError::LimitReached(format!(
+                "the coordinator's upload buffer (--max-upload-buffer-mib) stayed full for {} s: \
+                 send it again",
+                wait.as_secs()
+            ))),
+        }
+    }
+
+    /// Bytes held now, and uploads waiting for room.
+    pub fn load(&self) -> (u64, usize) {
+        let held = u64::from(self.size) - self.units.available_permits() as u64;
+        (held * BUFFER_UNIT, self.waiting.load(Ordering::SeqCst))
     }
 }
 

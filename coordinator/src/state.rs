@@ -117,6 +117,8 @@ pub struct State {
     /// The server-wide shares of downloads and of ledger streams.
     pub(crate) download_gate: Gate,
     pub(crate) ledger_gate: Gate,
+    /// Room for update data in memory, over all uploads and reveals.
+    pub(crate) upload_buffer: crate::limits::UploadBuffer,
     /// Launches whose model is being built (each holds a place among the jobs).
     launching: crate::access::Launching,
     /// When this state started serving (unix ms): the dropout grace of a participant that has
@@ -216,6 +218,7 @@ impl State {
         }
         let download_gate = Gate::new(policy.streams.downloads, "--max-downloads");
         let ledger_gate = Gate::new(policy.streams.ledger_streams, "--max-ledger-streams");
+        let upload_buffer = crate::limits::UploadBuffer::new(policy.streams.upload_buffer);
         Ok(Arc::new(Self {
             store,
             jobs: Mutex::new(jobs),
@@ -226,6 +229,7 @@ impl State {
             slots: Arc::new(Slots::default()),
             download_gate,
             ledger_gate,
+            upload_buffer,
             launching: Default::default(),
             drivers: Mutex::new(tokio::task::JoinSet::new()),
             serving_since: std::sync::atomic::AtomicU64::new(started),
@@ -400,6 +404,12 @@ impl State {
         self.download_gate.load()
     }
 
+    /// Bytes of update data held in memory now, and uploads waiting for room (for tests and
+    /// operators).
+    pub fn upload_buffer_load(&self) -> (u64, usize) {
+        self.upload_buffer.load()
+    }
+
     /// Upload streams `did` has open in `job` now (for tests and operators).
     pub fn open_uploads(&self, job: &str, did: &ParticipantId) -> usize {
         self.slots
@@ -512,11 +522,20 @@ impl State {
                 signature: req.admission_signature.clone(),
             }));
             let before = std::mem::replace(&mut job.record, record);
+            let before_opened = job.opened_at;
+            let admitted = batch.len();
             job.start_if_ready(now, &mut batch);
+            // Whether this join started the job (its first round or its draw): only then did
+            // it set up round or draw state, which had none before.
+            let started = batch.len() > admitted;
             if let Err(e) = store.commit(Some(&job.record), batch) {
+                // The job as it was: a round or draw already in progress is left alone.
                 job.record = before;
-                job.secagg = None;
-                job.gathering = None;
+                job.opened_at = before_opened;
+                if started {
+                    job.secagg = None;
+                    job.gathering = None;
+                }
                 return Err(e);
             }
             self.learn_ids(|ids| ids.join(did.clone()));

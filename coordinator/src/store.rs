@@ -156,6 +156,7 @@ impl Store {
     /// Opens (creating if needed) a data directory, its database and the coordinator's key.
     pub fn open(root: &Path) -> Result<Self, CoordinatorError> {
         fs::create_dir_all(root.join("jobs"))?;
+        sweep_temp_files(root)?;
         let key = root.join("coordinator.key");
         let identity = if key.exists() {
             Identity::load(&key)
@@ -343,10 +344,39 @@ fn sync_dir(path: &Path) -> Result<(), CoordinatorError> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
     // A name of its own: two writers of one path never share a half-written file.
     let tmp = path.with_extension(format!(
-        "conclave-tmp-{}",
+        "{TMP_EXTENSION}-{}",
         hex::encode(conclave_crypto::random_bytes::<8>())
     ));
-    write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path)?;
+    let written = write_synced(&tmp, bytes).and_then(|()| Ok(fs::rename(&tmp, path)?));
+    if written.is_err() {
+        // A failed write (a full disk) leaves nothing behind to fill it further.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(path)
+}
+
+/// The extension of files being written (see [`write_atomic`]); any left by a crash are
+/// deleted when the store opens.
+const TMP_EXTENSION: &str = "conclave-tmp";
+
+/// Deletes the half-written files a crash left in the jobs' model directories.
+fn sweep_temp_files(root: &Path) -> Result<(), CoordinatorError> {
+    for job in fs::read_dir(root.join("jobs"))? {
+        let models = job?.path().join("models");
+        let Ok(entries) = fs::read_dir(&models) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let is_temp = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.starts_with(TMP_EXTENSION));
+            if is_temp {
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -453,3 +453,60 @@ async fn a_reader_that_stops_reading_is_cut_and_told_so() {
     assert_eq!(read_all(stream).await, dim * 4);
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_upload_buffer_wait_unread_and_then_go_through() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one small update's data at a time.
+    let limits = StreamLimits {
+        upload_buffer: 1,
+        ..StreamLimits::default()
+    };
+    let coordinator = TestCoordinator::start_with(dir.path(), policy(limits)).await;
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (job, dim) = open_round(&coordinator, &alice, &bob).await;
+    let values = vec![0.01f32; dim];
+
+    // Alice's upload takes the room and holds it: her header is in, her data not yet.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::UploadChunk {
+        part: Some(Part::Header(plain_header(&alice, &job, 1, 10, &values))),
+    })
+    .await
+    .unwrap();
+    let mut rounds = coordinator.rounds().await;
+    let first = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    until("alice's upload holds the buffer", || {
+        coordinator.state.upload_buffer_load().0 > 0
+    })
+    .await;
+
+    // Bob's whole upload is sent, and waits for room instead of being read.
+    let second = {
+        let messages = upload(plain_header(&bob, &job, 1, 10, &values), &values);
+        let mut rounds = coordinator.rounds().await;
+        tokio::spawn(async move { rounds.upload_update(tokio_stream::iter(messages)).await })
+    };
+    until("bob's upload waits for room", || {
+        coordinator.state.upload_buffer_load().1 == 1
+    })
+    .await;
+    assert!(!second.is_finished());
+    assert_eq!(coordinator.info(&job).await.rounds[0].uploaded_count, 0);
+
+    // Alice's data arrives: her update is stored, the room passes to Bob's, and both count.
+    tx.send(v1::UploadChunk {
+        part: Some(Part::Data(le_bytes(&values))),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    coordinator.wait_for_model(&job, 1).await;
+    assert_eq!(coordinator.state.upload_buffer_load(), (0, 0));
+    coordinator.stop().await;
+}

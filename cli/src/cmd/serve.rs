@@ -64,6 +64,11 @@ pub struct Args {
     /// place); each reader may have 4.
     #[arg(long, default_value_t = limits::DEFAULT_DOWNLOADS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_downloads: u64,
+    /// MiB of update data (uploads and reveals being received and stored) the coordinator
+    /// holds in memory at once; more uploads wait, unread, for room (up to 10 ×
+    /// --upload-idle-secs).
+    #[arg(long, default_value_t = limits::DEFAULT_UPLOAD_BUFFER >> 20, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_upload_buffer_mib: u64,
     /// Seconds a round waits for a participant whose work stream is gone, once the round
     /// has min_participants updates, before it closes without it (its deadline still bounds
     /// the round).
@@ -90,6 +95,7 @@ impl Args {
                 work_streams_per_participant: self.max_work_streams_per_participant as usize,
                 ledger_streams: self.max_ledger_streams as usize,
                 downloads: self.max_downloads as usize,
+                upload_buffer: self.max_upload_buffer_mib << 20,
             },
             dropout_grace: std::time::Duration::from_secs(self.dropout_grace_secs),
         }

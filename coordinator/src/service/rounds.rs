@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use conclave_proto::MAX_CHUNK_BYTES;
 use conclave_proto::v1::{self, rounds_server::Rounds, upload_chunk::Part};
@@ -157,18 +158,18 @@ impl Rounds for RoundsService {
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         // Counted however the call ends: an upload whose client goes away mid-stream (the
         // call is dropped) counts as refused, "cancelled".
-        let mut outcome = UploadOutcome(Some("cancelled"));
-        let answer = match self.receive_upload(request).await {
-            Ok(receipt) => {
-                outcome.0 = None;
-                Ok(Response::new(receipt))
-            }
+        let mut outcome = UploadOutcome {
+            refused: "cancelled",
+            stored: Arc::new(AtomicBool::new(false)),
+        };
+        let answer = match self.receive_upload(request, &outcome.stored).await {
+            Ok(receipt) => Ok(Response::new(receipt)),
             Err(Refused::Coordinator(e)) => {
-                outcome.0 = Some(e.reason());
+                outcome.refused = e.reason();
                 Err(e.into())
             }
             Err(Refused::Stream(status)) => {
-                outcome.0 = Some(stream_reason(status.code()));
+                outcome.refused = stream_reason(status.code());
                 Err(status)
             }
         };
@@ -233,6 +234,11 @@ impl Rounds for RoundsService {
             &format!("{member} (reveals to job {})", header.job_id),
             "--max-uploads-per-participant",
         )?;
+        let room = self
+            .state
+            .upload_buffer
+            .take(len as u64 * 4, idle.saturating_mul(BUFFER_WAIT_IDLES))
+            .await?;
         let payload = read_payload(&mut stream, idle, len * 4, |c| match c.part {
             Some(RevealPart::Data(d)) => Some(d),
             _ => None,
@@ -241,6 +247,7 @@ impl Rounds for RoundsService {
         let state = Arc::clone(&self.state);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _room = room;
             state.accept_reveal(&member, &header, &payload)
         })
         .await
@@ -275,12 +282,20 @@ impl From<Status> for Refused {
     }
 }
 
-/// How an upload ended, counted when dropped: accepted (`None`) or refused for a reason.
-struct UploadOutcome(Option<&'static str>);
+/// How long an upload or reveal may wait for room in the upload buffer, in idle periods.
+const BUFFER_WAIT_IDLES: u32 = 10;
+
+/// How an upload ended, counted when dropped: accepted once it is stored (even if its client
+/// went away meanwhile), else refused for a reason.
+struct UploadOutcome {
+    refused: &'static str,
+    stored: Arc<AtomicBool>,
+}
 
 impl Drop for UploadOutcome {
     fn drop(&mut self) {
-        telemetry::upload(self.0);
+        let stored = self.stored.load(std::sync::atomic::Ordering::SeqCst);
+        telemetry::upload((!stored).then_some(self.refused));
     }
 }
 
@@ -301,6 +316,7 @@ impl RoundsService {
     async fn receive_upload(
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
+        stored: &Arc<AtomicBool>,
     ) -> Result<v1::UploadReceipt, Refused> {
         let mut stream = request.into_inner();
         let streams = &self.state.policy.streams;
@@ -326,6 +342,12 @@ impl RoundsService {
             &format!("{} (uploads to job {})", ticket.did, ticket.job),
             "--max-uploads-per-participant",
         )?;
+        // Room for the data in the server's upload buffer, also held until it is stored.
+        let room = self
+            .state
+            .upload_buffer
+            .take(ticket.dim * 4, idle.saturating_mul(BUFFER_WAIT_IDLES))
+            .await?;
         let payload = read_payload(&mut stream, idle, ticket.dim as usize * 4, |c| {
             match c.part {
                 Some(Part::Data(d)) => Some(d),
@@ -334,6 +356,7 @@ impl RoundsService {
         })
         .await?;
         let state = Arc::clone(&self.state);
+        let stored = Arc::clone(stored);
         let receipt = v1::UploadReceipt {
             round: ticket.round,
             payload_hash: ticket.payload_hash.to_vec(),
@@ -341,7 +364,12 @@ impl RoundsService {
         tokio::task::spawn_blocking(move || {
             // Still held if the client goes away while the update is stored.
             let _slot = slot;
-            state.accept_upload(&ticket, &payload)
+            let _room = room;
+            let accepted = state.accept_upload(&ticket, &payload);
+            if accepted.is_ok() {
+                stored.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            accepted
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
