@@ -149,6 +149,30 @@ impl<'a> StreamingMean<'a> {
         Ok(())
     }
 
+    /// Starts adding one update (`num_samples` of the total) given in consecutive parts, so
+    /// that it need not be in memory whole: the same sum, bit for bit, as [`Self::add`].
+    /// Every part must be given before the next update is started.
+    pub fn add_parts(&mut self, num_samples: u64) -> Result<UpdateParts<'_, 'a>, AggregationError> {
+        if num_samples == 0 {
+            return Err(AggregationError::ZeroSamples);
+        }
+        let added = self
+            .added
+            .checked_add(num_samples)
+            .filter(|&a| a <= self.total)
+            .ok_or(AggregationError::SampleTotal {
+                added: self.added.saturating_add(num_samples),
+                total: self.total,
+            })?;
+        self.added = added;
+        let weight = (num_samples as f64 / self.total as f64) as f32;
+        Ok(UpdateParts {
+            mean: self,
+            weight,
+            next: 0,
+        })
+    }
+
     /// Ends the sum: every sample counted, and every parameter finite.
     pub fn finish(self) -> Result<(), AggregationError> {
         if self.added != self.total {
@@ -158,6 +182,51 @@ impl<'a> StreamingMean<'a> {
             });
         }
         check_finite(self.global)
+    }
+}
+
+/// One update being added to a [`StreamingMean`] part by part.
+pub struct UpdateParts<'m, 'a> {
+    mean: &'m mut StreamingMean<'a>,
+    weight: f32,
+    /// Where the next part starts.
+    next: usize,
+}
+
+impl UpdateParts<'_, '_> {
+    /// Adds the update's next `part.len()` elements.
+    pub fn add(&mut self, part: &[f32]) -> Result<(), AggregationError> {
+        let dim = self.mean.global.len();
+        let end = self.next + part.len();
+        if end > dim {
+            return Err(AggregationError::DimensionMismatch {
+                expected: dim,
+                got: end,
+            });
+        }
+        let update = WeightedUpdate {
+            delta: part,
+            num_samples: 1,
+        };
+        sum_parallel(
+            &mut self.mean.global[self.next..end],
+            &[update],
+            &[self.weight],
+        );
+        self.next = end;
+        Ok(())
+    }
+
+    /// Ends the update: every element given.
+    pub fn finish(self) -> Result<(), AggregationError> {
+        let dim = self.mean.global.len();
+        if self.next != dim {
+            return Err(AggregationError::DimensionMismatch {
+                expected: dim,
+                got: self.next,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +339,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_update_in_parts_must_cover_the_model_exactly() {
+        let mut global = vec![0f32; 4];
+        let mut sum = StreamingMean::new(&mut global, 2).unwrap();
+        let mut parts = sum.add_parts(1).unwrap();
+        parts.add(&[1.0, 1.0]).unwrap();
+        assert!(matches!(
+            parts.add(&[1.0, 1.0, 1.0]),
+            Err(AggregationError::DimensionMismatch {
+                expected: 4,
+                got: 5
+            })
+        ));
+        assert!(matches!(
+            parts.finish(),
+            Err(AggregationError::DimensionMismatch {
+                expected: 4,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            sum.add_parts(2),
+            Err(AggregationError::SampleTotal { added: 3, total: 2 })
+        ));
+        assert!(matches!(
+            sum.add_parts(0),
+            Err(AggregationError::ZeroSamples)
+        ));
+    }
+
     proptest! {
         /// For any updates (across block boundaries), the blocked sum equals a naive f64 mean.
         #[test]
@@ -293,6 +392,22 @@ mod tests {
             sum.finish().unwrap();
             prop_assert_eq!(
                 streamed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            // Each update in parts (as read from its file in blocks): the same bits again.
+            let mut parted = vec![0f32; dim];
+            let mut sum = StreamingMean::new(&mut parted, total).unwrap();
+            for (k, u) in updates.iter().enumerate() {
+                let mut parts = sum.add_parts(u.num_samples).unwrap();
+                let step = 1 + (seed as usize ^ k.wrapping_mul(7919)) % dim;
+                for part in u.delta.chunks(step) {
+                    parts.add(part).unwrap();
+                }
+                parts.finish().unwrap();
+            }
+            sum.finish().unwrap();
+            prop_assert_eq!(
+                parted.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
             for i in 0..dim {

@@ -5,6 +5,7 @@
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::path::Path;
 
 use crate::AggregationError;
 
@@ -100,6 +101,35 @@ impl ModelLayout {
     pub fn to_safetensors(&self, params: &[f32]) -> Result<Vec<u8>, AggregationError> {
         self.check_len(params.len())?;
         let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.le_bytes_to_safetensors(&bytes)
+    }
+
+    /// As [`Self::to_safetensors`], from the parameters' little-endian bytes (without another
+    /// copy of them).
+    pub fn le_bytes_to_safetensors(&self, bytes: &[u8]) -> Result<Vec<u8>, AggregationError> {
+        safetensors::serialize(self.views(bytes)?, None)
+            .map_err(|e| AggregationError::Safetensors(e.to_string()))
+    }
+
+    /// Writes the safetensors file of the parameters' little-endian bytes to `path`, streamed
+    /// (no copy of the model is built in memory). Not synced: the caller syncs the file.
+    pub fn write_safetensors(&self, bytes: &[u8], path: &Path) -> Result<(), AggregationError> {
+        safetensors::serialize_to_file(self.views(bytes)?, None, path)
+            .map_err(|e| AggregationError::Safetensors(e.to_string()))
+    }
+
+    /// The tensors' views over flat little-endian parameter bytes.
+    fn views<'b>(
+        &self,
+        bytes: &'b [u8],
+    ) -> Result<Vec<(String, TensorView<'b>)>, AggregationError> {
+        if !bytes.len().is_multiple_of(4) {
+            return Err(AggregationError::Safetensors(format!(
+                "{} bytes are not whole f32s",
+                bytes.len()
+            )));
+        }
+        self.check_len(bytes.len() / 4)?;
         let mut views = Vec::with_capacity(self.tensors.len());
         let mut offset = 0;
         for t in &self.tensors {
@@ -109,8 +139,7 @@ impl ModelLayout {
             views.push((t.name.clone(), view));
             offset += len;
         }
-        safetensors::serialize(views, None)
-            .map_err(|e| AggregationError::Safetensors(e.to_string()))
+        Ok(views)
     }
 
     /// Decodes a safetensors file holding exactly this layout's tensors into flat parameters.

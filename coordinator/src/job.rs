@@ -69,16 +69,19 @@ pub(crate) struct StoredModel {
 }
 
 impl StoredModel {
-    /// Writes `params` as model `version` of `job`.
+    /// Writes `params` as model `version` of `job`. At most two copies of the model are in
+    /// memory at once (the parameters are dropped once they are bytes, and the file is
+    /// streamed from those).
     pub fn save(
         store: &Store,
         job: &str,
         version: u32,
         layout: &ModelLayout,
-        params: &[f32],
+        params: Vec<f32>,
     ) -> Result<Self, CoordinatorError> {
-        store.save_model(job, version, &layout.to_safetensors(params)?)?;
-        let bytes = f32_bytes(params);
+        let bytes = f32_bytes(&params);
+        drop(params);
+        store.save_model_bytes(job, version, layout, &bytes)?;
         let hash = blake3::hash(&bytes);
         Ok(Self {
             bytes: Arc::new(bytes),
@@ -469,7 +472,7 @@ impl Job {
                 let version = record.model_version + 1;
                 let StoredModel { bytes, hash } = match model {
                     NewModel::Params(params) => {
-                        StoredModel::save(store, &record.id, version, &self.layout, &params)?
+                        StoredModel::save(store, &record.id, version, &self.layout, params)?
                     }
                     NewModel::Stored(stored) => stored,
                 };

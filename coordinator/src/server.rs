@@ -81,6 +81,10 @@ pub async fn serve_with_tls(
         // unanswered HTTP/2 ping closes it), so its streams end and give their places back.
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Flow-control windows sized to each connection's measured bandwidth-delay product,
+        // from HTTP/2's 64 KiB: an upload waiting for room in the upload buffer has at most
+        // that much sent ahead, unread, instead of a fixed 1 MiB per stream and connection.
+        .http2_adaptive_window(Some(true))
         .add_service(jobs)
         .add_service(rounds)
         .add_service(ledger)

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::AggregationError;
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::fedavg::{StreamingMean, WeightedUpdate};
+use conclave_aggregation::fedavg::StreamingMean;
 use conclave_aggregation::quantize::CLIP_SLACK;
 use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
@@ -365,8 +365,9 @@ impl State {
         let id = format!("j-{}", hex::encode(conclave_crypto::random_bytes::<8>()));
         let model = layout.init(spec.seed);
         let latest_model = Arc::new(f32_bytes(&model));
+        drop(model);
         self.store
-            .save_model(&id, 0, &layout.to_safetensors(&model)?)?;
+            .save_model_bytes(&id, 0, &layout, &latest_model)?;
         let record = JobRecord {
             id: id.clone(),
             spec: hex::encode(spec.to_proto().encode_to_vec()),
@@ -821,13 +822,17 @@ impl State {
         if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
             return Err(CoordinatorError::HashMismatch);
         }
-        let values = decode_f32(payload)?;
+        // Checked in place: no second copy of the update.
+        let mut squares = 0f64;
+        for (index, b) in payload.chunks_exact(4).enumerate() {
+            let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if !x.is_finite() {
+                return Err(CoordinatorError::NonFinite { index });
+            }
+            squares += x as f64 * x as f64;
+        }
         if let Some(clip) = ticket.clip_norm {
-            let norm = values
-                .iter()
-                .map(|&x| x as f64 * x as f64)
-                .sum::<f64>()
-                .sqrt();
+            let norm = squares.sqrt();
             // The participant clips in f32, which can overshoot by an ulp or so.
             if norm > clip as f64 * (1.0 + CLIP_SLACK) {
                 return Err(CoordinatorError::NotClipped { norm, clip });
@@ -1112,14 +1117,7 @@ impl State {
                         // Unmasked without the job's lock; the round takes no messages
                         // meanwhile (every answering member has revealed).
                         let sa = job.secagg.take().expect("secagg_step found the round");
-                        job.closing = Some(round.round);
-                        return Ok(Advanced::Average(Box::new(PendingClose {
-                            version: job.record.model_version + 1,
-                            latest: Arc::clone(&job.latest_model),
-                            layout: job.layout.clone(),
-                            round,
-                            secagg: Some(sa),
-                        })));
+                        return Ok(Advanced::Average(PendingClose::of(job, round, Some(sa))));
                     }
                 }
             } else {
@@ -1135,14 +1133,7 @@ impl State {
                 } else {
                     // Averaged without the job's lock: uploads to the round are refused
                     // from here on, so the updates averaged are the round's.
-                    job.closing = Some(round.round);
-                    return Ok(Advanced::Average(Box::new(PendingClose {
-                        version: job.record.model_version + 1,
-                        latest: Arc::clone(&job.latest_model),
-                        layout: job.layout.clone(),
-                        round,
-                        secagg: None,
-                    })));
+                    return Ok(Advanced::Average(PendingClose::of(job, round, None)));
                 }
             };
             job.clock
@@ -1199,7 +1190,7 @@ impl State {
         };
         let outcome = match computed? {
             Ok((NewModel::Params(params), total)) => {
-                let stored = StoredModel::save(&self.store, job_id, version, &layout, &params)?;
+                let stored = StoredModel::save(&self.store, job_id, version, &layout, params)?;
                 Ok((NewModel::Stored(stored), total))
             }
             other => other,
@@ -1320,6 +1311,24 @@ impl State {
     }
 }
 
+/// Bytes of an update file read at a time when averaging (4 MiB).
+const READ_BLOCK: usize = 4 << 20;
+
+/// Fills `buf` from `file` as far as it goes; returns the bytes read (fewer only at the end).
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 fn lock_job(cell: &Mutex<Job>) -> MutexGuard<'_, Job> {
     // A panic while holding the lock cannot leave a half-applied change on disk (records
     // are written whole), so the in-memory job is still the last durable state.
@@ -1345,6 +1354,21 @@ struct PendingClose {
     version: u32,
     /// A secure round's state, taken out of the job while its sum is unmasked.
     secagg: Option<secagg::SecaggRound>,
+}
+
+impl PendingClose {
+    /// Marks `job`'s open `round` as closing (it takes no more uploads) and snapshots what
+    /// its close needs; a secure round's state comes out of the job with it.
+    fn of(job: &mut Job, round: RoundRecord, secagg: Option<secagg::SecaggRound>) -> Box<Self> {
+        job.closing = Some(round.round);
+        Box::new(Self {
+            version: job.record.model_version + 1,
+            latest: Arc::clone(&job.latest_model),
+            layout: job.layout.clone(),
+            round,
+            secagg,
+        })
+    }
 }
 
 /// Gives a round whose close did not finish back to its job: it takes uploads again, and a
@@ -1392,17 +1416,37 @@ fn plain_mean(
         Ok(mean) => mean,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    // Each update is read in blocks: one block of it is in memory, not the whole update.
+    let mut block = vec![0u8; READ_BLOCK];
+    let mut part = Vec::with_capacity(READ_BLOCK / 4);
     for u in uploads {
-        let delta = store
-            .load_update(job_id, round.round, &u.did, UploadPart::Payload)
-            .and_then(|bytes| decode_f32(&bytes));
-        let added = delta.map_err(|e| e.to_string()).and_then(|delta| {
-            mean.add(WeightedUpdate {
-                delta: &delta,
-                num_samples: u.num_samples,
-            })
-            .map_err(|e| e.to_string())
-        });
+        let added = (|| -> Result<(), String> {
+            let mut file = store
+                .open_update(job_id, round.round, &u.did, UploadPart::Payload)
+                .map_err(|e| e.to_string())?;
+            let mut parts = mean.add_parts(u.num_samples).map_err(|e| e.to_string())?;
+            let mut read = 0usize;
+            loop {
+                let n = read_full(&mut file, &mut block).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                if !n.is_multiple_of(4) {
+                    return Err("its file is not whole f32s".into());
+                }
+                part.clear();
+                for (i, b) in block[..n].chunks_exact(4).enumerate() {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    if !v.is_finite() {
+                        return Err(format!("element {} is NaN or infinite", read / 4 + i));
+                    }
+                    part.push(v);
+                }
+                parts.add(&part).map_err(|e| e.to_string())?;
+                read += n;
+            }
+            parts.finish().map_err(|e| e.to_string())
+        })();
         if let Err(e) = added {
             return Ok(Err(format!("the update of {} cannot be used: {e}", u.did)));
         }

@@ -246,6 +246,26 @@ impl Store {
         write_atomic(&self.model_path(job, version), safetensors)
     }
 
+    /// Stores model `version` of `job` from its flat little-endian bytes, the file streamed to
+    /// disk (durably, whole or not at all) without another copy in memory.
+    pub fn save_model_bytes(
+        &self,
+        job: &str,
+        version: u32,
+        layout: &conclave_aggregation::ModelLayout,
+        bytes: &[u8],
+    ) -> Result<(), CoordinatorError> {
+        let path = self.model_path(job, version);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic_with(&path, |tmp| {
+            layout.write_safetensors(bytes, tmp)?;
+            File::open(tmp)?.sync_all()?;
+            Ok(())
+        })
+    }
+
     /// Reads a model version's safetensors bytes.
     pub fn load_model(&self, job: &str, version: u32) -> Result<Vec<u8>, CoordinatorError> {
         Ok(fs::read(self.model_path(job, version))?)
@@ -313,6 +333,17 @@ impl Store {
         Ok(fs::read(self.update_path(job, round, did, kind))?)
     }
 
+    /// Opens a stored update to read it in parts.
+    pub fn open_update(
+        &self,
+        job: &str,
+        round: u32,
+        did: &str,
+        kind: UploadPart,
+    ) -> Result<File, CoordinatorError> {
+        Ok(File::open(self.update_path(job, round, did, kind))?)
+    }
+
     /// Deletes every update of a round once its aggregate is stored: they are no longer needed.
     pub fn drop_round_updates(&self, job: &str, round: u32) -> Result<(), CoordinatorError> {
         let dir = self.job_dir(job).join("rounds").join(round.to_string());
@@ -342,12 +373,20 @@ fn sync_dir(path: &Path) -> Result<(), CoordinatorError> {
 
 /// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    write_atomic_with(path, |tmp| write_synced(tmp, bytes))
+}
+
+/// As [`write_atomic`], the temp file written (and synced) by `write`.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), CoordinatorError>,
+) -> Result<(), CoordinatorError> {
     // A name of its own: two writers of one path never share a half-written file.
     let tmp = path.with_extension(format!(
         "{TMP_EXTENSION}-{}",
         hex::encode(conclave_crypto::random_bytes::<8>())
     ));
-    let written = write_synced(&tmp, bytes).and_then(|()| Ok(fs::rename(&tmp, path)?));
+    let written = write(&tmp).and_then(|()| Ok(fs::rename(&tmp, path)?));
     if written.is_err() {
         // A failed write (a full disk) leaves nothing behind to fill it further.
         let _ = fs::remove_file(&tmp);

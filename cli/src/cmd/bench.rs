@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use conclave_aggregation::{
-    DataSchema, JobSpec, ModelArch, Normalization, Optimizer, Privacy, RewardPolicy, TrainingConfig,
-};
+use conclave_aggregation::{JobSpec, ModelArch};
 use conclave_coordinator::{LocalServer, ServerPolicy, State};
 use conclave_crypto::Identity;
 use conclave_participant::client::{Client, connect, get_job, jobs_client, sign, upload_messages};
@@ -34,6 +32,8 @@ pub enum Command {
     Ledger(super::bench_ledger::LedgerArgs),
     /// GetJob latency while another job's large plain round closes.
     Isolation(super::bench_isolation::IsolationArgs),
+    /// The coordinator's peak memory over a plain round, by participant count.
+    Memory(super::bench_memory::MemoryArgs),
 }
 
 #[derive(clap::Args)]
@@ -98,33 +98,9 @@ struct RoundStats {
 
 async fn run_round(args: &SecaggArgs, secagg: bool) -> anyhow::Result<RoundStats> {
     let n = args.participants;
-    let base = JobSpec {
-        name: "bench".into(),
-        model: model_for(args.dim),
-        data: DataSchema {
-            features: vec!["x".into()],
-            label: "y".into(),
-            num_classes: 2,
-            normalize: Normalization::None,
-            eval_fraction: 0.2,
-        },
-        training: TrainingConfig {
-            local_epochs: 1,
-            batch_size: 1,
-            learning_rate: 0.1,
-            optimizer: Optimizer::Sgd,
-        },
-        rounds: 1,
-        min_participants: 2,
-        start_participants: n as u32,
-        round_deadline_secs: args.deadline,
-        privacy: Privacy::Plain,
-        clip_norm: Some(1.0),
-        max_samples: None,
-        seed: 1,
-        admission: Vec::new(),
-        rewards: RewardPolicy::default_for(false),
-    };
+    let mut base = super::bench_isolation::plain_job(model_for(args.dim), n as u32);
+    base.min_participants = 2;
+    base.round_deadline_secs = args.deadline;
     let mut wire = base.to_proto();
     if secagg {
         wire.privacy = v1::Privacy::Secagg.into();
@@ -357,6 +333,7 @@ pub async fn run(command: Command, printer: &Printer) -> anyhow::Result<()> {
         Command::Secagg(args) => args,
         Command::Ledger(args) => return super::bench_ledger::run(args, printer),
         Command::Isolation(args) => return super::bench_isolation::run(args, printer).await,
+        Command::Memory(args) => return super::bench_memory::run(args, printer).await,
     };
     anyhow::ensure!(args.participants >= 2, "--participants must be at least 2");
     anyhow::ensure!(

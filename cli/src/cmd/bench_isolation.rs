@@ -45,9 +45,11 @@ pub struct IsolationArgs {
     data_dir: Option<std::path::PathBuf>,
 }
 
-fn spec(model: ModelArch, start: u32) -> v1::JobSpec {
+/// A one-round plain job of `model` on synthetic data that starts once `start` participants
+/// joined, takes any number of updates and waits an hour for them.
+pub(super) fn plain_job(model: ModelArch, start: u32) -> JobSpec {
     JobSpec {
-        name: "bench-isolation".into(),
+        name: "bench".into(),
         model,
         data: DataSchema {
             features: vec!["x".into()],
@@ -73,7 +75,11 @@ fn spec(model: ModelArch, start: u32) -> v1::JobSpec {
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
     }
-    .to_proto()
+}
+
+/// [`plain_job`] as it goes on the wire.
+pub(super) fn spec(model: ModelArch, start: u32) -> v1::JobSpec {
+    plain_job(model, start).to_proto()
 }
 
 /// Latencies (ms) summarised: count, median, 99th percentile, worst.

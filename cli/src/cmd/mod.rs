@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_isolation;
 pub mod bench_ledger;
+pub mod bench_memory;
 pub mod data;
 pub mod demo;
 pub mod identity;
