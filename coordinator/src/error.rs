@@ -105,7 +105,7 @@ pub enum CoordinatorError {
     )]
     StreamIdle(f64),
     #[error(
-        "the stream took longer than its data allows (one chunk per --upload-idle-secs): stream cut; send it again"
+        "the stream took longer than its data allows (one chunk per --upload-idle-secs, and at least 256 KiB/s after the first period): stream cut; send it again"
     )]
     StreamTooSlow,
     #[error(

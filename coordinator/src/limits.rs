@@ -48,6 +48,10 @@ pub const STREAMS_PER_READER: usize = 4;
 /// Bytes of update data the server holds in memory at once by default, over all uploads.
 pub const DEFAULT_UPLOAD_BUFFER: u64 = 1 << 30;
 
+/// The slowest an upload's (or reveal's) data may come once it holds room in the upload
+/// buffer, bytes per second, beyond one idle period (256 KiB/s: a 400 MB model in 26 min).
+pub const MIN_UPLOAD_RATE: u64 = 256 * 1024;
+
 /// The unit the upload buffer is counted in.
 const BUFFER_UNIT: u64 = 64 * 1024;
 
@@ -95,6 +99,22 @@ pub struct UploadBuffer {
 #[must_use = "the share is given back when dropped"]
 pub struct BufferShare(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
+/// One upload counted as waiting for room while this lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl UploadBuffer {
     /// A buffer of `bytes` (at least one unit).
     pub fn new(bytes: u64) -> Self {
@@ -110,10 +130,10 @@ impl UploadBuffer {
     /// waits for all of it, and then runs alone).
     pub async fn take(&self, bytes: u64, wait: Duration) -> Result<BufferShare, CoordinatorError> {
         let units = bytes.div_ceil(BUFFER_UNIT).clamp(1, u64::from(self.size)) as u32;
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Counted as waiting until this returns or is dropped (its client went away).
+        let _waiting = Waiting::new(&self.waiting);
         let taken =
             tokio::time::timeout(wait, Arc::clone(&self.units).acquire_many_owned(units)).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
         match taken {
             Ok(permit) => Ok(BufferShare(
                 permit.expect("the upload buffer's semaphore is never closed"),

@@ -26,6 +26,13 @@ const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// HTTP/2 flow-control window of one stream: unread data a peer may send ahead (~13 MB/s
+/// per upload at 20 ms round trip).
+const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// HTTP/2 flow-control window of one connection, over all its streams.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// Serves the coordinator's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -81,10 +88,11 @@ pub async fn serve_with_tls(
         // unanswered HTTP/2 ping closes it), so its streams end and give their places back.
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        // Flow-control windows sized to each connection's measured bandwidth-delay product,
-        // from HTTP/2's 64 KiB: an upload waiting for room in the upload buffer has at most
-        // that much sent ahead, unread, instead of a fixed 1 MiB per stream and connection.
-        .http2_adaptive_window(Some(true))
+        // Fixed flow-control windows: an upload waiting for room in the upload buffer has at
+        // most STREAM_WINDOW sent ahead, unread, and one connection at most CONNECTION_WINDOW
+        // (an adaptive window would grow to 16 MiB for a fast sender).
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(jobs)
         .add_service(rounds)
         .add_service(ledger)

@@ -261,7 +261,7 @@ impl Store {
         }
         write_atomic_with(&path, |tmp| {
             layout.write_safetensors(bytes, tmp)?;
-            File::open(tmp)?.sync_all()?;
+            fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;
             Ok(())
         })
     }

@@ -237,7 +237,8 @@ impl Rounds for RoundsService {
         let room = self
             .state
             .upload_buffer
-            .take(len as u64 * 4, idle.saturating_mul(BUFFER_WAIT_IDLES))
+            // The payload, and its decoded copy while the reveal is checked.
+            .take(len as u64 * 8, idle.saturating_mul(BUFFER_WAIT_IDLES))
             .await?;
         let payload = read_payload(&mut stream, idle, len * 4, |c| match c.part {
             Some(RevealPart::Data(d)) => Some(d),
@@ -403,7 +404,12 @@ async fn read_payload<T>(
     data_of: impl Fn(T) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Status> {
     let chunks = u32::try_from(expected.div_ceil(MAX_CHUNK_BYTES)).unwrap_or(u32::MAX);
-    let until = limits::deadline(idle, chunks.saturating_add(1));
+    // The stream holds room in the upload buffer: its data must also come at a minimum rate,
+    // so that a trickle cannot keep that room from others for hours.
+    let by_rate = tokio::time::Instant::now()
+        + idle
+        + std::time::Duration::from_secs_f64(expected as f64 / limits::MIN_UPLOAD_RATE as f64);
+    let until = limits::deadline(idle, chunks.saturating_add(1)).min(by_rate);
     // The header was checked and the room for `expected` bytes taken from the upload buffer
     // before this: reserving it whole is what the buffer counts (growing by doubling would
     // hold up to 1.7× as much while the last copy is made).
