@@ -101,13 +101,7 @@ impl ModelLayout {
     pub fn to_safetensors(&self, params: &[f32]) -> Result<Vec<u8>, AggregationError> {
         self.check_len(params.len())?;
         let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.le_bytes_to_safetensors(&bytes)
-    }
-
-    /// As [`Self::to_safetensors`], from the parameters' little-endian bytes (without another
-    /// copy of them).
-    pub fn le_bytes_to_safetensors(&self, bytes: &[u8]) -> Result<Vec<u8>, AggregationError> {
-        safetensors::serialize(self.views(bytes)?, None)
+        safetensors::serialize(self.views(&bytes)?, None)
             .map_err(|e| AggregationError::Safetensors(e.to_string()))
     }
 

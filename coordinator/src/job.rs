@@ -530,7 +530,6 @@ impl Job {
             .collect();
         let end = RoundEnd {
             closed: entry.success,
-            failure: (!entry.success).then(|| entry.failure.clone()),
             uploads: round.uploads.len() as u64,
             participant_dropouts: round.expected.len().saturating_sub(round.uploads.len()) as u64,
             committee_dropouts: self.committee_dropouts(round, &completed),

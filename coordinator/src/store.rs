@@ -236,16 +236,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Durably writes a model version.
-    pub fn save_model(
-        &self,
-        job: &str,
-        version: u32,
-        safetensors: &[u8],
-    ) -> Result<(), CoordinatorError> {
-        write_atomic(&self.model_path(job, version), safetensors)
-    }
-
     /// Stores model `version` of `job` from its flat little-endian bytes, the file streamed to
     /// disk (durably, whole or not at all) without another copy in memory.
     pub fn save_model_bytes(
@@ -259,7 +249,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        write_atomic_with(&path, |tmp| {
+        write_atomic(&path, |tmp| {
             layout.write_safetensors(bytes, tmp)?;
             fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;
             Ok(())
@@ -371,13 +361,9 @@ fn sync_dir(path: &Path) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
-    write_atomic_with(path, |tmp| write_synced(tmp, bytes))
-}
-
-/// As [`write_atomic`], the temp file written (and synced) by `write`.
-fn write_atomic_with(
+/// Writes `path` so that a crash leaves the old or the new content, never a mix: `write`
+/// writes (and syncs) a temp file of its own, which then replaces `path`.
+fn write_atomic(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), CoordinatorError>,
 ) -> Result<(), CoordinatorError> {

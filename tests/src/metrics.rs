@@ -61,3 +61,12 @@ pub fn metric_values() -> BTreeMap<String, f64> {
     }
     values
 }
+
+/// The value of `key` (as [`metric_values`] names it) in `values`; panics, listing them all,
+/// when there is none.
+pub fn value(values: &BTreeMap<String, f64>, key: &str) -> f64 {
+    values
+        .get(key)
+        .copied()
+        .unwrap_or_else(|| panic!("no {key} in {values:#?}"))
+}

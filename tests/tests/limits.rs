@@ -67,6 +67,28 @@ fn upload(header: v1::UploadHeader, values: &[f32]) -> Vec<v1::UploadChunk> {
     ]
 }
 
+/// An upload of `values` by `who` that has sent its header only: the rest goes through the
+/// sender, and the call's answer comes from the task.
+async fn header_only(
+    coordinator: &TestCoordinator,
+    who: &Identity,
+    job: &str,
+    values: &[f32],
+) -> (
+    tokio::sync::mpsc::Sender<v1::UploadChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<v1::UploadReceipt>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::UploadChunk {
+        part: Some(Part::Header(plain_header(who, job, 1, 10, values))),
+    })
+    .await
+    .unwrap();
+    let mut rounds = coordinator.rounds().await;
+    let call = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    (tx, call)
+}
+
 async fn send(
     coordinator: &TestCoordinator,
     messages: Vec<v1::UploadChunk>,
@@ -96,15 +118,8 @@ async fn a_stalled_upload_is_cut_and_a_second_one_refused_while_others_upload() 
     let values = vec![0.01f32; dim];
 
     // Alice sends a header and then nothing.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(v1::UploadChunk {
-        part: Some(Part::Header(plain_header(&alice, &job, 1, 10, &values))),
-    })
-    .await
-    .unwrap();
-    let mut rounds = coordinator.rounds().await;
     let opened = Instant::now();
-    let stalled = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    let (tx, stalled) = header_only(&coordinator, &alice, &job, &values).await;
     // Her header is checked and her place taken before anything else is tried.
     let did = alice.participant_id();
     while coordinator.state.open_uploads(&job, &did) == 0 {
@@ -471,14 +486,7 @@ async fn uploads_beyond_the_upload_buffer_wait_unread_and_then_go_through() {
     let values = vec![0.01f32; dim];
 
     // Alice's upload takes the room and holds it: her header is in, her data not yet.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(v1::UploadChunk {
-        part: Some(Part::Header(plain_header(&alice, &job, 1, 10, &values))),
-    })
-    .await
-    .unwrap();
-    let mut rounds = coordinator.rounds().await;
-    let first = tokio::spawn(async move { rounds.upload_update(ReceiverStream::new(rx)).await });
+    let (tx, first) = header_only(&coordinator, &alice, &job, &values).await;
     until("alice's upload holds the buffer", || {
         coordinator.state.upload_buffer_load().0 > 0
     })

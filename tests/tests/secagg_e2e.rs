@@ -251,12 +251,7 @@ async fn round_survives_two_committee_and_three_participant_deaths() {
     // The operator's metrics count the same round: seven updates in, three hospitals and two
     // committee members missing.
     let metrics = conclave_tests::metrics::metric_values();
-    let value = |k: &str| {
-        metrics
-            .get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("no {k} in {metrics:#?}"))
-    };
+    let value = |k: &str| conclave_tests::metrics::value(&metrics, k);
     assert_eq!(value("conclave.uploads{outcome=accepted}"), 7.0);
     assert_eq!(
         value("conclave.dropouts{privacy=secagg,role=participant}"),

@@ -57,12 +57,7 @@ async fn refusals_dropouts_and_phases_are_counted() {
     assert_eq!(info.rounds[0].state, v1::RoundState::Closed as i32);
 
     let metrics = metric_values();
-    let value = |k: &str| {
-        metrics
-            .get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("no {k} in {metrics:#?}"))
-    };
+    let value = |k: &str| conclave_tests::metrics::value(&metrics, k);
     assert_eq!(value("conclave.uploads{outcome=accepted}"), 2.0);
     assert_eq!(
         value("conclave.uploads{outcome=refused,reason=wrong_length}"),

@@ -54,8 +54,6 @@ impl Phase {
 pub(crate) struct RoundEnd {
     /// A new model came out of it (else it failed).
     pub closed: bool,
-    /// Why it failed, if it did (not exported: it can name a participant).
-    pub failure: Option<String>,
     /// Updates it got.
     pub uploads: u64,
     /// Expected participants whose update it did not get.
@@ -149,8 +147,8 @@ impl RoundClock {
                 if end.closed { "closed" } else { "failed" },
             ),
         ]);
-        // The reason can name a participant: it stays in the ledger and the logs.
-        if end.failure.is_some() {
+        // Not the reason, which can name a participant: it stays in the ledger and the logs.
+        if !end.closed {
             a.span.set_status(Status::error("round failed"));
         }
         a.span.end_with_timestamp(at);
