@@ -10,7 +10,7 @@
 //! coordinator asks again for the open attempt (a link is fixed by the commitment, so asking
 //! twice reveals nothing new).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use conclave_crypto::ParticipantId;
 use conclave_crypto::committee::{self, CHAIN_LEN, is_link, pool_hash};
@@ -27,6 +27,8 @@ use crate::{CoordinatorError, State};
 pub(crate) struct Gathering {
     pub attempt: u32,
     pub pool: Vec<ParticipantId>,
+    /// The pool as a set, for the work streams' membership question.
+    pub members: HashSet<ParticipantId>,
     pub pool_hash: [u8; 32],
     /// member → (link, signature)
     pub reveals: BTreeMap<ParticipantId, ([u8; 32], Vec<u8>)>,
@@ -38,6 +40,7 @@ impl Gathering {
         Self {
             pool_hash: pool_hash(job_id, attempt, &pool),
             attempt,
+            members: pool.iter().cloned().collect(),
             pool,
             reveals: BTreeMap::new(),
             deadline,

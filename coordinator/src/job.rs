@@ -22,6 +22,7 @@ use crate::draw::Gathering;
 use crate::secagg::{self, Phase, SecaggRound};
 use crate::store::{RoundRecord, RoundStatus, Store};
 use crate::telemetry::{self, RoundClock, RoundEnd};
+use crate::work::{Index, WorkEpoch};
 
 /// A job and everything the coordinator holds of it.
 pub(crate) struct Job {
@@ -50,6 +51,10 @@ pub(crate) struct Job {
     pub closing: Option<u32>,
     /// The round last opened and when its opening began (for the clock, once committed).
     pub opened_at: Option<(u32, SystemTime)>,
+    /// Membership sets over the record, and the work epoch streams were last woken at
+    /// ([`crate::work`]).
+    pub index: Index,
+    pub epoch: WorkEpoch,
 }
 
 /// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
@@ -145,6 +150,8 @@ impl Job {
             coordinator,
             closing: None,
             opened_at: None,
+            index: Index::default(),
+            epoch: WorkEpoch::default(),
         }
     }
 
@@ -153,10 +160,7 @@ impl Job {
     }
 
     pub fn is_joined(&self, did: &ParticipantId) -> bool {
-        self.record
-            .participants
-            .iter()
-            .any(|p| p.did == did.as_str())
+        self.index.is_joined(did.as_str())
     }
 
     pub fn require_joined(&self, did: &ParticipantId) -> Result<(), CoordinatorError> {
@@ -214,9 +218,9 @@ impl Job {
         hex_to_bytes(&self.record.model_hashes[version as usize])
     }
 
-    /// Wakes the job's work streams and its round driver.
+    /// Wakes the job's round driver (its work streams are woken when there is new work for
+    /// them: [`Job::settle`]).
     pub fn bump(&self) {
-        self.changes.send_modify(|v| *v += 1);
         self.wake.notify_one();
     }
 

@@ -26,6 +26,7 @@ mod draw;
 mod error;
 mod job;
 pub mod limits;
+mod persist;
 mod secagg;
 pub mod server;
 mod service;
@@ -34,6 +35,7 @@ pub mod store;
 mod summary;
 pub mod telemetry;
 pub mod tls;
+pub mod work;
 
 pub use access::ServerPolicy;
 pub use error::CoordinatorError;

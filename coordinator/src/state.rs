@@ -17,7 +17,7 @@ use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_ledger::Payload;
 use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest, signed_by};
-use conclave_proto::v1::{self, work_item::Item};
+use conclave_proto::v1;
 use conclave_proto::{MAX_SPEC_BYTES, Signed};
 use prost::Message;
 use tokio::sync::watch;
@@ -42,25 +42,6 @@ pub fn now_ms() -> u64 {
 }
 
 use conclave_aggregation::job::MAX_SAMPLES;
-
-/// What a participant's work stream has already been sent.
-#[derive(Clone, Debug, Default)]
-pub struct WorkCursor {
-    evaluated: Option<u32>,
-    trained: Option<u32>,
-    drawn: Option<u32>,
-    checked: Option<u32>,
-    signed: Option<u32>,
-    revealed: Option<u32>,
-    done: bool,
-}
-
-impl WorkCursor {
-    /// Whether the job is over for this stream.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-}
 
 /// An upload whose signed header has been checked; its payload is still to come.
 #[derive(Debug)]
@@ -95,6 +76,31 @@ impl UploadTicket {
                 .map_or_else(Vec::new, |(_, h)| h.to_vec()),
             signature: self.signature.clone(),
         })
+    }
+
+    /// Records this upload in the job's open round and in the ledger, in one commit that
+    /// writes only the upload (see `persist`); if it fails, the record is as it was.
+    fn record(&self, job: &mut Job, store: &Store) -> Result<(), CoordinatorError> {
+        let mut batch = store.batch(now_ms());
+        batch.push(self.accepted_entry());
+        fn open(job: &mut Job) -> &mut Vec<UploadRecord> {
+            &mut job
+                .record
+                .rounds
+                .last_mut()
+                .expect("check_round_upload found an open round")
+                .uploads
+        }
+        open(job).push(UploadRecord {
+            did: self.did.to_string(),
+            num_samples: self.num_samples,
+            payload_hash: hex::encode(self.payload_hash),
+        });
+        if let Err(e) = store.commit(Some(&job.record), batch) {
+            open(job).pop();
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -292,8 +298,9 @@ impl State {
             .cloned()
             .ok_or_else(|| CoordinatorError::UnknownJob(id.chars().take(64).collect()))?;
         let mut job = lock_job(&cell);
+        job.settle();
         let result = f(&mut job, &self.store);
-        job.observe_phase();
+        job.settle();
         result
     }
 
@@ -476,10 +483,9 @@ impl State {
             let key_hex = hex::encode(sealing_key);
             let commitment_hex = hex::encode(&req.draw_commitment);
             if let Some(existing) = job
-                .record
-                .participants
-                .iter()
-                .find(|p| p.did == did.as_str())
+                .index
+                .participant(did.as_str())
+                .map(|i| &job.record.participants[i])
             {
                 if existing.sealing_key != key_hex || existing.draw_commitment != commitment_hex {
                     return Err(CoordinatorError::KeyMismatch {
@@ -507,8 +513,13 @@ impl State {
                 )));
             }
             job.nonces.consume(&signer, now_ms())?;
-            let mut record = job.record.clone();
-            record.participants.push(ParticipantRecord {
+            // What the join and a start it makes can change, to put back if the commit fails.
+            let before = (
+                job.record.participants.len(),
+                job.record.rounds.len(),
+                job.record.draw.clone(),
+            );
+            job.record.participants.push(ParticipantRecord {
                 did: did.to_string(),
                 sealing_key: key_hex,
                 draw_commitment: commitment_hex,
@@ -522,7 +533,6 @@ impl State {
                 draw_commitment: req.draw_commitment.clone(),
                 signature: req.admission_signature.clone(),
             }));
-            let before = std::mem::replace(&mut job.record, record);
             let before_opened = job.opened_at;
             let admitted = batch.len();
             job.start_if_ready(now, &mut batch);
@@ -531,7 +541,10 @@ impl State {
             let started = batch.len() > admitted;
             if let Err(e) = store.commit(Some(&job.record), batch) {
                 // The job as it was: a round or draw already in progress is left alone.
-                job.record = before;
+                let (participants, rounds, draw) = before;
+                job.record.participants.truncate(participants);
+                job.record.rounds.truncate(rounds);
+                job.record.draw = draw;
                 job.opened_at = before_opened;
                 if started {
                     job.secagg = None;
@@ -584,119 +597,6 @@ impl State {
             }
             Ok(())
         });
-    }
-
-    /// The work items a participant has not been sent yet, in the order to do them.
-    pub fn pending_work(
-        &self,
-        job_id: &str,
-        did: &ParticipantId,
-        cursor: &mut WorkCursor,
-    ) -> Result<Vec<v1::WorkItem>, CoordinatorError> {
-        self.with_job(job_id, |job, _| {
-            let mut items = Vec::new();
-            if cursor.done {
-                return Ok(Vec::new());
-            }
-            let r = &job.record;
-            let v = r.model_version;
-            let reported = r
-                .evaluations
-                .get(&v)
-                .is_some_and(|e| e.iter().any(|x| x.did == did.as_str()));
-            if cursor.evaluated != Some(v) && !reported {
-                items.push(Item::Evaluate(v1::EvaluateTask {
-                    model_version: v,
-                    model_hash: job.model_hash(v),
-                }));
-                cursor.evaluated = Some(v);
-            }
-            if let Some(g) = &job.gathering
-                && g.pool.contains(did)
-                && !g.reveals.contains_key(did)
-                && cursor.drawn != Some(g.attempt)
-            {
-                items.push(Item::Draw(g.task()));
-                cursor.drawn = Some(g.attempt);
-            }
-            if let Some(round) = job.open_round() {
-                let expected = round.expected.iter().any(|d| d == did.as_str());
-                let uploaded = round.uploads.iter().any(|u| u.did == did.as_str());
-                let plan = job
-                    .secagg
-                    .as_ref()
-                    .filter(|sa| sa.round == round.round && sa.phase == Phase::Collecting)
-                    .map(|sa| sa.plan.clone());
-                let secagg_ready = job.spec.secagg().is_none() || plan.is_some();
-                if expected && !uploaded && secagg_ready && cursor.trained != Some(round.round) {
-                    items.push(Item::Train(v1::TrainTask {
-                        round: round.round,
-                        model_version: round.base_version,
-                        model_hash: job.model_hash(round.base_version),
-                        deadline_unix_ms: round.deadline_unix_ms,
-                        secagg: plan,
-                    }));
-                    cursor.trained = Some(round.round);
-                }
-            }
-            if let Some(sa) = &job.secagg
-                && sa.committee.contains(did)
-            {
-                if matches!(sa.phase, Phase::Checking { .. })
-                    && !sa.checked.contains(did.as_str())
-                    && cursor.checked != Some(sa.round)
-                {
-                    items.push(Item::Check(v1::CommitteeCheckTask {
-                        round: sa.round,
-                        views: sa
-                            .aggregator
-                            .views_for(did)?
-                            .iter()
-                            .map(|v| v.to_wire())
-                            .collect(),
-                    }));
-                    cursor.checked = Some(sa.round);
-                }
-                if let Some(statement) = sa.aggregator.statement()
-                    && statement.answering.contains(did)
-                {
-                    if cursor.signed != Some(sa.round) {
-                        let views = sa.aggregator.views_for(did)?;
-                        items.push(Item::Sign(v1::CommitteeSignTask {
-                            round: sa.round,
-                            statement: Some(statement.to_wire()),
-                            views: views.iter().map(|v| v.to_wire()).collect(),
-                        }));
-                        cursor.signed = Some(sa.round);
-                    }
-                    if matches!(sa.phase, Phase::Revealing { .. })
-                        && cursor.revealed != Some(sa.round)
-                    {
-                        items.push(Item::Reveal(v1::CommitteeRevealTask {
-                            round: sa.round,
-                            approvals: sa
-                                .aggregator
-                                .approvals()
-                                .iter()
-                                .map(|a| a.to_wire())
-                                .collect(),
-                        }));
-                        cursor.revealed = Some(sa.round);
-                    }
-                }
-            }
-            if r.finished {
-                items.push(Item::Done(v1::JobDone {
-                    state: v1::JobState::Finished.into(),
-                    final_model_version: v,
-                }));
-                cursor.done = true;
-            }
-            Ok(items
-                .into_iter()
-                .map(|item| v1::WorkItem { item: Some(item) })
-                .collect())
-        })
     }
 
     /// A model version's flat parameters (little-endian f32) and their BLAKE3 hash.
@@ -847,16 +747,6 @@ impl State {
         )?;
         let result = self.with_job(&ticket.job, |job, store| {
             check_round_upload(job, ticket.round, &ticket.did)?;
-            let mut record = job.record.clone();
-            let round = record
-                .rounds
-                .last_mut()
-                .expect("check_round_upload found an open round");
-            round.uploads.push(UploadRecord {
-                did: ticket.did.to_string(),
-                num_samples: ticket.num_samples,
-                payload_hash: hex::encode(ticket.payload_hash),
-            });
             store.commit_update(
                 &staged,
                 &ticket.job,
@@ -864,10 +754,7 @@ impl State {
                 ticket.did.as_str(),
                 UploadPart::Payload,
             )?;
-            let mut batch = store.batch(now_ms());
-            batch.push(ticket.accepted_entry());
-            store.commit(Some(&record), batch)?;
-            job.record = record;
+            ticket.record(job, store)?;
             job.bump();
             Ok(())
         });
@@ -929,17 +816,6 @@ impl State {
                 });
             }
             manifest.verify(sa.aggregator.config())?;
-            let mut record = job.record.clone();
-            record
-                .rounds
-                .last_mut()
-                .expect("open round")
-                .uploads
-                .push(UploadRecord {
-                    did: ticket.did.to_string(),
-                    num_samples: 0,
-                    payload_hash: hex::encode(ticket.payload_hash),
-                });
             store.commit_updates(
                 &[
                     (&staged_payload, UploadPart::Payload),
@@ -949,10 +825,7 @@ impl State {
                 ticket.round,
                 did,
             )?;
-            let mut batch = store.batch(now_ms());
-            batch.push(ticket.accepted_entry());
-            store.commit(Some(&record), batch)?;
-            job.record = record;
+            ticket.record(job, store)?;
             // Checked above; this cannot fail but for a bug, and the upload is on disk either way.
             job.secagg_round(ticket.round)?
                 .aggregator
@@ -992,27 +865,28 @@ impl State {
                     latest,
                 });
             }
-            let reports = job.record.evaluations.get(&req.model_version);
-            if reports.is_some_and(|r| r.iter().any(|e| e.did == did.as_str())) {
+            if job.index.reported(req.model_version, did.as_str()) {
                 return Err(CoordinatorError::DuplicateReport {
                     did: did.to_string(),
                     version: req.model_version,
                 });
             }
             job.nonces.consume(&signer, now_ms())?;
-            let mut record = job.record.clone();
-            record
-                .evaluations
-                .entry(req.model_version)
-                .or_default()
-                .push(EvalRecord {
-                    did: did.to_string(),
-                    loss: req.loss,
-                    accuracy: req.accuracy,
-                    num_examples: req.num_examples,
-                });
-            store.commit(Some(&record), store.batch(now_ms()))?;
-            job.record = record;
+            let reports = job.record.evaluations.entry(req.model_version).or_default();
+            reports.push(EvalRecord {
+                did: did.to_string(),
+                loss: req.loss,
+                accuracy: req.accuracy,
+                num_examples: req.num_examples,
+            });
+            if let Err(e) = store.commit(Some(&job.record), store.batch(now_ms())) {
+                let reports = job.record.evaluations.entry(req.model_version).or_default();
+                reports.pop();
+                if reports.is_empty() {
+                    job.record.evaluations.remove(&req.model_version);
+                }
+                return Err(e);
+            }
             job.bump();
             Ok(())
         })
@@ -1227,17 +1101,11 @@ impl State {
     /// after a restart of this coordinator). Otherwise also when the next missing
     /// participant's grace period ends, if that could complete it.
     fn collected(&self, job: &Job, round: &RoundRecord, now: u64) -> (bool, Option<u64>) {
-        let uploaded: std::collections::HashSet<&str> =
-            round.uploads.iter().map(|u| u.did.as_str()).collect();
-        let missing: Vec<&String> = round
-            .expected
-            .iter()
-            .filter(|d| !uploaded.contains(d.as_str()))
-            .collect();
-        if missing.is_empty() {
+        let mut missing = job.index.missing().peekable();
+        if missing.peek().is_none() {
             return (true, None);
         }
-        if uploaded.len() < job.spec.min_participants as usize {
+        if round.uploads.len() < job.spec.min_participants as usize {
             return (false, None);
         }
         let grace = self.policy.dropout_grace.as_millis() as u64;
@@ -1461,7 +1329,7 @@ fn plain_mean(
 }
 
 fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), CoordinatorError> {
-    let Some(open) = job.open_round().filter(|r| r.round == round) else {
+    if job.open_round().is_none_or(|r| r.round != round) {
         let current = job
             .open_round()
             .map_or("none".to_string(), |r| r.round.to_string());
@@ -1470,7 +1338,7 @@ fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), 
             round,
             current,
         });
-    };
+    }
     if job.closing == Some(round) {
         return Err(CoordinatorError::RoundNotOpen {
             job: job.id().into(),
@@ -1478,13 +1346,13 @@ fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), 
             current: format!("{round}, closing with the updates it has"),
         });
     }
-    if !open.expected.iter().any(|d| d == did.as_str()) {
+    if !job.index.expects(round, did.as_str()) {
         return Err(CoordinatorError::NotInRound {
             did: did.to_string(),
             round,
         });
     }
-    if open.uploads.iter().any(|u| u.did == did.as_str()) {
+    if job.index.uploaded(round, did.as_str()) {
         return Err(CoordinatorError::DuplicateUpload {
             did: did.to_string(),
             round,

@@ -14,19 +14,18 @@
 //! fsync'd, before the database commit that refers to it; anything acknowledged to a client
 //! is on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use conclave_crypto::Identity;
-use conclave_ledger::{Batch, Ledger, StateWrite};
+use conclave_ledger::{Batch, Ledger};
 use serde::{Deserialize, Serialize};
 
 use crate::CoordinatorError;
-
-/// Key prefix of job records in the database's state table.
-const JOB_KEY: &str = "job/";
+use crate::persist::{self, JOB_KEY, Shadow};
 
 /// A participant as recorded at join.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -79,6 +78,8 @@ pub struct RoundRecord {
     pub base_version: u32,
     pub result_version: Option<u32>,
     pub expected: Vec<String>,
+    /// Stored apart from the round ([`crate::persist`]).
+    #[serde(default)]
     pub uploads: Vec<UploadRecord>,
     pub deadline_unix_ms: u64,
     /// Secure aggregation: the committee drawn for the round (did:keys, share order).
@@ -112,11 +113,15 @@ pub struct JobRecord {
     /// The job's `v1::JobSpec`, protobuf-encoded, hex; checked again when loaded.
     pub spec: String,
     pub created_unix_ms: u64,
+    /// Stored apart from the job, as are its rounds and evaluations ([`crate::persist`]).
+    #[serde(default)]
     pub participants: Vec<ParticipantRecord>,
     pub model_version: u32,
     /// BLAKE3 (hex) of each model version's flat parameters, index = version.
     pub model_hashes: Vec<String>,
+    #[serde(default)]
     pub rounds: Vec<RoundRecord>,
+    #[serde(default)]
     pub evaluations: BTreeMap<u32, Vec<EvalRecord>>,
     pub finished: bool,
     /// Secure jobs: the committee draw.
@@ -125,6 +130,17 @@ pub struct JobRecord {
     /// Exports recorded in the ledger: (model version, format, exporter).
     #[serde(default)]
     pub exports: Vec<(u32, String, String)>,
+}
+
+/// The job records held in rows of a data directory's state table (key, value; any order),
+/// read as the coordinator reads them at start: for tools and tests that look into the
+/// database directly. Its keys are described in `persist`; a record may also be one value
+/// under `job/<id>` (as older coordinators wrote it), which loads the same.
+pub fn records_from_rows(
+    mut rows: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<JobRecord>, CoordinatorError> {
+    rows.sort();
+    Ok(persist::load(rows)?.into_iter().map(|(r, _)| r).collect())
 }
 
 /// The files an accepted upload is kept in.
@@ -150,6 +166,8 @@ pub struct Store {
     root: PathBuf,
     ledger: Ledger,
     identity: Identity,
+    /// What the database holds of each job's record (see [`crate::persist`]).
+    shadows: Mutex<HashMap<String, Shadow>>,
 }
 
 impl Store {
@@ -170,6 +188,7 @@ impl Store {
             root: root.to_owned(),
             ledger,
             identity,
+            shadows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,21 +207,47 @@ impl Store {
         self.ledger.batch(&self.identity, now)
     }
 
-    /// Durably commits ledger entries together with a job record (if one changed).
+    /// Durably commits ledger entries together with a job record (if one changed): only
+    /// the parts of the record that are new or changed since its last commit are written.
+    /// Commits of one job are serialized by its caller (the job's lock).
     pub fn commit(
         &self,
         record: Option<&JobRecord>,
         batch: Batch<'_>,
     ) -> Result<conclave_ledger::db::Head, CoordinatorError> {
-        let state = match record {
-            Some(r) => vec![StateWrite::Put {
-                key: format!("{JOB_KEY}{}", r.id),
-                value: serde_json::to_vec(r)
-                    .map_err(|e| CoordinatorError::Storage(e.to_string()))?,
-            }],
-            None => Vec::new(),
+        let Some(record) = record else {
+            return Ok(self.ledger.commit(batch, &[])?);
         };
-        Ok(self.ledger.commit(batch, &state)?)
+        let shadow = self.shadows().get(&record.id).cloned().unwrap_or_default();
+        let state = persist::writes(record, &shadow)?;
+        let head = self.ledger.commit(batch, &state)?;
+        self.shadows().insert(record.id.clone(), Shadow::of(record));
+        #[cfg(debug_assertions)]
+        self.check_written(record);
+        Ok(head)
+    }
+
+    fn shadows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shadow>> {
+        self.shadows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Debug builds: reads the record back and panics unless it is what was committed.
+    #[cfg(debug_assertions)]
+    fn check_written(&self, record: &JobRecord) {
+        let rows = self
+            .ledger
+            .state(&format!("{JOB_KEY}{}", record.id))
+            .expect("the state table reads back");
+        let back = persist::load(rows)
+            .expect("the committed record loads")
+            .into_iter()
+            .map(|(r, _)| r)
+            .find(|r| r.id == record.id);
+        assert!(
+            back.as_ref() == Some(record),
+            "job {}: the record read back differs from the one committed",
+            record.id
+        );
     }
 
     fn job_dir(&self, job: &str) -> PathBuf {
@@ -227,9 +272,9 @@ impl Store {
     /// Every stored job record.
     pub fn load_jobs(&self) -> Result<Vec<JobRecord>, CoordinatorError> {
         let mut out = Vec::new();
-        for (key, value) in self.ledger.state(JOB_KEY)? {
-            let record: JobRecord = serde_json::from_slice(&value)
-                .map_err(|e| CoordinatorError::Storage(format!("{key}: {e}")))?;
+        let mut shadows = self.shadows();
+        for (record, shadow) in persist::load(self.ledger.state(JOB_KEY)?)? {
+            shadows.insert(record.id.clone(), shadow);
             out.push(record);
         }
         out.sort_by_key(|r| r.created_unix_ms);

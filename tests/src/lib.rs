@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 
 pub mod adversary;
 pub mod metrics;
+pub mod records;
 
 /// The launcher of every test coordinator: one identity per test process, so a coordinator
 /// restarted in a test still lets it launch and read.

@@ -142,12 +142,8 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
     drop(a);
 
     let db = rusqlite::Connection::open(dir.path().join("conclave.db")).unwrap();
-    let key = format!("job/{job}");
-    let original: Vec<u8> = db
-        .query_row("SELECT value FROM state WHERE key = ?1", [&key], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    // Read from its parts, written back whole: both are ways a coordinator finds a record.
+    let original = conclave_tests::records::read(&db, &job);
     type Edit = fn(&mut serde_json::Value);
     let edits: [(&str, Edit); 6] = [
         ("participants", |r| {
@@ -171,13 +167,9 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
         }),
     ];
     for (what, edit) in edits {
-        let mut record: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        let mut record = original.clone();
         edit(&mut record);
-        db.execute(
-            "UPDATE state SET value = ?1 WHERE key = ?2",
-            rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
-        )
-        .unwrap();
+        conclave_tests::records::replace(&db, &job, &record);
         let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
             .err()
             .expect("a coordinator started on a record the ledger contradicts")
@@ -187,11 +179,7 @@ async fn a_record_that_disagrees_with_the_ledger_stops_the_coordinator() {
             "{err}"
         );
     }
-    db.execute(
-        "UPDATE state SET value = ?1 WHERE key = ?2",
-        rusqlite::params![original, &key],
-    )
-    .unwrap();
+    conclave_tests::records::replace(&db, &job, &original);
     let second = TestCoordinator::start(dir.path()).await;
     assert_eq!(second.info(&job).await.rounds[0].uploaded_count, 1);
     second.stop().await;

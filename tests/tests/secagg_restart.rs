@@ -277,34 +277,21 @@ async fn an_edited_stored_plan_stops_the_coordinator() {
         t.abort();
     }
     let db = rusqlite::Connection::open(dir.path().join("conclave.db")).unwrap();
-    let key = format!("job/{job}");
-    let original: Vec<u8> = db
-        .query_row("SELECT value FROM state WHERE key = ?1", [&key], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    let mut record: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let original = conclave_tests::records::read(&db, &job);
+    let mut record = original.clone();
     let plan_hex = record["rounds"][0]["plan"].as_str().unwrap().to_string();
     let mut plan =
         <v1::SecaggPlan as prost::Message>::decode(hex::decode(&plan_hex).unwrap().as_slice())
             .unwrap();
     plan.committee[0].sealing_key = Identity::generate().public().sealing_key.to_vec();
     record["rounds"][0]["plan"] = hex::encode(prost::Message::encode_to_vec(&plan)).into();
-    db.execute(
-        "UPDATE state SET value = ?1 WHERE key = ?2",
-        rusqlite::params![serde_json::to_vec(&record).unwrap(), &key],
-    )
-    .unwrap();
+    conclave_tests::records::replace(&db, &job, &record);
     let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
         .err()
         .expect("a coordinator started on a stored plan the ledger does not name")
         .to_string();
     assert!(err.contains("stored round plan"), "{err}");
-    db.execute(
-        "UPDATE state SET value = ?1 WHERE key = ?2",
-        rusqlite::params![original, &key],
-    )
-    .unwrap();
+    conclave_tests::records::replace(&db, &job, &original);
     let second = TestCoordinator::restart(dir.path(), &url).await;
     assert_eq!(second.info(&job).await.rounds[0].uploaded_count, 2);
     second.stop().await;

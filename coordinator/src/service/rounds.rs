@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::reader_key;
 use crate::limits::{self, next_within};
-use crate::state::WorkCursor;
 use crate::telemetry;
+use crate::work::WorkCursor;
 use crate::{CoordinatorError, State};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
