@@ -199,11 +199,9 @@ impl State {
         self.with_job(&req.job_id, |job, _| {
             job.require_joined(&did)?;
             let commitment = job
-                .record
-                .participants
-                .iter()
-                .find(|p| p.did == did.as_str())
-                .and_then(|p| hex::decode(&p.draw_commitment).ok())
+                .index
+                .participant(did.as_str())
+                .and_then(|i| hex::decode(&job.record.participants[i].draw_commitment).ok())
                 .and_then(|c| <[u8; 32]>::try_from(c).ok())
                 .ok_or_else(|| {
                     CoordinatorError::InvalidRequest("no draw commitment at join".into())
@@ -219,7 +217,7 @@ impl State {
                         req.attempt
                     ))
                 })?;
-            if !g.pool.contains(&did) {
+            if !g.members.contains(&did) {
                 return Err(CoordinatorError::InvalidRequest(format!(
                     "{did} is not in draw attempt {}'s pool",
                     req.attempt

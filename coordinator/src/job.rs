@@ -340,18 +340,18 @@ impl Job {
     }
 
     /// One step of the open secure-aggregation round.
-    pub fn secagg_step(&mut self, round: &RoundRecord, complete: bool, now: u64) -> Step {
+    pub fn secagg_step(&mut self, round: u32, deadline: u64, complete: bool, now: u64) -> Step {
         let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
         let connected = &self.connected;
-        let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round.round) else {
+        let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round) else {
             return Step::Close(Err("the secure round could not be set up or resumed".into()));
         };
         let min = self.spec.min_participants as usize;
         let mut changed = false;
         let step = match sa.phase {
             Phase::Collecting => {
-                if !complete && now < round.deadline_unix_ms {
-                    Step::Wait(round.deadline_unix_ms)
+                if !complete && now < deadline {
+                    Step::Wait(deadline)
                 } else if now < sa.not_before {
                     Step::Wait(sa.not_before)
                 } else if sa.aggregator.uploads() < min {
@@ -386,7 +386,7 @@ impl Job {
                         .collect();
                     match sa.aggregator.propose(&answering) {
                         Ok(st) => {
-                            tracing::info!(job = %self.record.id, round = round.round, uploads = st.uploads.len(), answering = st.answering.len(), complaints = sa.aggregator.complaints().len(), "statement proposed");
+                            tracing::info!(job = %self.record.id, round, uploads = st.uploads.len(), answering = st.answering.len(), complaints = sa.aggregator.complaints().len(), "statement proposed");
                             sa.phase = Phase::Signing {
                                 deadline: now + phase_ms,
                             };
@@ -399,7 +399,7 @@ impl Job {
             }
             Phase::Signing { deadline } => {
                 if sa.aggregator.approved() {
-                    tracing::info!(job = %self.record.id, round = round.round, "statement approved: members reveal");
+                    tracing::info!(job = %self.record.id, round, "statement approved: members reveal");
                     sa.phase = Phase::Revealing {
                         deadline: now + phase_ms,
                     };

@@ -4,15 +4,16 @@
 //! has changed:
 //!
 //! ```text
-//! job/<id>                   the header: spec, model versions and hashes, draw, exports
+//! job/<id>                   the header: spec, model versions and hashes, draw
 //! job/<id>/p/<i>             participant i, in join order
 //! job/<id>/r/<i>             round i's header (its uploads apart)
 //! job/<id>/r/<i>/u/<j>       upload j of round i, in arrival order
 //! job/<id>/e/<version>/<j>   evaluation j of a model version
+//! job/<id>/x/<j>             export j
 //! ```
 //!
-//! Indices are zero-padded, so key order is record order. Participants, uploads and evaluations
-//! are only ever appended: what is new is what lies past the count already written. A header is
+//! Indices are ten digits, zero-padded, so key order is record order. Participants, uploads,
+//! evaluations and exports are only ever appended: what is new is what lies past the count already written. A header is
 //! rewritten when a fingerprint of the fields that change in it after it is made (status,
 //! versions, deadlines, the lengths of its lists) changes. A commit therefore costs what it
 //! changes, not what the job holds. A record written by an older coordinator as one value still
@@ -41,6 +42,7 @@ pub(crate) struct Shadow {
     /// Per round: its header's fingerprint and how many of its uploads are written.
     rounds: Vec<(RoundPrint, usize)>,
     evaluations: BTreeMap<u32, usize>,
+    exports: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +53,6 @@ struct HeaderPrint {
     model_hashes: usize,
     finished: bool,
     draw: DrawPrint,
-    exports: usize,
 }
 
 /// The draw's lists are replaced only together with its attempt numbers or entropy.
@@ -95,6 +96,7 @@ impl Shadow {
                 .iter()
                 .map(|(v, e)| (*v, e.len()))
                 .collect(),
+            exports: record.exports.len(),
         }
     }
 }
@@ -115,7 +117,6 @@ impl HeaderPrint {
                 last_revealers: d.last_revealers.len(),
                 entropy: d.entropy.clone(),
             },
-            exports: r.exports.len(),
         }
     }
 }
@@ -137,8 +138,8 @@ impl RoundPrint {
     }
 }
 
-/// The header as stored: the record without its participants, rounds and evaluations (read
-/// back as a [`JobRecord`] whose lists are empty).
+/// The header as stored: the record without its participants, rounds, evaluations and
+/// exports (read back as a [`JobRecord`] whose lists are empty).
 #[derive(Serialize)]
 struct Header<'a> {
     id: &'a str,
@@ -148,7 +149,6 @@ struct Header<'a> {
     model_hashes: &'a [String],
     finished: bool,
     draw: &'a DrawRecord,
-    exports: &'a [(u32, String, String)],
 }
 
 /// A round's header as stored: the round without its uploads.
@@ -194,7 +194,6 @@ pub(crate) fn writes(
                 model_hashes: &r.model_hashes,
                 finished: r.finished,
                 draw: &r.draw,
-                exports: &r.exports,
             })?,
         );
     }
@@ -237,6 +236,9 @@ pub(crate) fn writes(
             );
         }
     }
+    for (j, x) in r.exports.iter().enumerate().skip(shadow.exports) {
+        put(format!("{base}/x/{}", index(j)), json(x)?);
+    }
     Ok(out)
 }
 
@@ -247,6 +249,7 @@ struct Parts {
     participants: Vec<ParticipantRecord>,
     rounds: Vec<RoundRecord>,
     evaluations: BTreeMap<u32, Vec<EvalRecord>>,
+    exports: Vec<(u32, String, String)>,
 }
 
 /// The job records in `rows` (the state table's `job/` rows, in key order), each with what the
@@ -260,22 +263,30 @@ pub(crate) fn load(
         let rest = key
             .strip_prefix(JOB_KEY)
             .ok_or_else(|| bad("not a job key"))?;
-        let (id, part) = rest.split_once('/').unwrap_or((rest, ""));
+        let (id, segments): (&str, Vec<&str>) = match rest.split_once('/') {
+            None => (rest, Vec::new()),
+            Some((id, part)) => (id, part.split('/').collect()),
+        };
+        if id.is_empty() {
+            return Err(bad("no job id"));
+        }
         let parts = jobs.entry(id.to_string()).or_default();
         let decode = |what: &'static str| {
             let key = &key;
             move |e: serde_json::Error| CoordinatorError::Storage(format!("{key} ({what}): {e}"))
         };
-        let segments: Vec<&str> = if part.is_empty() {
-            Vec::new()
-        } else {
-            part.split('/').collect()
-        };
+        // Exactly as written: ten ASCII digits.
         let number = |s: &str| -> Result<usize, CoordinatorError> {
+            if s.len() != 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("malformed index"));
+            }
             s.parse::<usize>().map_err(|_| bad("malformed index"))
         };
         match segments.as_slice() {
             [] => {
+                if parts.header.is_some() {
+                    return Err(bad("a second header"));
+                }
                 let header: JobRecord =
                     serde_json::from_slice(&value).map_err(decode("job header"))?;
                 if header.id != id {
@@ -323,6 +334,14 @@ pub(crate) fn load(
                 }
                 reports.push(serde_json::from_slice(&value).map_err(decode("evaluation"))?);
             }
+            ["x", j] => {
+                if number(j)? != parts.exports.len() {
+                    return Err(bad("exports out of order"));
+                }
+                parts
+                    .exports
+                    .push(serde_json::from_slice(&value).map_err(decode("export"))?);
+            }
             _ => return Err(bad("not a part of a job record")),
         }
     }
@@ -333,10 +352,12 @@ pub(crate) fn load(
         })?;
         let inline = !record.participants.is_empty()
             || !record.rounds.is_empty()
-            || !record.evaluations.is_empty();
+            || !record.evaluations.is_empty()
+            || !record.exports.is_empty();
         let split = !parts.participants.is_empty()
             || !parts.rounds.is_empty()
-            || !parts.evaluations.is_empty();
+            || !parts.evaluations.is_empty()
+            || !parts.exports.is_empty();
         let shadow = if inline {
             if split {
                 return Err(CoordinatorError::Storage(format!(
@@ -350,6 +371,7 @@ pub(crate) fn load(
             record.participants = parts.participants;
             record.rounds = parts.rounds;
             record.evaluations = parts.evaluations;
+            record.exports = parts.exports;
             Shadow::of(&record)
         };
         out.push((record, shadow));
@@ -554,11 +576,36 @@ mod tests {
         apply(&mut r, &Op::Report, 2000);
         apply(&mut r, &Op::Join, 2001);
         assert_eq!(commit(&mut db, &r, &shadow), 2);
+        let shadow = Shadow::of(&r);
+        apply(&mut r, &Op::Export, 2001);
+        assert_eq!(commit(&mut db, &r, &shadow), 1);
         // Closing writes the round's header and the job's, nothing else.
         let shadow = Shadow::of(&r);
         apply(&mut r, &Op::Close(true), 2002);
         assert_eq!(commit(&mut db, &r, &shadow), 2);
         assert_eq!(read(&db)[0].0, r);
+    }
+
+    /// The stored header and round header are the record and round without exactly their
+    /// lists kept apart: a field added to the record but not to them would not be stored.
+    #[test]
+    fn headers_hold_every_field_but_the_lists_kept_apart() {
+        let keys = |v: serde_json::Value| -> std::collections::BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let mut r = record();
+        for (step, op) in [Op::Join, Op::Open, Op::Upload].iter().enumerate() {
+            apply(&mut r, op, step);
+        }
+        let mut db = BTreeMap::new();
+        commit(&mut db, &r, &Shadow::default());
+        let stored = |key: String| serde_json::from_slice(&db[&key]).unwrap();
+        let mut header = keys(stored(format!("{JOB_KEY}{}", r.id)));
+        header.extend(["participants", "rounds", "evaluations", "exports"].map(String::from));
+        assert_eq!(header, keys(serde_json::to_value(&r).unwrap()));
+        let mut round = keys(stored(format!("{JOB_KEY}{}/r/{}", r.id, index(0))));
+        round.insert("uploads".into());
+        assert_eq!(round, keys(serde_json::to_value(&r.rounds[0]).unwrap()));
     }
 
     #[test]
@@ -578,5 +625,12 @@ mod tests {
         headless.remove(&format!("{JOB_KEY}{}", r.id));
         let err = load(rows(&headless)).unwrap_err().to_string();
         assert!(err.contains("without its header"), "{err}");
+        let mut unpadded = db.clone();
+        unpadded.insert(format!("{JOB_KEY}{}/p/3", r.id), b"{}".to_vec());
+        let err = load(rows(&unpadded)).unwrap_err().to_string();
+        assert!(err.contains("malformed index"), "{err}");
+        let mut slash = db.clone();
+        slash.insert(format!("{JOB_KEY}{}/", r.id), b"{}".to_vec());
+        assert!(load(rows(&slash)).is_err());
     }
 }

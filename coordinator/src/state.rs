@@ -96,10 +96,11 @@ impl UploadTicket {
             num_samples: self.num_samples,
             payload_hash: hex::encode(self.payload_hash),
         });
-        if let Err(e) = store.commit(Some(&job.record), batch) {
+        let job = Undo::new(job, |job| {
             open(job).pop();
-            return Err(e);
-        }
+        });
+        store.commit(Some(&job.record), batch)?;
+        job.done();
         Ok(())
     }
 }
@@ -514,11 +515,7 @@ impl State {
             }
             job.nonces.consume(&signer, now_ms())?;
             // What the join and a start it makes can change, to put back if the commit fails.
-            let before = (
-                job.record.participants.len(),
-                job.record.rounds.len(),
-                job.record.draw.clone(),
-            );
+            let before = (job.record.participants.len(), job.record.rounds.len());
             job.record.participants.push(ParticipantRecord {
                 did: did.to_string(),
                 sealing_key: key_hex,
@@ -541,12 +538,13 @@ impl State {
             let started = batch.len() > admitted;
             if let Err(e) = store.commit(Some(&job.record), batch) {
                 // The job as it was: a round or draw already in progress is left alone.
-                let (participants, rounds, draw) = before;
+                let (participants, rounds) = before;
                 job.record.participants.truncate(participants);
                 job.record.rounds.truncate(rounds);
-                job.record.draw = draw;
                 job.opened_at = before_opened;
                 if started {
+                    // A start opens a draw attempt only where none was open.
+                    job.record.draw.open = None;
                     job.secagg = None;
                     job.gathering = None;
                 }
@@ -872,22 +870,24 @@ impl State {
                 });
             }
             job.nonces.consume(&signer, now_ms())?;
-            let reports = job.record.evaluations.entry(req.model_version).or_default();
+            let version = req.model_version;
+            let reports = job.record.evaluations.entry(version).or_default();
             reports.push(EvalRecord {
                 did: did.to_string(),
                 loss: req.loss,
                 accuracy: req.accuracy,
                 num_examples: req.num_examples,
             });
-            if let Err(e) = store.commit(Some(&job.record), store.batch(now_ms())) {
-                let reports = job.record.evaluations.entry(req.model_version).or_default();
+            let job = Undo::new(job, move |job| {
+                let reports = job.record.evaluations.entry(version).or_default();
                 reports.pop();
                 if reports.is_empty() {
-                    job.record.evaluations.remove(&req.model_version);
+                    job.record.evaluations.remove(&version);
                 }
-                return Err(e);
-            }
+            });
+            store.commit(Some(&job.record), store.batch(now_ms()))?;
             job.bump();
+            job.done();
             Ok(())
         })
     }
@@ -938,9 +938,21 @@ impl State {
                     format: req.format.clone(),
                 });
             }
+            let formats = job
+                .record
+                .exports
+                .iter()
+                .filter(|(v, _, by)| *v == req.model_version && by == did.as_str())
+                .count();
+            if formats >= MAX_EXPORT_FORMATS {
+                return Err(CoordinatorError::LimitReached(format!(
+                    "{did} has recorded {formats} exports of version {} of job {}, the most \
+                     one participant may record of one version",
+                    req.model_version,
+                    job.id()
+                )));
+            }
             job.nonces.consume(&signer, now_ms())?;
-            let mut record = job.record.clone();
-            record.exports.push(export);
             let mut batch = store.batch(now_ms());
             batch.push(Payload::ModelExported(v1::ModelExported {
                 job_id: req.job_id.clone(),
@@ -950,9 +962,13 @@ impl State {
                 exported_by: did.to_string(),
                 signature: req.signature.clone(),
             }));
+            job.record.exports.push(export);
+            let job = Undo::new(job, |job| {
+                job.record.exports.pop();
+            });
             // The head the commit returned: another job's entries may follow at once.
-            let head = store.commit(Some(&record), batch)?;
-            job.record = record;
+            let head = store.commit(Some(&job.record), batch)?;
+            job.done();
             Ok(head.len - 1)
         })
     }
@@ -974,42 +990,48 @@ impl State {
             if job.gathering.is_some() {
                 return job.draw_step(store, now).map(Advanced::Done);
             }
-            let Some(round) = job.open_round().cloned() else {
+            let Some(open) = job.open_round() else {
                 return Ok(Advanced::Done(None));
             };
             if job.closing.is_some() {
                 // Its close is under way (one driver per job: this is not reached).
                 return Ok(Advanced::Done(None));
             }
-            let (complete, grace_over) = self.collected(job, &round, now);
+            // The driver wakes at every upload: the round's lists are copied only to close it.
+            let (complete, grace_over) = self.collected(job, open, now);
+            let (number, deadline, uploads) =
+                (open.round, open.deadline_unix_ms, open.uploads.len());
+            let owned = |job: &Job| job.open_round().cloned().expect("the round is open");
             let wake = |t: u64| Ok(Advanced::Done(Some(grace_over.map_or(t, |g| g.min(t)))));
             let outcome = if job.spec.secagg().is_some() {
-                match job.secagg_step(&round, complete, now) {
+                match job.secagg_step(number, deadline, complete, now) {
                     Step::Wait(deadline) => return wake(deadline),
                     Step::Close(outcome) => outcome,
                     Step::Unmask => {
                         // Unmasked without the job's lock; the round takes no messages
                         // meanwhile (every answering member has revealed).
                         let sa = job.secagg.take().expect("secagg_step found the round");
+                        let round = owned(job);
                         return Ok(Advanced::Average(PendingClose::of(job, round, Some(sa))));
                     }
                 }
             } else {
-                if !complete && now < round.deadline_unix_ms {
-                    return wake(round.deadline_unix_ms);
+                if !complete && now < deadline {
+                    return wake(deadline);
                 }
                 let min = job.spec.min_participants as usize;
-                if round.uploads.len() < min || round.uploads.is_empty() {
+                if uploads < min || uploads == 0 {
                     Err(format!(
-                        "{} uploads, fewer than min_participants ({min})",
-                        round.uploads.len()
+                        "{uploads} uploads, fewer than min_participants ({min})"
                     ))
                 } else {
                     // Averaged without the job's lock: uploads to the round are refused
                     // from here on, so the updates averaged are the round's.
+                    let round = owned(job);
                     return Ok(Advanced::Average(PendingClose::of(job, round, None)));
                 }
             };
+            let round = owned(job);
             job.clock
                 .enter(round.round, telemetry::Phase::Close, entered);
             job.close_round(store, &round, now, outcome)
@@ -1197,11 +1219,54 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(filled)
 }
 
+/// A change made to a job in memory before it is committed, undone when this is dropped
+/// unless [`Undo::done`] says the commit went through: on an error return, and on a panic
+/// (whose poisoned lock [`lock_job`] recovers), the job is left as the disk has it.
+struct Undo<'a, F: FnOnce(&mut Job)> {
+    job: &'a mut Job,
+    undo: Option<F>,
+}
+
+impl<'a, F: FnOnce(&mut Job)> Undo<'a, F> {
+    fn new(job: &'a mut Job, undo: F) -> Self {
+        Self {
+            job,
+            undo: Some(undo),
+        }
+    }
+
+    /// The change is durable: keep it.
+    fn done(mut self) {
+        self.undo = None;
+    }
+}
+
+impl<F: FnOnce(&mut Job)> std::ops::Deref for Undo<'_, F> {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        self.job
+    }
+}
+
+impl<F: FnOnce(&mut Job)> Drop for Undo<'_, F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            undo(self.job);
+        }
+    }
+}
+
 fn lock_job(cell: &Mutex<Job>) -> MutexGuard<'_, Job> {
-    // A panic while holding the lock cannot leave a half-applied change on disk (records
-    // are written whole), so the in-memory job is still the last durable state.
+    // A commit is one transaction, so a panic while holding the lock leaves the disk at the
+    // last commit. Uploads, reports and exports are pushed in memory under an [`Undo`] that
+    // takes them back on a panic; the rarer changes that rebuild the record (a join that
+    // starts the job, a round's close, a draw step) put it back on an error, not a panic.
     cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The most exports one participant may record of one model version (each one a format):
+/// exports are kept with the job, so one participant cannot grow its record without end.
+const MAX_EXPORT_FORMATS: usize = 16;
 
 /// What [`State::advance`] did under the job's lock: all of it, or it left a round's close
 /// (a plain average, a secure unmasking) to be computed without the lock.

@@ -220,7 +220,15 @@ impl Store {
         };
         let shadow = self.shadows().get(&record.id).cloned().unwrap_or_default();
         let state = persist::writes(record, &shadow)?;
-        let head = self.ledger.commit(batch, &state)?;
+        let head = match self.ledger.commit(batch, &state) {
+            Ok(head) => head,
+            Err(e) => {
+                // Whether a failed commit reached the disk is not always knowable: the next
+                // commit of this job writes every part, so nothing rests on a guess.
+                self.shadows().remove(&record.id);
+                return Err(e.into());
+            }
+        };
         self.shadows().insert(record.id.clone(), Shadow::of(record));
         #[cfg(debug_assertions)]
         self.check_written(record);

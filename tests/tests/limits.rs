@@ -518,3 +518,40 @@ async fn uploads_beyond_the_upload_buffer_wait_unread_and_then_go_through() {
     assert_eq!(coordinator.state.upload_buffer_load(), (0, 0));
     coordinator.stop().await;
 }
+
+/// Exports are kept with the job, so one participant may record only so many formats of one
+/// version: the one past the bound is refused, saying so, and the ledger is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_participant_records_a_bounded_number_of_exports_of_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = TestCoordinator::start_with(dir.path(), test_policy()).await;
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (job, _) = open_round(&coordinator, &alice, &bob).await;
+    let mut rounds = rounds_of(&coordinator).await;
+    let model =
+        conclave_participant::client::download_model(&mut rounds, Some(&alice), &job, 0, None)
+            .await
+            .unwrap();
+    let hash = blake3::hash(&le_bytes(&model)).as_bytes().to_vec();
+    let mut a = client(&coordinator, Arc::clone(&alice)).await;
+    for i in 0..16 {
+        a.record_export(&job, 0, &hash, &format!("f{i}"))
+            .await
+            .unwrap();
+    }
+    let before = coordinator.state.ledger().head();
+    let err = a.record_export(&job, 0, &hash, "f16").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the most one participant may record"),
+        "{err}"
+    );
+    assert_eq!(coordinator.state.ledger().head(), before);
+    // Another participant, or another version, has bounds of its own.
+    let mut b = client(&coordinator, Arc::clone(&bob)).await;
+    b.record_export(&job, 0, &hash, "f0").await.unwrap();
+    coordinator.stop().await;
+}
