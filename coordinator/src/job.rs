@@ -116,14 +116,22 @@ pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian f32s, refusing NaN and infinities.
 pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(CoordinatorError::NonFinite { index }),
-        None => Ok(values),
+    let mut values = Vec::with_capacity(bytes.len() / 4);
+    each_finite_f32(bytes, |v| values.push(v))?;
+    Ok(values)
+}
+
+/// Passes each little-endian f32 of `bytes` to `each`, in order, without a copy of them; at a
+/// NaN or an infinity it stops, refusing them with their index in `bytes`.
+pub fn each_finite_f32(bytes: &[u8], mut each: impl FnMut(f32)) -> Result<(), CoordinatorError> {
+    for (index, b) in bytes.chunks_exact(4).enumerate() {
+        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if !v.is_finite() {
+            return Err(CoordinatorError::NonFinite { index });
+        }
+        each(v);
     }
+    Ok(())
 }
 
 impl Job {

@@ -25,10 +25,11 @@ use std::collections::BTreeMap;
 
 use conclave_ledger::StateWrite;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::CoordinatorError;
 use crate::store::{
-    DrawRecord, EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus, UploadRecord,
+    DrawRecord, EvalRecord, JobRecord, ParticipantRecord, RoundRecord, RoundStatus,
 };
 
 /// Key prefix of job records in the database's state table.
@@ -242,6 +243,21 @@ pub(crate) fn writes(
     Ok(out)
 }
 
+/// Appends the part at place `at` of its list (its key's last index) to `list`, refusing a
+/// gap or a repeat and a value that is not a `what`.
+fn append<T: DeserializeOwned>(
+    list: &mut Vec<T>,
+    at: usize,
+    value: &[u8],
+    what: &str,
+) -> Result<(), String> {
+    if at != list.len() {
+        return Err(format!("{what}s out of order"));
+    }
+    list.push(serde_json::from_slice(value).map_err(|e| format!("not a valid {what}: {e}"))?);
+    Ok(())
+}
+
 /// A job's record being read back from its parts.
 #[derive(Default)]
 struct Parts {
@@ -271,10 +287,6 @@ pub(crate) fn load(
             return Err(bad("no job id"));
         }
         let parts = jobs.entry(id.to_string()).or_default();
-        let decode = |what: &'static str| {
-            let key = &key;
-            move |e: serde_json::Error| CoordinatorError::Storage(format!("{key} ({what}): {e}"))
-        };
         // Exactly as written: ten ASCII digits.
         let number = |s: &str| -> Result<usize, CoordinatorError> {
             if s.len() != 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -287,60 +299,36 @@ pub(crate) fn load(
                 if parts.header.is_some() {
                     return Err(bad("a second header"));
                 }
-                let header: JobRecord =
-                    serde_json::from_slice(&value).map_err(decode("job header"))?;
+                let header: JobRecord = serde_json::from_slice(&value)
+                    .map_err(|e| bad(&format!("not a valid job header: {e}")))?;
                 if header.id != id {
                     return Err(bad("names another job"));
                 }
                 parts.header = Some(header);
             }
-            ["p", i] => {
-                if number(i)? != parts.participants.len() {
-                    return Err(bad("participants out of order"));
-                }
-                parts
-                    .participants
-                    .push(serde_json::from_slice(&value).map_err(decode("participant"))?);
-            }
+            ["p", i] => append(&mut parts.participants, number(i)?, &value, "participant")
+                .map_err(|why| bad(&why))?,
             ["r", i] => {
-                if number(i)? != parts.rounds.len() {
-                    return Err(bad("rounds out of order"));
-                }
-                parts
-                    .rounds
-                    .push(serde_json::from_slice(&value).map_err(decode("round"))?);
+                append(&mut parts.rounds, number(i)?, &value, "round").map_err(|why| bad(&why))?
             }
             ["r", i, "u", j] => {
                 let round = number(i)?;
-                let upload: UploadRecord =
-                    serde_json::from_slice(&value).map_err(decode("upload"))?;
                 // Key order puts a round's uploads right after its header.
                 let read = parts.rounds.len();
                 let uploads = match parts.rounds.last_mut() {
                     Some(r) if round + 1 == read => &mut r.uploads,
                     _ => return Err(bad("an upload of a round not read")),
                 };
-                if number(j)? != uploads.len() {
-                    return Err(bad("uploads out of order"));
-                }
-                uploads.push(upload);
+                append(uploads, number(j)?, &value, "upload").map_err(|why| bad(&why))?
             }
             ["e", v, j] => {
                 let version =
                     u32::try_from(number(v)?).map_err(|_| bad("model version too large"))?;
                 let reports = parts.evaluations.entry(version).or_default();
-                if number(j)? != reports.len() {
-                    return Err(bad("evaluations out of order"));
-                }
-                reports.push(serde_json::from_slice(&value).map_err(decode("evaluation"))?);
+                append(reports, number(j)?, &value, "evaluation").map_err(|why| bad(&why))?
             }
             ["x", j] => {
-                if number(j)? != parts.exports.len() {
-                    return Err(bad("exports out of order"));
-                }
-                parts
-                    .exports
-                    .push(serde_json::from_slice(&value).map_err(decode("export"))?);
+                append(&mut parts.exports, number(j)?, &value, "export").map_err(|why| bad(&why))?
             }
             _ => return Err(bad("not a part of a job record")),
         }
@@ -382,6 +370,7 @@ pub(crate) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::UploadRecord;
     use proptest::prelude::*;
 
     /// What a coordinator does to a job's record, in the order it can happen.

@@ -25,7 +25,9 @@ use tokio::sync::watch;
 use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
-use crate::job::{Job, NewModel, Outcome, Step, StoredModel, decode_f32, f32_bytes};
+use crate::job::{
+    Job, NewModel, Outcome, Step, StoredModel, decode_f32, each_finite_f32, f32_bytes,
+};
 use crate::limits::{Gate, Slots};
 use crate::secagg::{self, Phase};
 use crate::store::{
@@ -722,13 +724,7 @@ impl State {
         }
         // Checked in place: no second copy of the update.
         let mut squares = 0f64;
-        for (index, b) in payload.chunks_exact(4).enumerate() {
-            let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if !x.is_finite() {
-                return Err(CoordinatorError::NonFinite { index });
-            }
-            squares += x as f64 * x as f64;
-        }
+        each_finite_f32(payload, |x| squares += x as f64 * x as f64)?;
         if let Some(clip) = ticket.clip_norm {
             let norm = squares.sqrt();
             // The participant clips in f32, which can overshoot by an ulp or so.
@@ -1368,13 +1364,12 @@ fn plain_mean(
                     return Err("its file is not whole f32s".into());
                 }
                 part.clear();
-                for (i, b) in block[..n].chunks_exact(4).enumerate() {
-                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    if !v.is_finite() {
-                        return Err(format!("element {} is NaN or infinite", read / 4 + i));
+                each_finite_f32(&block[..n], |v| part.push(v)).map_err(|e| match e {
+                    CoordinatorError::NonFinite { index } => {
+                        format!("element {} is NaN or infinite", read / 4 + index)
                     }
-                    part.push(v);
-                }
+                    other => other.to_string(),
+                })?;
                 parts.add(&part).map_err(|e| e.to_string())?;
                 read += n;
             }

@@ -45,6 +45,33 @@ pub struct IsolationArgs {
     data_dir: Option<std::path::PathBuf>,
 }
 
+/// `n` new participants join `job` at `url`, and each waits on its work stream for its
+/// training task: the clients, their streams and the round to upload to.
+pub(super) async fn join_and_train(
+    url: &str,
+    job: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(Client, tonic::Streaming<v1::WorkItem>, u32)>> {
+    let mut ready = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut client = Client::connect(url, Arc::new(Identity::generate())).await?;
+        client.join(job, false).await?;
+        ready.push(client);
+    }
+    let mut training = Vec::with_capacity(n);
+    for mut client in ready {
+        let mut work = client.work(job).await?;
+        let round = loop {
+            match work.next().await.context("work stream ended")??.item {
+                Some(Item::Train(task)) => break task.round,
+                _ => continue,
+            }
+        };
+        training.push((client, work, round));
+    }
+    Ok(training)
+}
+
 /// A one-round plain job of `model` on synthetic data that starts once `start` participants
 /// joined, takes any number of updates and waits an hour for them.
 pub(super) fn plain_job(model: ModelArch, start: u32) -> JobSpec {
@@ -129,22 +156,8 @@ pub async fn run(args: IsolationArgs, printer: &Printer) -> anyhow::Result<()> {
     ));
 
     // Every participant joins and gets its training task; the updates are built up front.
-    let mut ready = Vec::new();
-    for _ in 0..args.participants {
-        let identity = Arc::new(Identity::generate());
-        let mut client = Client::connect(&url, Arc::clone(&identity)).await?;
-        client.join(&big, false).await?;
-        ready.push(client);
-    }
     let mut uploads = Vec::new();
-    for mut client in ready {
-        let mut work = client.work(&big).await?;
-        let round = loop {
-            match work.next().await.context("work stream ended")??.item {
-                Some(Item::Train(task)) => break task.round,
-                _ => continue,
-            }
-        };
+    for (client, work, round) in join_and_train(&url, &big, args.participants).await? {
         let messages = upload_messages(
             client.identity(),
             &big,

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use conclave_aggregation::JobSpec;
 use conclave_crypto::Identity;
-use conclave_participant::client::{Client, connect, get_job, jobs_client, sign, upload_messages};
-use conclave_proto::v1::{self, work_item::Item};
+use conclave_participant::client::{connect, get_job, jobs_client, sign, upload_messages};
+use conclave_proto::v1;
 use serde_json::json;
-use tokio_stream::StreamExt;
 
 use super::bench::{model_for, synthetic_update};
 use crate::printer::Printer;
@@ -124,23 +123,7 @@ async fn measure(
     let job = jobs.create_job(launch).await?.into_inner().job_id;
     printer.status(format!("memory: {n} participants × {dim} elements"));
 
-    let mut ready = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut client = Client::connect(&url, Arc::new(Identity::generate())).await?;
-        client.join(&job, false).await?;
-        ready.push(client);
-    }
-    let mut waiting = Vec::with_capacity(n);
-    for mut client in ready {
-        let mut work = client.work(&job).await?;
-        let round = loop {
-            match work.next().await.context("work stream ended")??.item {
-                Some(Item::Train(task)) => break task.round,
-                _ => continue,
-            }
-        };
-        waiting.push((client, work, round));
-    }
+    let waiting = super::bench_isolation::join_and_train(&url, &job, n).await?;
     let idle_kib = status_kib(pid, "VmRSS");
     // The peak from here on is the round's: Linux resets VmHWM to the current RSS on "5".
     let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
