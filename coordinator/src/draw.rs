@@ -173,7 +173,7 @@ impl Job {
         }
         if let Err(e) = store.commit(Some(&self.record), batch) {
             self.record = before;
-            self.secagg = None;
+            self.mode.rules_mut().forget_round();
             self.gathering = gathering;
             return Err(e);
         }

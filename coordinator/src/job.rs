@@ -1,8 +1,8 @@
 //! One job's state behind the coordinator's lock — its durable record, latest model, nonces,
-//! the secure round or committee draw in progress, open work streams — and the round logic
-//! that moves it on: open a round (drawing its committee), the secure round's phases (collect,
-//! check, sign, reveal), close a round with its model or its failure. Request handlers
-//! (`state`, `committee`, `draw`) and the round driver call these narrow methods.
+//! its privacy mode's state (a secure round in progress), the committee draw in progress, open
+//! work streams — and the round logic that moves it on: open a round (set up by its mode), step
+//! it (by its mode's rules, [`crate::mode`]), close it with its model or its failure. Request
+//! handlers (`state`, `committee`, `draw`) and the round driver call these narrow methods.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,13 +13,12 @@ use conclave_aggregation::{JobSpec, ModelLayout};
 use conclave_crypto::ParticipantId;
 use conclave_ledger::{Batch, Payload};
 use conclave_proto::v1;
-use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::CoordinatorError;
 use crate::auth::Nonces;
 use crate::draw::Gathering;
-use crate::secagg::{self, Phase, SecaggRound};
+use crate::mode::{Mode, Opening, Step, Stepping, secagg::SecaggRound};
 use crate::store::{RoundRecord, RoundStatus, Store};
 use crate::telemetry::{self, RoundClock, RoundEnd};
 use crate::work::{Index, WorkEpoch};
@@ -34,8 +33,9 @@ pub(crate) struct Job {
     pub nonces: Nonces,
     pub changes: watch::Sender<u64>,
     pub wake: Arc<Notify>,
-    /// The secure-aggregation round in progress (rebuilt from disk after a restart).
-    pub secagg: Option<SecaggRound>,
+    /// The job's privacy mode, with its state of the round in progress (a secure round is
+    /// rebuilt from disk after a restart).
+    pub mode: Mode,
     /// A secure job's draw attempt in progress: the reveals gathered so far (in memory).
     pub gathering: Option<Gathering>,
     /// Open work streams per participant: committee members with none are not asked to answer.
@@ -95,17 +95,6 @@ impl StoredModel {
     }
 }
 
-/// What the open round does next.
-pub(crate) enum Step {
-    /// Stay open until this time (or until woken by a message).
-    Wait(u64),
-    /// Close the round: with the new parameters and Σ n_i (secagg), or failed, with why.
-    Close(Outcome),
-    /// Every answering member revealed: unmask the sum (see [`SecaggRound::unmask`]) and
-    /// close the round with it.
-    Unmask,
-}
-
 pub(crate) fn hex_to_bytes(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap_or_default()
 }
@@ -142,16 +131,17 @@ impl Job {
         latest_model: Arc<Vec<u8>>,
         coordinator: String,
     ) -> Self {
+        let mode = Mode::of(&spec);
         Self {
             layout: spec.layout(),
-            clock: RoundClock::new(&record.id, telemetry::privacy_label(&spec.privacy)),
+            clock: RoundClock::new(&record.id, mode.rules().label()),
+            mode,
             spec,
             record,
             latest_model,
             nonces: Nonces::default(),
             changes: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
-            secagg: None,
             gathering: None,
             connected: HashMap::new(),
             gone_since: HashMap::new(),
@@ -195,16 +185,7 @@ impl Job {
         if self.closing == Some(round) {
             return Some((round, telemetry::Phase::Close));
         }
-        let phase = match self.secagg.as_ref().filter(|sa| sa.round == round) {
-            Some(sa) => match sa.phase {
-                Phase::Collecting => telemetry::Phase::Collect,
-                Phase::Checking { .. } => telemetry::Phase::Check,
-                Phase::Signing { .. } => telemetry::Phase::Statement,
-                Phase::Revealing { .. } => telemetry::Phase::Reveal,
-            },
-            None => telemetry::Phase::Collect,
-        };
-        Some((round, phase))
+        Some((round, self.mode.rules().phase(round)))
     }
 
     /// Tells the round clock where the job is now (after any change to it). A round that
@@ -239,7 +220,7 @@ impl Job {
         if !self.record.rounds.is_empty() || self.record.finished {
             return;
         }
-        if self.spec.secagg().is_some() && self.record.draw.entropy.is_none() {
+        if self.mode.rules().needs_draw() && self.record.draw.entropy.is_none() {
             self.start_draw_attempt(now, batch);
         } else if self.record.participants.len() >= self.spec.start_participants as usize {
             self.open_next_round(now, batch);
@@ -270,53 +251,24 @@ impl Job {
             plan: String::new(),
             total_samples: None,
         };
-        self.secagg = None;
-        let mut plan_hash = Vec::new();
-        if self.spec.secagg().is_some() {
-            let previous: Vec<ParticipantId> = self
-                .record
-                .rounds
-                .last()
-                .map(|r| {
-                    r.committee
-                        .iter()
-                        .filter_map(|d| ParticipantId::parse(d).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let entropy: [u8; 32] = self
-                .record
-                .draw
-                .entropy
-                .as_deref()
-                .and_then(|e| hex::decode(e).ok())
-                .and_then(|e| e.try_into().ok())
-                .unwrap_or_default();
-            let seed = conclave_crypto::committee::draw_seed(&self.record.id, round, &entropy);
-            // The seed is recorded even if the draw fails, so the ledger shows why.
-            record.draw_seed = hex::encode(seed);
-            match secagg::open_round(
-                &self.spec,
-                &self.record.id,
-                round,
-                seed,
-                (record.base_version, self.model_hash(record.base_version)),
-                &self.record.participants,
-                &previous,
-                batch.signer(),
-            ) {
-                Ok(sa) => {
-                    record.committee = sa.committee.iter().map(|m| m.to_string()).collect();
-                    record.plan = hex::encode(sa.plan.encode_to_vec());
-                    plan_hash = sa.aggregator.config().plan_hash.to_vec();
-                    self.secagg = Some(sa);
-                }
-                // The round then fails at its first step and the next one is drawn afresh.
-                Err(e) => {
-                    tracing::error!(job = %self.record.id, round, error = %e, "cannot open secure-aggregation round")
-                }
-            }
-        }
+        let entropy: [u8; 32] = self
+            .record
+            .draw
+            .entropy
+            .as_deref()
+            .and_then(|e| hex::decode(e).ok())
+            .and_then(|e| e.try_into().ok())
+            .unwrap_or_default();
+        let opening = Opening {
+            spec: &self.spec,
+            job_id: &self.record.id,
+            participants: &self.record.participants,
+            previous: self.record.rounds.last(),
+            entropy,
+            base_model_hash: self.model_hash(record.base_version),
+            coordinator: batch.signer(),
+        };
+        let plan_hash = self.mode.rules_mut().open_round(&opening, &mut record);
         batch.push(Payload::RoundOpened(v1::RoundOpened {
             job_id: self.record.id.clone(),
             round,
@@ -337,9 +289,8 @@ impl Job {
         let current = self
             .open_round()
             .map_or("none".to_string(), |r| r.round.to_string());
-        self.secagg
-            .as_mut()
-            .filter(|sa| sa.round == round)
+        self.mode
+            .secagg_round(round)
             .ok_or(CoordinatorError::RoundNotOpen {
                 job,
                 round,
@@ -347,114 +298,26 @@ impl Job {
             })
     }
 
-    /// One step of the open secure-aggregation round.
-    pub fn secagg_step(&mut self, round: u32, deadline: u64, complete: bool, now: u64) -> Step {
-        let phase_ms = self.spec.round_deadline_secs as u64 * 1000;
-        let connected = &self.connected;
-        let Some(sa) = self.secagg.as_mut().filter(|sa| sa.round == round) else {
-            return Step::Close(Err("the secure round could not be set up or resumed".into()));
+    /// One step of the open round `round` (collecting until `deadline`, and `complete` when
+    /// every update it will get is in), by its mode's rules.
+    pub fn step(&mut self, round: u32, deadline: u64, complete: bool, now: u64) -> Step {
+        let mut stepping = Stepping {
+            job_id: &self.record.id,
+            round,
+            deadline,
+            complete,
+            now,
+            uploads: self.open_round().map_or(0, |r| r.uploads.len()),
+            min_participants: self.spec.min_participants as usize,
+            phase_ms: self.spec.round_deadline_secs as u64 * 1000,
+            connected: &self.connected,
+            moved: false,
         };
-        let min = self.spec.min_participants as usize;
-        let mut changed = false;
-        let step = match sa.phase {
-            Phase::Collecting => {
-                if !complete && now < deadline {
-                    Step::Wait(deadline)
-                } else if now < sa.not_before {
-                    Step::Wait(sa.not_before)
-                } else if sa.aggregator.uploads() < min {
-                    Step::Close(Err(format!(
-                        "{} uploads, fewer than min_participants ({min})",
-                        sa.aggregator.uploads()
-                    )))
-                } else {
-                    // Members open every upload's box and complain before any statement.
-                    sa.phase = Phase::Checking {
-                        deadline: now + phase_ms,
-                    };
-                    changed = true;
-                    Step::Wait(now + phase_ms)
-                }
-            }
-            Phase::Checking { deadline } => {
-                let waiting = sa.committee.iter().any(|m| {
-                    connected.contains_key(m.as_str()) && !sa.checked.contains(m.as_str())
-                });
-                if waiting && now < deadline {
-                    Step::Wait(deadline)
-                } else {
-                    // A: the members that checked and are still connected.
-                    let answering: Vec<ParticipantId> = sa
-                        .committee
-                        .iter()
-                        .filter(|m| {
-                            connected.contains_key(m.as_str()) && sa.checked.contains(m.as_str())
-                        })
-                        .cloned()
-                        .collect();
-                    match sa.aggregator.propose(&answering) {
-                        Ok(st) => {
-                            tracing::info!(job = %self.record.id, round, uploads = st.uploads.len(), answering = st.answering.len(), complaints = sa.aggregator.complaints().len(), "statement proposed");
-                            sa.phase = Phase::Signing {
-                                deadline: now + phase_ms,
-                            };
-                            changed = true;
-                            Step::Wait(now + phase_ms)
-                        }
-                        Err(e) => Step::Close(Err(format!("no statement could be proposed: {e}"))),
-                    }
-                }
-            }
-            Phase::Signing { deadline } => {
-                if sa.aggregator.approved() {
-                    tracing::info!(job = %self.record.id, round, "statement approved: members reveal");
-                    sa.phase = Phase::Revealing {
-                        deadline: now + phase_ms,
-                    };
-                    changed = true;
-                    Step::Wait(now + phase_ms)
-                } else if now >= deadline {
-                    Step::Close(Err("too few committee approvals before the deadline".into()))
-                } else {
-                    Step::Wait(deadline)
-                }
-            }
-            Phase::Revealing { deadline } => {
-                if sa.aggregator.complete() {
-                    Step::Unmask
-                } else if now >= deadline {
-                    Step::Close(Err(
-                        "an answering member did not reveal before the deadline".into(),
-                    ))
-                } else {
-                    Step::Wait(deadline)
-                }
-            }
-        };
-        if changed {
+        let step = self.mode.rules_mut().step(&mut stepping);
+        if stepping.moved {
             self.bump();
         }
         step
-    }
-
-    /// Committee members of `round` that did not finish their part: those not among the
-    /// statement's answering members when it closed, or, when it failed before a statement,
-    /// those that never reported their check.
-    fn committee_dropouts(&self, round: &RoundRecord, completed: &[String]) -> u64 {
-        if round.committee.is_empty() {
-            return 0;
-        }
-        let finished = |did: &String| {
-            if !completed.is_empty() {
-                completed.contains(did)
-            } else {
-                self.secagg
-                    .as_ref()
-                    .filter(|sa| sa.round == round.round)
-                    .is_some_and(|sa| sa.checked.contains(did))
-            }
-        };
-        round.committee.iter().filter(|d| !finished(d)).count() as u64
     }
 
     /// Closes the open round with its outcome (new parameters, or failure with its reason),
@@ -497,37 +360,9 @@ impl Job {
                 entry.success = true;
                 entry.result_version = version;
                 entry.model_hash = hash.as_bytes().to_vec();
-                let statement = self
-                    .secagg
-                    .as_ref()
-                    .filter(|sa| sa.round == round.round)
-                    .and_then(|sa| sa.aggregator.statement().cloned());
-                entry.contributors = match &statement {
-                    // Secure: the statement's uploads, whose sample counts stay secret.
-                    Some(st) => st
-                        .uploads
-                        .iter()
-                        .map(|(d, _)| v1::Contribution {
-                            participant: d.to_string(),
-                            num_samples: 0,
-                        })
-                        .collect(),
-                    None => round
-                        .uploads
-                        .iter()
-                        .map(|u| v1::Contribution {
-                            participant: u.did.clone(),
-                            num_samples: u.num_samples,
-                        })
-                        .collect(),
-                };
+                completed = self.mode.rules().record_close(round, &mut entry);
                 entry.total_samples = total
                     .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum::<u64>());
-                if let Some(st) = statement {
-                    completed = st.answering.iter().map(|a| a.to_string()).collect();
-                    entry.committee_completed = completed.clone();
-                    entry.statement = Some(st.to_wire());
-                }
             }
             Err(reason) => {
                 tracing::warn!(job = %record.id, round = round.round, reason, "round failed");
@@ -544,7 +379,7 @@ impl Job {
             closed: entry.success,
             uploads: round.uploads.len() as u64,
             participant_dropouts: round.expected.len().saturating_sub(round.uploads.len()) as u64,
-            committee_dropouts: self.committee_dropouts(round, &completed),
+            committee_dropouts: self.mode.rules().committee_dropouts(round, &completed),
         };
         batch.push(Payload::RoundClosed(entry));
         let awards =
@@ -560,7 +395,7 @@ impl Job {
         let before = std::mem::replace(&mut self.record, record);
         let before_model = self.latest_model.clone();
         // A failed commit must leave the round exactly as it was, its secure state included.
-        let before_secagg = self.secagg.take();
+        let before_mode = self.mode.take_round();
         let before_opened = self.opened_at;
         if round.round >= self.spec.rounds {
             self.record.finished = true;
@@ -573,7 +408,7 @@ impl Job {
         if let Err(e) = store.commit(Some(&self.record), batch) {
             self.record = before;
             self.latest_model = before_model;
-            self.secagg = before_secagg;
+            self.mode.put_round(before_mode);
             self.opened_at = before_opened;
             return Err(e);
         }

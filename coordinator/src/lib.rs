@@ -20,14 +20,13 @@
 
 pub mod access;
 mod auth;
-mod committee;
 mod crosscheck;
 mod draw;
 mod error;
 mod job;
 pub mod limits;
+mod mode;
 mod persist;
-mod secagg;
 pub mod server;
 mod service;
 pub mod state;

@@ -9,11 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conclave_aggregation::AggregationError;
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::fedavg::StreamingMean;
-use conclave_aggregation::quantize::CLIP_SLACK;
-use conclave_aggregation::secagg::{HashedBytes, Manifest, ProtocolError};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_ledger::Payload;
 use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest, signed_by};
@@ -25,14 +21,10 @@ use tokio::sync::watch;
 use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
-use crate::job::{
-    Job, NewModel, Outcome, Step, StoredModel, decode_f32, each_finite_f32, f32_bytes,
-};
+use crate::job::{Job, NewModel, StoredModel, f32_bytes};
 use crate::limits::{Gate, Slots};
-use crate::secagg::{self, Phase};
-use crate::store::{
-    EvalRecord, JobRecord, ParticipantRecord, RoundRecord, Store, UploadPart, UploadRecord,
-};
+use crate::mode::{Closing, Mode, Step, UploadKind};
+use crate::store::{EvalRecord, JobRecord, ParticipantRecord, RoundRecord, Store, UploadRecord};
 use crate::telemetry;
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
@@ -54,12 +46,10 @@ pub struct UploadTicket {
     pub num_samples: u64,
     pub dim: u64,
     pub payload_hash: [u8; 32],
-    /// Secure aggregation: the manifest of the masked vector, and its hash.
-    pub manifest: Option<(v1::SealedManifest, [u8; 32])>,
+    /// What the upload carries beside its vector, by the job's privacy mode.
+    pub kind: UploadKind,
     /// The participant's signature over the contribution (checked with the header).
     pub signature: Vec<u8>,
-    /// The job's clip norm, for a plain payload.
-    clip_norm: Option<f32>,
 }
 
 impl UploadTicket {
@@ -72,17 +62,14 @@ impl UploadTicket {
             participant: self.did.to_string(),
             num_samples: self.num_samples,
             payload_hash: self.payload_hash.to_vec(),
-            manifest_hash: self
-                .manifest
-                .as_ref()
-                .map_or_else(Vec::new, |(_, h)| h.to_vec()),
+            manifest_hash: self.kind.manifest_hash().to_vec(),
             signature: self.signature.clone(),
         })
     }
 
     /// Records this upload in the job's open round and in the ledger, in one commit that
     /// writes only the upload (see `persist`); if it fails, the record is as it was.
-    fn record(&self, job: &mut Job, store: &Store) -> Result<(), CoordinatorError> {
+    pub(crate) fn record(&self, job: &mut Job, store: &Store) -> Result<(), CoordinatorError> {
         let mut batch = store.batch(now_ms());
         batch.push(self.accepted_entry());
         fn open(job: &mut Job) -> &mut Vec<UploadRecord> {
@@ -209,8 +196,15 @@ impl State {
                 let summary = ledger_jobs
                     .get(&job.record.id)
                     .and_then(|s| s.open_round.as_ref());
-                match secagg::resume_round(&job.spec, &job.record.id, &round, &store, summary) {
-                    Ok(sa) => job.secagg = Some(sa),
+                let resumed = job.mode.rules_mut().resume_round(
+                    &job.spec,
+                    &job.record.id,
+                    &round,
+                    &store,
+                    summary,
+                );
+                match resumed {
+                    Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(job = %job.record.id, error = %e, "cannot resume the secure round in progress; it will fail")
                     }
@@ -346,17 +340,7 @@ impl State {
         }
         let spec = JobSpec::from_proto(req.spec.as_ref().unwrap_or(&v1::JobSpec::default()))?;
         self.policy.check_model(&spec)?;
-        if let Some(s) = spec.secagg() {
-            let most = s.most_listed_participants();
-            if u64::from(s.quant.max_participants()) > most {
-                return Err(CoordinatorError::InvalidRequest(format!(
-                    "max_participants is {}, at most {most} with committee_size {}: a committee \
-                     member's check task lists every upload in one message",
-                    s.quant.max_participants(),
-                    s.committee_size
-                )));
-            }
-        }
+        Mode::check_spec(&spec)?;
         if spec.start_participants as usize > self.policy.max_participants_per_job {
             return Err(CoordinatorError::InvalidRequest(format!(
                 "start_participants is {}, more than the {} participants this coordinator lets \
@@ -469,20 +453,7 @@ impl State {
                     did: did.to_string(),
                 });
             }
-            let secure = job.spec.secagg().is_some();
-            match (secure, req.draw_commitment.len()) {
-                (true, 32) | (false, 0) => {}
-                (true, n) => {
-                    return Err(CoordinatorError::InvalidRequest(format!(
-                        "a secure job needs a 32-byte draw commitment at join, got {n} bytes"
-                    )));
-                }
-                (false, _) => {
-                    return Err(CoordinatorError::InvalidRequest(
-                        "a plain job takes no draw commitment".into(),
-                    ));
-                }
-            }
+            job.mode.rules().check_join(&req.draw_commitment)?;
             let key_hex = hex::encode(sealing_key);
             let commitment_hex = hex::encode(&req.draw_commitment);
             if let Some(existing) = job
@@ -499,14 +470,9 @@ impl State {
                 job.nonces.consume(&signer, now_ms())?;
                 return Ok(job.info());
             }
-            if let Some(s) = job.spec.secagg()
-                && job.record.participants.len() >= s.quant.max_participants() as usize
-            {
-                return Err(CoordinatorError::JobFull {
-                    job: job.id().into(),
-                    max: s.quant.max_participants(),
-                });
-            }
+            job.mode
+                .rules()
+                .check_room(job.id(), job.record.participants.len())?;
             let server_max = self.policy.max_participants_per_job;
             if job.record.participants.len() >= server_max {
                 return Err(CoordinatorError::LimitReached(format!(
@@ -547,7 +513,7 @@ impl State {
                 if started {
                     // A start opens a draw attempt only where none was open.
                     job.record.draw.open = None;
-                    job.secagg = None;
+                    job.mode.rules_mut().forget_round();
                     job.gathering = None;
                 }
                 return Err(e);
@@ -639,50 +605,21 @@ impl State {
         self.with_job(&header.job_id, |job, _| {
             job.require_joined(&did)?;
             check_round_upload(job, header.round, &did)?;
-            let secagg = job.spec.secagg().is_some();
-            let mut manifest = None;
-            if secagg {
-                // The sample count travels inside the masked vector: weights stay private.
-                let Some(wire) = header.manifest.as_ref().filter(|_| header.num_samples == 0)
-                else {
-                    return Err(CoordinatorError::InvalidRequest(
-                        "a secure-aggregation upload carries a manifest and no clear sample count"
-                            .into(),
-                    ));
-                };
-                let parsed = Manifest::from_wire(&header.job_id, header.round, did.clone(), wire)?;
-                manifest = Some((wire.clone(), parsed.hash()));
-            } else if header.manifest.is_some() {
-                return Err(CoordinatorError::InvalidRequest(
-                    "this job takes plain updates, not a manifest".into(),
-                ));
-            } else if header.num_samples == 0 || header.num_samples > MAX_SAMPLES {
-                return Err(CoordinatorError::InvalidRequest(format!(
-                    "num_samples must be between 1 and {MAX_SAMPLES}"
-                )));
-            } else if let Some(max) = job.spec.max_samples
-                && header.num_samples > max
-            {
-                return Err(CoordinatorError::TooManySamples {
-                    got: header.num_samples,
-                    max,
-                });
-            }
-            let dim = job.layout.dim() as u64 + secagg as u64;
+            let kind = job.mode.rules().check_header(&job.spec, &did, header)?;
+            let dim = job.mode.rules().upload_dim(job.layout.dim());
             if header.dim != dim {
                 return Err(CoordinatorError::WrongLength {
                     expected: dim,
                     got: header.dim,
                 });
             }
-            let manifest_hash = manifest.as_ref().map_or(&[][..], |(_, h)| &h[..]);
             let digest = contribution_digest(
                 &header.job_id,
                 header.round,
                 &did,
                 header.num_samples,
                 &payload_hash,
-                manifest_hash,
+                kind.manifest_hash(),
             );
             if !signed_by(&did, &digest, &header.contribution_signature) {
                 return Err(CoordinatorError::BadAuth(
@@ -697,9 +634,8 @@ impl State {
                 num_samples: header.num_samples,
                 dim,
                 payload_hash,
-                manifest,
+                kind,
                 signature: header.contribution_signature.clone(),
-                clip_norm: job.spec.clip_norm,
             })
         })
     }
@@ -716,122 +652,10 @@ impl State {
                 got: payload.len() as u64 / 4,
             });
         }
-        if let Some((manifest, _)) = &ticket.manifest {
-            return self.accept_masked(ticket, manifest, payload);
+        match &ticket.kind {
+            UploadKind::Plain { clip_norm } => self.accept_plain(ticket, *clip_norm, payload),
+            UploadKind::Masked { manifest, .. } => self.accept_masked(ticket, manifest, payload),
         }
-        if blake3::hash(payload).as_bytes() != &ticket.payload_hash {
-            return Err(CoordinatorError::HashMismatch);
-        }
-        // Checked in place: no second copy of the update.
-        let mut squares = 0f64;
-        each_finite_f32(payload, |x| squares += x as f64 * x as f64)?;
-        if let Some(clip) = ticket.clip_norm {
-            let norm = squares.sqrt();
-            // The participant clips in f32, which can overshoot by an ulp or so.
-            if norm > clip as f64 * (1.0 + CLIP_SLACK) {
-                return Err(CoordinatorError::NotClipped { norm, clip });
-            }
-        }
-        let staged = self.store.stage_update(
-            &ticket.job,
-            ticket.round,
-            ticket.did.as_str(),
-            UploadPart::Payload,
-            payload,
-        )?;
-        let result = self.with_job(&ticket.job, |job, store| {
-            check_round_upload(job, ticket.round, &ticket.did)?;
-            store.commit_update(
-                &staged,
-                &ticket.job,
-                ticket.round,
-                ticket.did.as_str(),
-                UploadPart::Payload,
-            )?;
-            ticket.record(job, store)?;
-            job.bump();
-            Ok(())
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&staged);
-        }
-        result
-    }
-
-    /// Stores a masked upload durably (vector and manifest files, then the job record) and
-    /// in the round's aggregator.
-    fn accept_masked(
-        &self,
-        ticket: &UploadTicket,
-        wire_manifest: &v1::SealedManifest,
-        payload: &[u8],
-    ) -> Result<(), CoordinatorError> {
-        // Decoded and hashed once, outside the lock. The header's payload hash of a masked
-        // vector is its manifest's vector hash.
-        let masked = HashedBytes::new(payload);
-        if masked.hash() != &ticket.payload_hash {
-            return Err(CoordinatorError::HashMismatch);
-        }
-        let manifest =
-            Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), wire_manifest)?;
-        if *masked.hash() != manifest.vector_hash {
-            return Err(CoordinatorError::Protocol(ProtocolError::HashMismatch));
-        }
-        let did = ticket.did.as_str();
-        let staged_payload = self.store.stage_update(
-            &ticket.job,
-            ticket.round,
-            did,
-            UploadPart::Payload,
-            payload,
-        )?;
-        let staged_manifest = self.store.stage_update(
-            &ticket.job,
-            ticket.round,
-            did,
-            UploadPart::Manifest,
-            &wire_manifest.encode_to_vec(),
-        );
-        let staged_manifest = match staged_manifest {
-            Ok(path) => path,
-            Err(e) => {
-                let _ = std::fs::remove_file(&staged_payload);
-                return Err(e);
-            }
-        };
-        let result = self.with_job(&ticket.job, |job, store| {
-            check_round_upload(job, ticket.round, &ticket.did)?;
-            let sa = job.secagg_round(ticket.round)?;
-            if sa.phase != Phase::Collecting {
-                return Err(CoordinatorError::RoundNotOpen {
-                    job: ticket.job.clone(),
-                    round: ticket.round,
-                    current: "closing".into(),
-                });
-            }
-            manifest.verify(sa.aggregator.config())?;
-            store.commit_updates(
-                &[
-                    (&staged_payload, UploadPart::Payload),
-                    (&staged_manifest, UploadPart::Manifest),
-                ],
-                &ticket.job,
-                ticket.round,
-                did,
-            )?;
-            ticket.record(job, store)?;
-            // Checked above; this cannot fail but for a bug, and the upload is on disk either way.
-            job.secagg_round(ticket.round)?
-                .aggregator
-                .accept(masked, manifest)?;
-            job.bump();
-            Ok(())
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&staged_payload);
-            let _ = std::fs::remove_file(&staged_manifest);
-        }
-        result
     }
 
     /// Records a participant's evaluation of a model version.
@@ -969,6 +793,11 @@ impl State {
         })
     }
 
+    /// The job store (for the privacy modes' upload paths).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The ledger (for the `Ledger` service).
     pub fn ledger(&self) -> &conclave_ledger::Ledger {
         self.store.ledger()
@@ -995,36 +824,18 @@ impl State {
             }
             // The driver wakes at every upload: the round's lists are copied only to close it.
             let (complete, grace_over) = self.collected(job, open, now);
-            let (number, deadline, uploads) =
-                (open.round, open.deadline_unix_ms, open.uploads.len());
+            let (number, deadline) = (open.round, open.deadline_unix_ms);
             let owned = |job: &Job| job.open_round().cloned().expect("the round is open");
             let wake = |t: u64| Ok(Advanced::Done(Some(grace_over.map_or(t, |g| g.min(t)))));
-            let outcome = if job.spec.secagg().is_some() {
-                match job.secagg_step(number, deadline, complete, now) {
-                    Step::Wait(deadline) => return wake(deadline),
-                    Step::Close(outcome) => outcome,
-                    Step::Unmask => {
-                        // Unmasked without the job's lock; the round takes no messages
-                        // meanwhile (every answering member has revealed).
-                        let sa = job.secagg.take().expect("secagg_step found the round");
-                        let round = owned(job);
-                        return Ok(Advanced::Average(PendingClose::of(job, round, Some(sa))));
-                    }
-                }
-            } else {
-                if !complete && now < deadline {
-                    return wake(deadline);
-                }
-                let min = job.spec.min_participants as usize;
-                if uploads < min || uploads == 0 {
-                    Err(format!(
-                        "{uploads} uploads, fewer than min_participants ({min})"
-                    ))
-                } else {
-                    // Averaged without the job's lock: uploads to the round are refused
-                    // from here on, so the updates averaged are the round's.
+            let outcome = match job.step(number, deadline, complete, now) {
+                Step::Wait(deadline) => return wake(deadline),
+                Step::Close(outcome) => outcome,
+                Step::Aggregate => {
+                    // Computed without the job's lock: uploads and committee messages to the
+                    // round are refused from here on, so what is aggregated is the round's.
+                    let taken = job.mode.take_round();
                     let round = owned(job);
-                    return Ok(Advanced::Average(PendingClose::of(job, round, None)));
+                    return Ok(Advanced::Average(PendingClose::of(job, round, taken)));
                 }
             };
             let round = owned(job);
@@ -1065,21 +876,27 @@ impl State {
             latest,
             layout,
             version,
-            secagg,
+            mode,
         } = close;
         // However this ends (an error, a panic), the round is given back as it was: it takes
-        // uploads (plain) or holds its state (secure) again, to close on the next try.
+        // uploads and holds its mode's state again, to close on the next try.
         let mut reopen = Reopen {
             state: self,
             job_id,
-            secagg,
+            mode: Some(mode),
         };
-        let computed = match &reopen.secagg {
-            Some(sa) => Ok(sa
-                .unmask(&latest, layout.dim())
-                .map(|(params, total)| (NewModel::Params(params), Some(total)))),
-            None => plain_mean(job_id, &latest, &self.store, &round),
-        };
+        let computed = reopen
+            .mode
+            .as_ref()
+            .expect("set above")
+            .rules()
+            .aggregate(&Closing {
+                job_id,
+                latest: &latest,
+                dim: layout.dim(),
+                store: &self.store,
+                round: &round,
+            });
         let outcome = match computed? {
             Ok((NewModel::Params(params), total)) => {
                 let stored = StoredModel::save(&self.store, job_id, version, &layout, params)?;
@@ -1087,11 +904,11 @@ impl State {
             }
             other => other,
         };
-        let secagg = reopen.secagg.take();
+        let mode = reopen.mode.take();
         let closed = self.with_job(job_id, |job, store| {
             job.closing = None;
-            if secagg.is_some() {
-                job.secagg = secagg;
+            if let Some(mode) = mode {
+                job.mode.put_round(mode);
             }
             // Only this job's driver closes its rounds, so the round is still the one that was
             // averaged; anything else is a bug, and nothing is recorded.
@@ -1197,24 +1014,6 @@ impl State {
     }
 }
 
-/// Bytes of an update file read at a time when averaging (4 MiB).
-const READ_BLOCK: usize = 4 << 20;
-
-/// Fills `buf` from `file` as far as it goes; returns the bytes read (fewer only at the end).
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// A change made to a job in memory before it is committed, undone when this is dropped
 /// unless [`Undo::done`] says the commit went through: on an error return, and on a panic
 /// (whose poisoned lock [`lock_job`] recovers), the job is left as the disk has it.
@@ -1281,114 +1080,53 @@ struct PendingClose {
     layout: conclave_aggregation::ModelLayout,
     /// The version the new model becomes.
     version: u32,
-    /// A secure round's state, taken out of the job while its sum is unmasked.
-    secagg: Option<secagg::SecaggRound>,
+    /// The mode's state of the round, taken out of the job while the round is aggregated.
+    mode: Mode,
 }
 
 impl PendingClose {
     /// Marks `job`'s open `round` as closing (it takes no more uploads) and snapshots what
-    /// its close needs; a secure round's state comes out of the job with it.
-    fn of(job: &mut Job, round: RoundRecord, secagg: Option<secagg::SecaggRound>) -> Box<Self> {
+    /// its close needs; the mode's state of the round comes out of the job with it.
+    fn of(job: &mut Job, round: RoundRecord, mode: Mode) -> Box<Self> {
         job.closing = Some(round.round);
         Box::new(Self {
             version: job.record.model_version + 1,
             latest: Arc::clone(&job.latest_model),
             layout: job.layout.clone(),
             round,
-            secagg,
+            mode,
         })
     }
 }
 
-/// Gives a round whose close did not finish back to its job: it takes uploads again, and a
-/// secure round gets its state back.
+/// Gives a round whose close did not finish back to its job: it takes uploads again, and its
+/// mode's state of it is put back.
 struct Reopen<'a> {
     state: &'a State,
     job_id: &'a str,
-    secagg: Option<secagg::SecaggRound>,
+    mode: Option<Mode>,
 }
 
 impl Drop for Reopen<'_> {
     fn drop(&mut self) {
-        let secagg = self.secagg.take();
+        let mode = self.mode.take();
         let _ = self.state.with_job(self.job_id, |job, _| {
             job.closing = None;
-            if secagg.is_some() {
-                job.secagg = secagg;
+            if let Some(mode) = mode {
+                job.mode.put_round(mode);
             }
             Ok(())
         });
     }
 }
 
-/// A plain round's new model: the FedAvg of its uploads, read from their durable files one at
-/// a time (only the model and one update are in memory, however many uploaded), in the order
-/// of the uploaders' did:keys so that the result does not depend on the order they arrived
-/// in. `Err` inside: the round fails, with why.
-fn plain_mean(
-    job_id: &str,
-    latest_model: &[u8],
-    store: &Store,
-    round: &RoundRecord,
-) -> Result<Outcome, CoordinatorError> {
-    let mut uploads: Vec<&UploadRecord> = round.uploads.iter().collect();
-    uploads.sort_by(|a, b| a.did.cmp(&b.did));
-    // What cannot be fixed by trying again fails the round (with why) instead of stalling it.
-    let Some(total) = uploads
-        .iter()
-        .try_fold(0u64, |t, u| t.checked_add(u.num_samples))
-    else {
-        return Ok(Err("the round's sample counts overflow".into()));
-    };
-    let mut params = decode_f32(latest_model)?;
-    let mut mean = match StreamingMean::new(&mut params, total) {
-        Ok(mean) => mean,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    // Each update is read in blocks: one block of it is in memory, not the whole update.
-    let mut block = vec![0u8; READ_BLOCK];
-    let mut part = Vec::with_capacity(READ_BLOCK / 4);
-    for u in uploads {
-        let added = (|| -> Result<(), String> {
-            let mut file = store
-                .open_update(job_id, round.round, &u.did, UploadPart::Payload)
-                .map_err(|e| e.to_string())?;
-            let mut parts = mean.add_parts(u.num_samples).map_err(|e| e.to_string())?;
-            let mut read = 0usize;
-            loop {
-                let n = read_full(&mut file, &mut block).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                if !n.is_multiple_of(4) {
-                    return Err("its file is not whole f32s".into());
-                }
-                part.clear();
-                each_finite_f32(&block[..n], |v| part.push(v)).map_err(|e| match e {
-                    CoordinatorError::NonFinite { index } => {
-                        format!("element {} is NaN or infinite", read / 4 + index)
-                    }
-                    other => other.to_string(),
-                })?;
-                parts.add(&part).map_err(|e| e.to_string())?;
-                read += n;
-            }
-            parts.finish().map_err(|e| e.to_string())
-        })();
-        if let Err(e) = added {
-            return Ok(Err(format!("the update of {} cannot be used: {e}", u.did)));
-        }
-    }
-    match mean.finish() {
-        Ok(()) => Ok(Ok((NewModel::Params(params), None))),
-        Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
-            "the aggregate overflows: parameter {index} of the new model is not finite"
-        ))),
-        Err(e) => Ok(Err(e.to_string())),
-    }
-}
-
-fn check_round_upload(job: &Job, round: u32, did: &ParticipantId) -> Result<(), CoordinatorError> {
+/// Refuses an upload to `round` by `did` unless the round is open and taking uploads, expects
+/// `did`, and has none from it yet.
+pub(crate) fn check_round_upload(
+    job: &Job,
+    round: u32,
+    did: &ParticipantId,
+) -> Result<(), CoordinatorError> {
     if job.open_round().is_none_or(|r| r.round != round) {
         let current = job
             .open_round()

@@ -14,7 +14,7 @@ use conclave_proto::v1::{self, work_item::Item};
 use crate::CoordinatorError;
 use crate::State;
 use crate::job::Job;
-use crate::secagg::Phase;
+use crate::mode::secagg::Phase;
 use crate::store::{JobRecord, RoundStatus};
 
 /// What a participant's work stream has already been sent.
@@ -23,9 +23,9 @@ pub struct WorkCursor {
     evaluated: Option<u32>,
     trained: Option<u32>,
     drawn: Option<u32>,
-    checked: Option<u32>,
-    signed: Option<u32>,
-    revealed: Option<u32>,
+    pub(crate) checked: Option<u32>,
+    pub(crate) signed: Option<u32>,
+    pub(crate) revealed: Option<u32>,
     done: bool,
 }
 
@@ -58,10 +58,7 @@ impl WorkEpoch {
             model_version: job.record.model_version,
             draw: job.gathering.as_ref().map(|g| g.attempt),
             round: job.open_round().map(|r| (r.round, r.expected.len())),
-            secagg: job
-                .secagg
-                .as_ref()
-                .map(|sa| (sa.round, sa.phase, sa.aggregator.statement().is_some())),
+            secagg: job.mode.rules().epoch(),
             finished: job.record.finished,
         }
     }
@@ -218,70 +215,21 @@ impl State {
             if let Some(round) = job.open_round() {
                 let wanted = job.index.expects(round.round, did.as_str())
                     && !job.index.uploaded(round.round, did.as_str());
-                if wanted && cursor.trained != Some(round.round) {
-                    let plan = job
-                        .secagg
-                        .as_ref()
-                        .filter(|sa| sa.round == round.round && sa.phase == Phase::Collecting)
-                        .map(|sa| sa.plan.clone());
-                    if job.spec.secagg().is_none() || plan.is_some() {
-                        items.push(Item::Train(v1::TrainTask {
-                            round: round.round,
-                            model_version: round.base_version,
-                            model_hash: job.model_hash(round.base_version),
-                            deadline_unix_ms: round.deadline_unix_ms,
-                            secagg: plan,
-                        }));
-                        cursor.trained = Some(round.round);
-                    }
-                }
-            }
-            if let Some(sa) = &job.secagg
-                && sa.committee.contains(did)
-            {
-                if matches!(sa.phase, Phase::Checking { .. })
-                    && !sa.checked.contains(did.as_str())
-                    && cursor.checked != Some(sa.round)
+                if wanted
+                    && cursor.trained != Some(round.round)
+                    && let Some(plan) = job.mode.rules().train_plan(round.round)
                 {
-                    items.push(Item::Check(v1::CommitteeCheckTask {
-                        round: sa.round,
-                        views: sa
-                            .aggregator
-                            .views_for(did)?
-                            .iter()
-                            .map(|v| v.to_wire())
-                            .collect(),
+                    items.push(Item::Train(v1::TrainTask {
+                        round: round.round,
+                        model_version: round.base_version,
+                        model_hash: job.model_hash(round.base_version),
+                        deadline_unix_ms: round.deadline_unix_ms,
+                        secagg: plan,
                     }));
-                    cursor.checked = Some(sa.round);
-                }
-                if let Some(statement) = sa.aggregator.statement()
-                    && statement.answering.contains(did)
-                {
-                    if cursor.signed != Some(sa.round) {
-                        let views = sa.aggregator.views_for(did)?;
-                        items.push(Item::Sign(v1::CommitteeSignTask {
-                            round: sa.round,
-                            statement: Some(statement.to_wire()),
-                            views: views.iter().map(|v| v.to_wire()).collect(),
-                        }));
-                        cursor.signed = Some(sa.round);
-                    }
-                    if matches!(sa.phase, Phase::Revealing { .. })
-                        && cursor.revealed != Some(sa.round)
-                    {
-                        items.push(Item::Reveal(v1::CommitteeRevealTask {
-                            round: sa.round,
-                            approvals: sa
-                                .aggregator
-                                .approvals()
-                                .iter()
-                                .map(|a| a.to_wire())
-                                .collect(),
-                        }));
-                        cursor.revealed = Some(sa.round);
-                    }
+                    cursor.trained = Some(round.round);
                 }
             }
+            job.mode.rules().member_work(did, cursor, &mut items)?;
             if r.finished {
                 items.push(Item::Done(v1::JobDone {
                     state: v1::JobState::Finished.into(),

@@ -33,6 +33,7 @@ mod duty;
 mod error;
 pub mod ledger_sync;
 pub mod memory;
+mod mode;
 mod plan;
 pub mod policy;
 pub mod retry;

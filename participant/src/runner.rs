@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conclave_aggregation::{JobSpec, Normalization};
+use conclave_aggregation::{JobSpec, Normalization, Privacy};
 use conclave_crypto::{Identity, ParticipantId};
 use conclave_datasets::{Table, TableSchema, load_table};
 use conclave_proto::v1::work_item::Item;
@@ -17,6 +17,7 @@ use crate::ParticipantError;
 use crate::client::Client;
 use crate::duty::{SecaggDuties, blocking};
 use crate::memory::{Memory, PinRecord};
+use crate::mode::{Duties, ParticipantMode, Plain, commits_to_draw};
 use crate::policy::{Pin, Policy, describe};
 use crate::trainer::{self, Metrics};
 use conclave_proto::v1;
@@ -250,7 +251,6 @@ pub async fn run(
         },
     );
     let spec = Arc::new(pin.spec.clone());
-    let secure = spec.secagg().is_some();
     let seed = spec.seed
         ^ u64::from_le_bytes(
             blake3::hash(client.identity().participant_id().as_str().as_bytes()).as_bytes()[..8]
@@ -261,13 +261,16 @@ pub async fn run(
         let (spec, config) = (Arc::clone(&spec), config.clone());
         blocking(move || load_local_data(&spec, &config, seed)).await?
     };
-    let joined = client.join(&config.job_id, secure).await?;
+    let joined = client.join(&config.job_id, commits_to_draw(&spec)).await?;
     // The job as the coordinator describes it at join must be the pinned one too.
     let joined_spec = JobSpec::from_proto(&joined.spec.unwrap_or_default())?;
     pin.check(&joined.coordinator, &joined_spec)
         .map_err(ParticipantError::Refused)?;
-    let mut duties = match secure {
-        true => Some(
+    let mut duties = match &spec.privacy {
+        Privacy::Plain => Duties::Plain(Plain {
+            job_id: config.job_id.clone(),
+        }),
+        Privacy::Secagg(_) => Duties::Secagg(Box::new(
             SecaggDuties::open(
                 Arc::clone(&identity),
                 pin.clone(),
@@ -276,8 +279,7 @@ pub async fn run(
             )
             .await?
             .with_max_draw_retries(config.policy.max_draw_retries),
-        ),
-        false => None,
+        )),
     };
     emit(
         &events,
@@ -332,35 +334,22 @@ pub async fn run(
             Some(Item::Train(task)) => {
                 let round = task.round;
                 // A plain task in a secure job is a downgrade, a plan in a plain job nonsense:
-                // refused, and the participant waits for the next round.
-                match (&mut duties, &task.secagg) {
-                    (None, Some(_)) => {
-                        refuse(
-                            &events,
-                            round,
-                            "a secure-aggregation plan for a plain job".into(),
-                        );
-                        continue;
-                    }
-                    (Some(d), _) => {
-                        if let Err(e) = d.accept_plan(&task).await {
-                            match e {
-                                ParticipantError::Refused(reason) => {
-                                    refuse(&events, round, reason);
-                                    continue;
-                                }
-                                // Its own disk failed: nothing it can vouch for.
-                                e @ ParticipantError::State(_) => return Err(e),
-                                // The plan could not be checked (the ledger replica could not
-                                // catch up): nothing is uploaded this round.
-                                other => {
-                                    refuse(&events, round, format!("plan not checked: {other}"));
-                                    continue;
-                                }
-                            }
+                // refused (by the job's mode), and the participant waits for the next round.
+                if let Err(e) = duties.accept_task(&task).await {
+                    match e {
+                        ParticipantError::Refused(reason) => {
+                            refuse(&events, round, reason);
+                            continue;
+                        }
+                        // Its own disk failed: nothing it can vouch for.
+                        e @ ParticipantError::State(_) => return Err(e),
+                        // The plan could not be checked (the ledger replica could not catch
+                        // up): nothing is uploaded this round.
+                        other => {
+                            refuse(&events, round, format!("plan not checked: {other}"));
+                            continue;
                         }
                     }
-                    (None, None) => {}
                 }
                 if now_ms() >= task.deadline_unix_ms {
                     emit(
@@ -394,23 +383,10 @@ pub async fn run(
                 let round_seed = seed.wrapping_add(round as u64);
                 let delta =
                     blocking(move || trainer::train(&s, &g, &t, device, round_seed)).await?;
-                let mut num_samples = train.rows() as u64;
-                let uploaded = match &mut duties {
-                    None => {
-                        client
-                            .upload(&config.job_id, round, num_samples, &delta)
-                            .await
-                    }
-                    Some(d) => d
-                        .upload(&mut client, &spec, &task, delta.clone(), num_samples)
-                        .await
-                        .map(|(weight, _)| {
-                            num_samples = weight;
-                            v1::UploadReceipt::default()
-                        }),
-                };
+                let rows = train.rows() as u64;
+                let uploaded = duties.upload(&mut client, &spec, &task, &delta, rows).await;
                 match uploaded {
-                    Ok(_) => emit(
+                    Ok(num_samples) => emit(
                         &events,
                         Event::Trained {
                             round,
@@ -485,40 +461,23 @@ pub async fn run(
             }
             Some(Item::Draw(task)) => {
                 let attempt = task.attempt;
-                match &mut duties {
-                    Some(d) => {
-                        let done = d.draw(&mut client, task).await;
-                        committee_outcome(&events, attempt, "draw reveal", done);
-                    }
-                    None => emit(
-                        &events,
-                        Event::DrawRefused {
-                            attempt,
-                            reason: "a plain job draws no committee".into(),
-                        },
-                    ),
-                }
+                let done = duties.draw(&mut client, task).await;
+                committee_outcome(&events, attempt, "draw reveal", done);
             }
             Some(Item::Check(task)) => {
                 let round = task.round;
-                if let Some(d) = &mut duties {
-                    let done = d.check(&mut client, task).await;
-                    committee_outcome(&events, round, "check", done);
-                }
+                let done = duties.check(&mut client, task).await;
+                committee_outcome(&events, round, "check", done);
             }
             Some(Item::Sign(task)) => {
                 let round = task.round;
-                if let Some(d) = &mut duties {
-                    let done = d.sign(&mut client, task).await;
-                    committee_outcome(&events, round, "approve", done);
-                }
+                let done = duties.sign(&mut client, task).await;
+                committee_outcome(&events, round, "approve", done);
             }
             Some(Item::Reveal(task)) => {
                 let round = task.round;
-                if let Some(d) = &mut duties {
-                    let done = d.reveal(&mut client, task).await;
-                    committee_outcome(&events, round, "reveal", done);
-                }
+                let done = duties.reveal(&mut client, task).await;
+                committee_outcome(&events, round, "reveal", done);
             }
             Some(Item::Done(done)) => {
                 emit(

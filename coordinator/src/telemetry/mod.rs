@@ -17,7 +17,6 @@ mod rpc;
 
 use std::sync::OnceLock;
 
-use conclave_aggregation::job::Privacy;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
@@ -75,14 +74,6 @@ fn instruments() -> &'static Instruments {
                 .build(),
         }
     })
-}
-
-/// The metric label of a job's privacy mode.
-pub(crate) fn privacy_label(privacy: &Privacy) -> &'static str {
-    match privacy {
-        Privacy::Plain => "plain",
-        Privacy::Secagg(_) => "secagg",
-    }
 }
 
 /// Counts one upload: accepted, or refused for `reason` (one of a fixed set of names).

@@ -10,7 +10,7 @@ use conclave_crypto::ParticipantId;
 use conclave_ledger::Payload;
 use conclave_proto::v1;
 
-use crate::secagg::Phase;
+use super::Phase;
 use crate::state::{decode_u32, now_ms};
 use crate::store::UploadPart;
 use crate::{CoordinatorError, State};

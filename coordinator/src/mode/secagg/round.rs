@@ -1,23 +1,26 @@
-//! The coordinator's part in a secure-aggregation round: drawing the committee, holding the
-//! [`Aggregator`] state machine, and the phase the round is in. Accepted masked uploads and
-//! their manifests are on disk before they are acknowledged, and complaints and attestations
-//! are in the ledger; a restarted coordinator resumes the round from them ([`resume_round`]).
+//! A secure round's state on the coordinator (the [`Aggregator`] state machine, the phase it
+//! is in, its committee and signed plan), how it is set up as the round opens
+//! ([`set_up_round`]) and rebuilt after a restart ([`resume_round`]), and how a masked upload is
+//! accepted into it. Accepted masked uploads and their manifests are on disk before they are
+//! acknowledged, and complaints and attestations are in the ledger: a restarted coordinator
+//! resumes the round from them.
 
 use std::collections::HashSet;
 
 use conclave_aggregation::JobSpec;
 use conclave_aggregation::quantize::QuantParams;
 use conclave_aggregation::secagg::{
-    Aggregator, Complaint, HashedBytes, ProtocolError, RoundConfig, sign_plan,
+    Aggregator, Complaint, HashedBytes, Manifest, ProtocolError, RoundConfig, sign_plan,
 };
 use conclave_crypto::committee::draw_committee;
 use conclave_crypto::{Identity, ParticipantId, PublicIdentity};
 use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1;
-
-use crate::CoordinatorError;
-use crate::store::{ParticipantRecord, RoundRecord, Store, UploadPart};
 use prost::Message;
+
+use crate::state::{UploadTicket, check_round_upload};
+use crate::store::{ParticipantRecord, RoundRecord, Store, UploadPart};
+use crate::{CoordinatorError, State};
 
 /// Where a secure-aggregation round stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +77,7 @@ const RESUME_GRACE_MS: u64 = 5_000;
 /// Draws the committee with `seed` (DESIGN.md step 1: from the job's draw entropy) from every
 /// admitted participant and sets up the round, with its plan signed by `coordinator`.
 #[allow(clippy::too_many_arguments)]
-pub fn open_round(
+pub(super) fn set_up_round(
     spec: &JobSpec,
     job_id: &str,
     round: u32,
@@ -157,7 +160,7 @@ impl From<ProtocolError> for CoordinatorError {
 /// uploads accepted before the restart, and the complaints and attestations the ledger holds
 /// of the round (`ledger`). It resumes collecting: no statement was proposed by this
 /// coordinator's new life; members refuse a different one if they signed before.
-pub fn resume_round(
+pub(super) fn resume_round(
     spec: &JobSpec,
     job_id: &str,
     round: &RoundRecord,
@@ -221,4 +224,78 @@ pub fn resume_round(
         attested: ledger.map_or_else(HashSet::new, |l| l.attested.iter().cloned().collect()),
         checked: HashSet::new(),
     })
+}
+
+impl State {
+    /// Stores a masked upload whose header was checked durably (vector and manifest files,
+    /// then the job record) and in the round's aggregator.
+    pub(crate) fn accept_masked(
+        &self,
+        ticket: &UploadTicket,
+        wire_manifest: &v1::SealedManifest,
+        payload: &[u8],
+    ) -> Result<(), CoordinatorError> {
+        // Decoded and hashed once, outside the lock. The header's payload hash of a masked
+        // vector is its manifest's vector hash.
+        let masked = HashedBytes::new(payload);
+        if masked.hash() != &ticket.payload_hash {
+            return Err(CoordinatorError::HashMismatch);
+        }
+        let manifest =
+            Manifest::from_wire(&ticket.job, ticket.round, ticket.did.clone(), wire_manifest)?;
+        if *masked.hash() != manifest.vector_hash {
+            return Err(CoordinatorError::Protocol(ProtocolError::HashMismatch));
+        }
+        let did = ticket.did.as_str();
+        let store = self.store();
+        let staged_payload =
+            store.stage_update(&ticket.job, ticket.round, did, UploadPart::Payload, payload)?;
+        let staged_manifest = store.stage_update(
+            &ticket.job,
+            ticket.round,
+            did,
+            UploadPart::Manifest,
+            &wire_manifest.encode_to_vec(),
+        );
+        let staged_manifest = match staged_manifest {
+            Ok(path) => path,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged_payload);
+                return Err(e);
+            }
+        };
+        let result = self.with_job(&ticket.job, |job, store| {
+            check_round_upload(job, ticket.round, &ticket.did)?;
+            let sa = job.secagg_round(ticket.round)?;
+            if sa.phase != Phase::Collecting {
+                return Err(CoordinatorError::RoundNotOpen {
+                    job: ticket.job.clone(),
+                    round: ticket.round,
+                    current: "closing".into(),
+                });
+            }
+            manifest.verify(sa.aggregator.config())?;
+            store.commit_updates(
+                &[
+                    (&staged_payload, UploadPart::Payload),
+                    (&staged_manifest, UploadPart::Manifest),
+                ],
+                &ticket.job,
+                ticket.round,
+                did,
+            )?;
+            ticket.record(job, store)?;
+            // Checked above; this cannot fail but for a bug, and the upload is on disk either way.
+            job.secagg_round(ticket.round)?
+                .aggregator
+                .accept(masked, manifest)?;
+            job.bump();
+            Ok(())
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staged_payload);
+            let _ = std::fs::remove_file(&staged_manifest);
+        }
+        result
+    }
 }
