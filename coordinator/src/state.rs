@@ -191,7 +191,7 @@ impl State {
             }
             let coordinator = store.identity().participant_id().to_string();
             let mut job = Job::new(spec, record, latest_model, coordinator);
-            let open = job.open_round().filter(|r| !r.plan.is_empty()).cloned();
+            let open = job.open_round().cloned();
             if let Some(round) = open {
                 let summary = ledger_jobs
                     .get(&job.record.id)
@@ -206,7 +206,7 @@ impl State {
                 match resumed {
                     Ok(()) => {}
                     Err(e) => {
-                        tracing::warn!(job = %job.record.id, error = %e, "cannot resume the secure round in progress; it will fail")
+                        tracing::warn!(job = %job.record.id, error = %e, "cannot resume the round in progress; it will fail")
                     }
                 }
             }

@@ -176,6 +176,13 @@ impl RoundMode for Secure {
         store: &Store,
         ledger: Option<&OpenRound>,
     ) -> Result<(), CoordinatorError> {
+        if round.plan.is_empty() {
+            // Its set-up failed when it opened: it fails at its first step, as it would have.
+            return Err(CoordinatorError::Storage(format!(
+                "round {} has no plan: it could not be set up when it opened",
+                round.round
+            )));
+        }
         self.round = Some(Box::new(resume_round(spec, job_id, round, store, ledger)?));
         Ok(())
     }
