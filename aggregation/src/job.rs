@@ -10,6 +10,7 @@ use conclave_proto::v1;
 
 use crate::model::{ModelArch, ModelLayout};
 use crate::quantize::QuantParams;
+use crate::strategy::{Adaptive, FedAvg, SecondMoment, Strategy};
 
 /// Largest model a job may declare, in parameters.
 pub const MAX_MODEL_PARAMS: u64 = 500_000_000;
@@ -153,6 +154,8 @@ pub struct JobSpec {
     /// Identities allowed to join; empty means open admission.
     pub admission: Vec<ParticipantId>,
     pub rewards: RewardPolicy,
+    /// How each round's aggregate becomes the next global model.
+    pub strategy: Strategy,
 }
 
 /// One problem in a job definition, with the key path it is at (e.g. `training.batch_size`).
@@ -295,6 +298,7 @@ impl JobSpec {
         }
 
         let rewards = Self::check_rewards(wire, privacy.as_ref(), &mut p);
+        let strategy = Self::check_strategy(wire.strategy.as_ref(), &mut p);
         let model = Self::check_model(wire.model.as_ref(), &mut p);
         let data = Self::check_data(wire.data.as_ref(), &mut p);
         let training = Self::check_training(wire.training.as_ref(), &mut p);
@@ -310,27 +314,31 @@ impl JobSpec {
                 );
             }
         }
-        match (privacy, model, data, training, rewards) {
-            (Some(privacy), Some(model), Some(data), Some(training), Some(rewards))
-                if p.0.is_empty() =>
-            {
-                Ok(JobSpec {
-                    name: wire.name.clone(),
-                    model,
-                    data,
-                    training,
-                    rounds: wire.rounds,
-                    min_participants: wire.min_participants,
-                    start_participants,
-                    round_deadline_secs: wire.round_deadline_secs,
-                    privacy,
-                    clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
-                    max_samples: (wire.max_samples > 0).then_some(wire.max_samples),
-                    seed: wire.seed,
-                    admission,
-                    rewards,
-                })
-            }
+        match (privacy, model, data, training, rewards, strategy) {
+            (
+                Some(privacy),
+                Some(model),
+                Some(data),
+                Some(training),
+                Some(rewards),
+                Some(strategy),
+            ) if p.0.is_empty() => Ok(JobSpec {
+                name: wire.name.clone(),
+                model,
+                data,
+                training,
+                rounds: wire.rounds,
+                min_participants: wire.min_participants,
+                start_participants,
+                round_deadline_secs: wire.round_deadline_secs,
+                privacy,
+                clip_norm: (wire.clip_norm > 0.0).then_some(wire.clip_norm),
+                max_samples: (wire.max_samples > 0).then_some(wire.max_samples),
+                seed: wire.seed,
+                admission,
+                rewards,
+                strategy,
+            }),
             _ => Err(JobError { problems: p.0 }),
         }
     }
@@ -451,6 +459,74 @@ impl JobSpec {
             committee_share_bps: r.committee_share_bps,
             split: split?,
         })
+    }
+
+    fn check_strategy(wire: Option<&v1::ServerStrategy>, p: &mut Problems) -> Option<Strategy> {
+        let Some(w) = wire else {
+            return Some(Strategy::FedAvg(FedAvg));
+        };
+        let before = p.0.len();
+        let second_moment = match v1::StrategyKind::try_from(w.kind) {
+            Ok(v1::StrategyKind::Fedavg) => {
+                for (key, value) in [
+                    ("server_lr", w.server_lr),
+                    ("beta1", w.beta1),
+                    ("beta2", w.beta2),
+                    ("tau", w.tau),
+                ] {
+                    if value != 0.0 {
+                        p.add(
+                            &format!("strategy.{key}"),
+                            "is a setting of the adaptive strategies, not of \"fedavg\"",
+                        );
+                    }
+                }
+                return (p.0.len() == before).then_some(Strategy::FedAvg(FedAvg));
+            }
+            Ok(v1::StrategyKind::Fedadam) => SecondMoment::Adam,
+            Ok(v1::StrategyKind::Fedyogi) => SecondMoment::Yogi,
+            Ok(v1::StrategyKind::Fedadagrad) => SecondMoment::Adagrad,
+            _ => {
+                p.add(
+                    "strategy.kind",
+                    "missing or unknown; expected \"fedavg\", \"fedadam\", \"fedyogi\" or \"fedadagrad\"",
+                );
+                return None;
+            }
+        };
+        let mut in_range = |key: &str, value: f32, ok: bool, range: &str| {
+            if !(value.is_finite() && ok) {
+                p.add(
+                    &format!("strategy.{key}"),
+                    format!("must be in {range}, got {value}"),
+                );
+            }
+        };
+        in_range(
+            "server_lr",
+            w.server_lr,
+            w.server_lr > 0.0 && w.server_lr <= 10.0,
+            "(0, 10]",
+        );
+        in_range("beta1", w.beta1, (0.0..1.0).contains(&w.beta1), "[0, 1)");
+        in_range("tau", w.tau, w.tau > 0.0 && w.tau <= 1.0, "(0, 1]");
+        if second_moment == SecondMoment::Adagrad {
+            if w.beta2 != 0.0 {
+                p.add(
+                    "strategy.beta2",
+                    "is not a setting of \"fedadagrad\" (its second moment sums d²)",
+                );
+            }
+        } else {
+            in_range("beta2", w.beta2, (0.0..1.0).contains(&w.beta2), "[0, 1)");
+        }
+        (p.0.len() == before).then_some(Strategy::Adaptive(Adaptive {
+            second_moment,
+            server_lr: w.server_lr,
+            beta1: w.beta1,
+            beta2: w.beta2,
+            tau: w.tau,
+        }))
     }
 
     /// The secure-aggregation settings, when the job uses secagg.
@@ -648,6 +724,23 @@ impl JobSpec {
                 }
                 .into(),
             }),
+            // FedAvg is the absent strategy, so a FedAvg job's wire form is what it was
+            // before strategies existed.
+            strategy: match &self.strategy {
+                Strategy::FedAvg(_) => None,
+                Strategy::Adaptive(a) => Some(v1::ServerStrategy {
+                    kind: match a.second_moment {
+                        SecondMoment::Adam => v1::StrategyKind::Fedadam,
+                        SecondMoment::Yogi => v1::StrategyKind::Fedyogi,
+                        SecondMoment::Adagrad => v1::StrategyKind::Fedadagrad,
+                    }
+                    .into(),
+                    server_lr: a.server_lr,
+                    beta1: a.beta1,
+                    beta2: a.beta2,
+                    tau: a.tau,
+                }),
+            },
         }
     }
 
@@ -711,6 +804,70 @@ optimizer = "adam"
         assert_eq!(spec.clip_norm, None);
         assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
         assert_eq!(spec.layout().dim(), 3 * 16 + 16 + 16 * 8 + 8 + 8 * 2 + 2);
+    }
+
+    #[test]
+    fn strategy_defaults_to_fedavg_parses_each_kind_and_refuses_bad_settings() {
+        let spec = JobSpec::from_toml(GOOD).unwrap();
+        assert_eq!(spec.strategy, Strategy::FedAvg(FedAvg));
+        // FedAvg is the absent strategy on the wire, named or not.
+        assert_eq!(spec.to_proto().strategy, None);
+        let named =
+            JobSpec::from_toml(&format!("{GOOD}\n[strategy]\nkind = \"fedavg\"\n")).unwrap();
+        assert_eq!(named, spec);
+
+        let adam = JobSpec::from_toml(&format!(
+            "{GOOD}\n[strategy]\nkind = \"fedadam\"\nserver_lr = 0.05\nbeta1 = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            adam.strategy,
+            Strategy::Adaptive(Adaptive {
+                second_moment: SecondMoment::Adam,
+                server_lr: 0.05,
+                beta1: 0.0,
+                beta2: 0.99,
+                tau: 1e-3,
+            })
+        );
+        assert_eq!(JobSpec::from_proto(&adam.to_proto()).unwrap(), adam);
+        for (kind, rule, beta2) in [
+            ("fedyogi", SecondMoment::Yogi, 0.99),
+            ("fedadagrad", SecondMoment::Adagrad, 0.0),
+        ] {
+            let spec =
+                JobSpec::from_toml(&format!("{GOOD}\n[strategy]\nkind = \"{kind}\"\n")).unwrap();
+            let Strategy::Adaptive(a) = &spec.strategy else {
+                panic!("{kind} is adaptive");
+            };
+            assert_eq!((a.second_moment, a.beta2), (rule, beta2));
+            assert_eq!(spec.strategy.rules().label(), kind);
+            assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+        }
+
+        for (table, path) in [
+            ("kind = \"fedsgd\"", "strategy.kind"),
+            ("server_lr = 0.1", "strategy.kind"),
+            ("kind = \"fedavg\"\nserver_lr = 0.1", "strategy.server_lr"),
+            ("kind = \"fedadam\"\nserver_lr = 0", "strategy.server_lr"),
+            ("kind = \"fedadam\"\nserver_lr = 11", "strategy.server_lr"),
+            ("kind = \"fedadam\"\nbeta1 = 1", "strategy.beta1"),
+            ("kind = \"fedyogi\"\nbeta2 = -0.1", "strategy.beta2"),
+            ("kind = \"fedadagrad\"\nbeta2 = 0.9", "strategy.beta2"),
+            ("kind = \"fedadam\"\ntau = 0", "strategy.tau"),
+            ("kind = \"fedadam\"\ntau = 1e300", "strategy.tau"),
+            ("kind = \"fedadam\"\nmomentum = 0.9", "strategy.momentum"),
+        ] {
+            let err = JobSpec::from_toml(&format!("{GOOD}\n[strategy]\n{table}\n")).unwrap_err();
+            assert!(
+                paths(err.clone()).contains(&path.to_string()),
+                "{table}: {err}"
+            );
+        }
+        // The wire is checked by the same rules.
+        let mut wire = adam.to_proto();
+        wire.strategy.as_mut().unwrap().beta2 = f32::NAN;
+        assert!(paths(JobSpec::from_proto(&wire).unwrap_err()).contains(&"strategy.beta2".into()));
     }
 
     #[test]

@@ -13,6 +13,11 @@ type Report<'a> = dyn FnMut(&str, String) + 'a;
 const DEFAULT_DEADLINE_SECS: u32 = 300;
 const DEFAULT_MIN_PARTICIPANTS: u32 = 2;
 const DEFAULT_EVAL_FRACTION: f32 = 0.2;
+// The adaptive strategies' defaults (`[strategy]`): η, β1, β2, τ.
+const DEFAULT_SERVER_LR: f32 = 0.1;
+const DEFAULT_BETA1: f32 = 0.9;
+const DEFAULT_BETA2: f32 = 0.99;
+const DEFAULT_TAU: f32 = 1e-3;
 
 struct Reader<'t, 'r, 'a> {
     table: &'t Table,
@@ -168,6 +173,7 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
         "data",
         "training",
         "rewards",
+        "strategy",
     ]);
     let mut spec = v1::JobSpec {
         name: top.string("name").unwrap_or_default(),
@@ -207,7 +213,41 @@ pub(crate) fn to_proto(table: &Table, report: &mut Report<'_>) -> v1::JobSpec {
     let data = top.table("data");
     let training = top.table("training");
     let rewards = top.table("rewards");
+    let strategy = top.table("strategy");
     let report = top.report;
+
+    if let Some(table) = strategy {
+        let mut r = Reader {
+            table,
+            prefix: "strategy",
+            report: &mut *report,
+        };
+        r.check_keys(&["kind", "server_lr", "beta1", "beta2", "tau"]);
+        let kind = r
+            .choice(
+                "kind",
+                &[
+                    ("fedavg", v1::StrategyKind::Fedavg),
+                    ("fedadam", v1::StrategyKind::Fedadam),
+                    ("fedyogi", v1::StrategyKind::Fedyogi),
+                    ("fedadagrad", v1::StrategyKind::Fedadagrad),
+                ],
+            )
+            .unwrap_or(v1::StrategyKind::Unspecified);
+        // FedAvg has no settings: a setting given for it is passed on, for the rules to name.
+        let (lr, b1, b2, tau) = match kind {
+            v1::StrategyKind::Fedavg | v1::StrategyKind::Unspecified => (0.0, 0.0, 0.0, 0.0),
+            v1::StrategyKind::Fedadagrad => (DEFAULT_SERVER_LR, DEFAULT_BETA1, 0.0, DEFAULT_TAU),
+            _ => (DEFAULT_SERVER_LR, DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_TAU),
+        };
+        spec.strategy = Some(v1::ServerStrategy {
+            kind: kind.into(),
+            server_lr: r.float("server_lr").unwrap_or(lr),
+            beta1: r.float("beta1").unwrap_or(b1),
+            beta2: r.float("beta2").unwrap_or(b2),
+            tau: r.float("tau").unwrap_or(tau),
+        });
+    }
 
     if let Some(table) = rewards {
         let mut r = Reader {

@@ -1,6 +1,6 @@
 //! The learning logic of Conclave, free of I/O: checked job definitions ([`JobSpec`]), model
 //! parameter layouts ([`ModelLayout`]) and the aggregation strategies that turn a round's
-//! updates into the next global model ([`fedavg`]). Everything works on flat `f32` vectors;
+//! updates into the next global model ([`fedavg`] for the mean, [`strategy`] for the server step). Everything works on flat `f32` vectors;
 //! only the participant crate knows libtorch.
 //!
 //! ```
@@ -23,6 +23,7 @@ mod job_toml;
 pub mod model;
 pub mod quantize;
 pub mod secagg;
+pub mod strategy;
 
 pub use error::AggregationError;
 pub use job::{
@@ -30,3 +31,4 @@ pub use job::{
     RewardSplit, SecaggSettings, TrainingConfig,
 };
 pub use model::{ModelArch, ModelLayout, TensorSpec};
+pub use strategy::{ServerStrategy, Strategy};

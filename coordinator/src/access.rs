@@ -108,7 +108,9 @@ impl ServerPolicy {
 
     /// Checks that `spec`'s model is within this server's size limit.
     pub fn check_model(&self, spec: &JobSpec) -> Result<(), CoordinatorError> {
-        let params = spec.layout().dim() as u64;
+        // A strategy's state is kept in memory beside the model, so it counts as parameters.
+        let per_param = 1 + spec.strategy.rules().state_per_param() as u64;
+        let params = spec.layout().dim() as u64 * per_param;
         if params > self.max_model_params {
             return Err(CoordinatorError::ModelTooLarge {
                 params,

@@ -97,7 +97,7 @@ pub enum CoordinatorError {
     #[error("refused: {0}")]
     LimitReached(String),
     #[error(
-        "the job's model has {params} parameters, more than this coordinator's limit of {max} (conclave serve --max-model-params)"
+        "the job keeps {params} values (its model's parameters, and its server strategy's state if it has one), more than this coordinator's limit of {max} (conclave serve --max-model-params)"
     )]
     ModelTooLarge { params: u64, max: u64 },
     #[error(

@@ -1,15 +1,16 @@
 //! One job's state behind the coordinator's lock — its durable record, latest model, nonces,
 //! its privacy mode's state (a secure round in progress), the committee draw in progress, open
 //! work streams — and the round logic that moves it on: open a round (set up by its mode), step
-//! it (by its mode's rules, [`crate::mode`]), close it with its model or its failure. Request
+//! it (by its mode's rules, [`crate::mode`]), close it with the model its server strategy made
+//! of the round's aggregate ([`server_step`]) or with its failure. Request
 //! handlers (`state`, `committee`, `draw`) and the round driver call these narrow methods.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use conclave_aggregation::fedavg::{self, WeightedUpdate};
-use conclave_aggregation::{JobSpec, ModelLayout};
+use conclave_aggregation::strategy;
+use conclave_aggregation::{AggregationError, JobSpec, ModelLayout, Strategy};
 use conclave_crypto::ParticipantId;
 use conclave_ledger::{Batch, Payload};
 use conclave_proto::v1;
@@ -30,6 +31,8 @@ pub(crate) struct Job {
     pub record: crate::store::JobRecord,
     /// Flat little-endian f32 parameters of `record.model_version`.
     pub latest_model: Arc<Vec<u8>>,
+    /// The server strategy's state after `record.model_version` (empty for FedAvg).
+    pub strategy_state: Arc<Vec<f32>>,
     pub nonces: Nonces,
     pub changes: watch::Sender<u64>,
     pub wake: Arc<Notify>,
@@ -57,33 +60,40 @@ pub(crate) struct Job {
     pub epoch: WorkEpoch,
 }
 
-/// How a round ends: the new parameters and, in secagg, Σ n_i; or failed, with why.
-pub(crate) type Outcome = Result<(NewModel, Option<u64>), String>;
+/// How a round ends: its new model (stored without the job's lock, and only recorded under
+/// it) and Σ n_i; or failed, with why.
+pub(crate) type Outcome = Result<(StoredModel, u64), String>;
 
-/// A round's new model: its parameters, or already stored (a plain round's average is stored
-/// without the job's lock, and only recorded under it).
-pub(crate) enum NewModel {
-    Params(Vec<f32>),
-    Stored(StoredModel),
-}
-
-/// A model version's file written, with its flat bytes and their hash.
+/// A model version's files written: its flat bytes and their hash, and the server strategy's
+/// state after it with its file's hash (none when the strategy keeps no state).
 pub(crate) struct StoredModel {
     pub bytes: Arc<Vec<u8>>,
     pub hash: blake3::Hash,
+    pub state: Arc<Vec<f32>>,
+    pub state_hash: Option<String>,
 }
 
 impl StoredModel {
-    /// Writes `params` as model `version` of `job`. At most two copies of the model are in
-    /// memory at once (the parameters are dropped once they are bytes, and the file is
-    /// streamed from those).
+    /// Writes `params` as model `version` of `job`, and `state` beside it when `strategy`
+    /// keeps one. At most two copies of the model are in memory at once (the parameters are
+    /// dropped once they are bytes, and the file is streamed from those).
+    #[allow(clippy::too_many_arguments)]
     pub fn save(
         store: &Store,
         job: &str,
         version: u32,
         layout: &ModelLayout,
         params: Vec<f32>,
+        strategy: &Strategy,
+        state: Vec<f32>,
     ) -> Result<Self, CoordinatorError> {
+        let state_hash = if strategy.rules().state_per_param() == 0 {
+            None
+        } else {
+            let file = strategy::state_to_safetensors(strategy.rules(), layout.dim(), &state)?;
+            store.save_strategy_state(job, version, &file)?;
+            Some(blake3::hash(&file).to_hex().to_string())
+        };
         let bytes = f32_bytes(&params);
         drop(params);
         store.save_model_bytes(job, version, layout, &bytes)?;
@@ -91,7 +101,37 @@ impl StoredModel {
         Ok(Self {
             bytes: Arc::new(bytes),
             hash,
+            state: Arc::new(state),
+            state_hash,
         })
+    }
+}
+
+/// What a server step made: the new parameters and the strategy's state after them.
+pub(crate) struct Stepped {
+    pub params: Vec<f32>,
+    pub state: Vec<f32>,
+}
+
+/// The server step of a round (without the job's lock): the strategy turns the round's
+/// aggregate `mean` and its `state` into the new parameters over `base` (the round's base
+/// model, little-endian) and its next state. A step that leaves f32 is the inner error: a
+/// reason to fail the round once (the model and state stay as they were), not a fault to retry.
+pub(crate) fn server_step(
+    strategy: &Strategy,
+    base: &[u8],
+    mean: Vec<f32>,
+    state: &[f32],
+) -> Result<Result<Stepped, String>, CoordinatorError> {
+    let mut params = mean;
+    let mut state = state.to_vec();
+    match strategy::apply(strategy.rules(), base, &mut params, &mut state) {
+        Ok(()) => Ok(Ok(Stepped { params, state })),
+        Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
+            "the aggregate overflows: {} makes parameter {index} of the new model or its state not finite",
+            strategy.rules().label()
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -101,13 +141,6 @@ pub(crate) fn hex_to_bytes(s: &str) -> Vec<u8> {
 
 pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// Decodes little-endian f32s, refusing NaN and infinities.
-pub fn decode_f32(bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
-    let mut values = Vec::with_capacity(bytes.len() / 4);
-    each_finite_f32(bytes, |v| values.push(v))?;
-    Ok(values)
 }
 
 /// Passes each little-endian f32 of `bytes` to `each`, in order, without a copy of them; at a
@@ -129,6 +162,7 @@ impl Job {
         spec: JobSpec,
         record: crate::store::JobRecord,
         latest_model: Arc<Vec<u8>>,
+        strategy_state: Arc<Vec<f32>>,
         coordinator: String,
     ) -> Self {
         let mode = Mode::of(&spec);
@@ -139,6 +173,7 @@ impl Job {
             spec,
             record,
             latest_model,
+            strategy_state,
             nonces: Nonces::default(),
             changes: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
@@ -155,6 +190,11 @@ impl Job {
 
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// Whether the job's server strategy keeps state beside its models.
+    pub fn strategy_state_kept(&self) -> bool {
+        self.spec.strategy.rules().state_per_param() > 0
     }
 
     pub fn is_joined(&self, did: &ParticipantId) -> bool {
@@ -343,26 +383,26 @@ impl Job {
         };
         let mut completed = Vec::new();
         match outcome {
-            Ok((model, total)) => {
+            Ok((stored, total)) => {
                 let version = record.model_version + 1;
-                let StoredModel { bytes, hash } = match model {
-                    NewModel::Params(params) => {
-                        StoredModel::save(store, &record.id, version, &self.layout, params)?
-                    }
-                    NewModel::Stored(stored) => stored,
-                };
+                let StoredModel {
+                    bytes,
+                    hash,
+                    state,
+                    state_hash,
+                } = stored;
                 record.model_hashes.push(hash.to_hex().to_string());
                 record.model_version = version;
+                record.state_hash = state_hash;
                 closed.status = RoundStatus::Closed;
                 closed.result_version = Some(version);
-                closed.total_samples = total;
-                new_model = Some(bytes);
+                closed.total_samples = Some(total);
+                new_model = Some((bytes, state));
                 entry.success = true;
                 entry.result_version = version;
                 entry.model_hash = hash.as_bytes().to_vec();
                 completed = self.mode.rules().record_close(round, &mut entry);
-                entry.total_samples = total
-                    .unwrap_or_else(|| round.uploads.iter().map(|u| u.num_samples).sum::<u64>());
+                entry.total_samples = total;
             }
             Err(reason) => {
                 tracing::warn!(job = %record.id, round = round.round, reason, "round failed");
@@ -394,59 +434,39 @@ impl Job {
         let ended_at = SystemTime::now();
         let before = std::mem::replace(&mut self.record, record);
         let before_model = self.latest_model.clone();
+        let before_state = self.strategy_state.clone();
         // A failed commit must leave the round exactly as it was, its secure state included.
         let before_mode = self.mode.take_round();
         let before_opened = self.opened_at;
         if round.round >= self.spec.rounds {
             self.record.finished = true;
         } else {
-            if let Some(bytes) = &new_model {
+            if let Some((bytes, state)) = &new_model {
                 self.latest_model = Arc::clone(bytes);
+                self.strategy_state = Arc::clone(state);
             }
             self.open_next_round(now, &mut batch);
         }
         if let Err(e) = store.commit(Some(&self.record), batch) {
             self.record = before;
             self.latest_model = before_model;
+            self.strategy_state = before_state;
             self.mode.put_round(before_mode);
             self.opened_at = before_opened;
             return Err(e);
         }
-        if let Some(bytes) = new_model {
+        if let Some((bytes, state)) = new_model {
             self.latest_model = bytes;
+            self.strategy_state = state;
+            // The state of the version before is no longer needed (a failure leaves a file).
+            if self.strategy_state_kept() && self.record.model_version > 1 {
+                store.drop_strategy_state(&self.record.id, self.record.model_version - 1);
+            }
         }
         // Reported once it is durable (a failed commit leaves the round open, on the clock).
         self.clock.finish(round.round, end, ended_at);
         tracing::info!(job = %self.record.id, round = round.round, model_version = self.record.model_version, status = ?self.record.rounds.iter().find(|r| r.round == round.round).map(|r| r.status), "round closed");
         self.bump();
         Ok(self.open_round().map(|r| r.deadline_unix_ms))
-    }
-}
-
-/// The next global parameters: `latest + mean`, refused (as a reason to fail the round) when
-/// any would not be finite.
-pub(crate) fn apply_mean(latest: &[u8], mean: &[f32]) -> Result<Vec<f32>, String> {
-    let mut params = decode_f32(latest).map_err(|e| e.to_string())?;
-    let update = [WeightedUpdate {
-        delta: mean,
-        num_samples: 1,
-    }];
-    add_mean(&mut params, &update).map_err(|e| e.to_string())??;
-    Ok(params)
-}
-
-/// `params += the weighted mean of updates`. An aggregate that leaves f32 (finite updates
-/// whose mean overflows the model) is the inner error: a reason to fail the round once, not a
-/// fault to retry.
-pub(crate) fn add_mean(
-    params: &mut [f32],
-    updates: &[WeightedUpdate<'_>],
-) -> Result<Result<(), String>, CoordinatorError> {
-    match fedavg::add_weighted_mean(params, updates) {
-        Ok(()) => Ok(Ok(())),
-        Err(conclave_aggregation::AggregationError::NonFinite { index }) => Ok(Err(format!(
-            "the aggregate overflows: parameter {index} of the new model is not finite"
-        ))),
-        Err(e) => Err(e.into()),
     }
 }

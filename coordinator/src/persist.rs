@@ -52,6 +52,7 @@ struct HeaderPrint {
     created_unix_ms: u64,
     model_version: u32,
     model_hashes: usize,
+    state_hash: Option<String>,
     finished: bool,
     draw: DrawPrint,
 }
@@ -110,6 +111,7 @@ impl HeaderPrint {
             created_unix_ms: r.created_unix_ms,
             model_version: r.model_version,
             model_hashes: r.model_hashes.len(),
+            state_hash: r.state_hash.clone(),
             finished: r.finished,
             draw: DrawPrint {
                 open: d.open.as_ref().map(|(a, pool)| (*a, pool.len())),
@@ -148,6 +150,7 @@ struct Header<'a> {
     created_unix_ms: u64,
     model_version: u32,
     model_hashes: &'a [String],
+    state_hash: &'a Option<String>,
     finished: bool,
     draw: &'a DrawRecord,
 }
@@ -193,6 +196,7 @@ pub(crate) fn writes(
                 created_unix_ms: r.created_unix_ms,
                 model_version: r.model_version,
                 model_hashes: &r.model_hashes,
+                state_hash: &r.state_hash,
                 finished: r.finished,
                 draw: &r.draw,
             })?,
@@ -409,6 +413,7 @@ mod tests {
             participants: Vec::new(),
             model_version: 0,
             model_hashes: vec!["00".repeat(32)],
+            state_hash: None,
             rounds: Vec::new(),
             evaluations: BTreeMap::new(),
             finished: false,
@@ -461,6 +466,7 @@ mod tests {
                     r.model_version += 1;
                     round.result_version = Some(r.model_version);
                     r.model_hashes.push(format!("{step:064}"));
+                    r.state_hash = step.is_multiple_of(2).then(|| format!("{step:064x}"));
                 } else {
                     round.status = RoundStatus::Failed;
                 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::CoordinatorError;
 use crate::access::ServerPolicy;
 use crate::auth::{self, Signer};
-use crate::job::{Job, NewModel, StoredModel, f32_bytes};
+use crate::job::{Job, Stepped, StoredModel, f32_bytes, server_step};
 use crate::limits::{Gate, Slots};
 use crate::mode::{Closing, Mode, Step, UploadKind};
 use crate::store::{EvalRecord, JobRecord, ParticipantRecord, RoundRecord, Store, UploadRecord};
@@ -189,8 +189,9 @@ impl State {
                     record.id
                 )));
             }
+            let strategy_state = Arc::new(load_strategy_state(&store, &spec, &record)?);
             let coordinator = store.identity().participant_id().to_string();
-            let mut job = Job::new(spec, record, latest_model, coordinator);
+            let mut job = Job::new(spec, record, latest_model, strategy_state, coordinator);
             let open = job.open_round().cloned();
             if let Some(round) = open {
                 let summary = ledger_jobs
@@ -369,6 +370,7 @@ impl State {
             participants: Vec::new(),
             model_version: 0,
             model_hashes: vec![hash_hex(&latest_model)],
+            state_hash: None,
             rounds: Vec::new(),
             evaluations: BTreeMap::new(),
             finished: false,
@@ -385,7 +387,8 @@ impl State {
         self.store.commit(Some(&record), batch)?;
         let coordinator = self.store.identity().participant_id().to_string();
         self.learn_ids(|ids| ids.name(&spec.admission));
-        let job = Job::new(spec, record, latest_model, coordinator);
+        let strategy_state = Arc::new(spec.strategy.rules().initial_state(layout.dim()));
+        let job = Job::new(spec, record, latest_model, strategy_state, coordinator);
         self.directory()
             .insert(id.clone(), Arc::new(Mutex::new(job)));
         // The job now holds its place itself.
@@ -829,7 +832,7 @@ impl State {
             let wake = |t: u64| Ok(Advanced::Done(Some(grace_over.map_or(t, |g| g.min(t)))));
             let outcome = match job.step(number, deadline, complete, now) {
                 Step::Wait(deadline) => return wake(deadline),
-                Step::Close(outcome) => outcome,
+                Step::Fail(reason) => Err(reason),
                 Step::Aggregate => {
                     // Computed without the job's lock: uploads and committee messages to the
                     // round are refused from here on, so what is aggregated is the round's.
@@ -877,6 +880,8 @@ impl State {
             layout,
             version,
             mode,
+            strategy,
+            state,
         } = close;
         // However this ends (an error, a panic), the round is given back as it was: it takes
         // uploads and holds its mode's state again, to close on the next try.
@@ -892,17 +897,29 @@ impl State {
             .rules()
             .aggregate(&Closing {
                 job_id,
-                latest: &latest,
                 dim: layout.dim(),
                 store: &self.store,
                 round: &round,
-            });
-        let outcome = match computed? {
-            Ok((NewModel::Params(params), total)) => {
-                let stored = StoredModel::save(&self.store, job_id, version, &layout, params)?;
-                Ok((NewModel::Stored(stored), total))
-            }
-            other => other,
+            })?;
+        // The job's server strategy makes the new model of the aggregate, the same way in
+        // every mode; the model and the strategy's state are stored before the close is.
+        let outcome = match computed {
+            Ok(aggregate) => match server_step(&strategy, &latest, aggregate.mean, &state)? {
+                Ok(Stepped { params, state }) => {
+                    let stored = StoredModel::save(
+                        &self.store,
+                        job_id,
+                        version,
+                        &layout,
+                        params,
+                        &strategy,
+                        state,
+                    )?;
+                    Ok((stored, aggregate.total))
+                }
+                Err(reason) => Err(reason),
+            },
+            Err(reason) => Err(reason),
         };
         let mode = reopen.mode.take();
         let closed = self.with_job(job_id, |job, store| {
@@ -1072,6 +1089,46 @@ enum Advanced {
     Average(Box<PendingClose>),
 }
 
+/// The server strategy's state after a loaded job's latest model version: read from its file
+/// beside the model and checked against the hash its record holds, or the strategy's initial
+/// state before the first round closed; nothing for a strategy that keeps none.
+fn load_strategy_state(
+    store: &Store,
+    spec: &JobSpec,
+    record: &JobRecord,
+) -> Result<Vec<f32>, CoordinatorError> {
+    let rules = spec.strategy.rules();
+    let dim = spec.layout().dim();
+    let missing = |what: &str| {
+        CoordinatorError::Storage(format!(
+            "job {}: the {} state of model version {} {what}",
+            record.id,
+            rules.label(),
+            record.model_version
+        ))
+    };
+    match (
+        &record.state_hash,
+        rules.state_per_param(),
+        record.model_version,
+    ) {
+        (None, _, 0) | (None, 0, _) => Ok(rules.initial_state(dim)),
+        (None, _, _) => Err(missing("is not recorded")),
+        (Some(_), 0, _) => Err(missing("is recorded, but the strategy keeps none")),
+        (Some(hash), _, version) => {
+            let file = store
+                .load_strategy_state(&record.id, version)
+                .map_err(|e| missing(&format!("cannot be read: {e}")))?;
+            if &hash_hex(&file) != hash {
+                return Err(missing("does not match its hash"));
+            }
+            Ok(conclave_aggregation::strategy::state_from_safetensors(
+                rules, dim, &file,
+            )?)
+        }
+    }
+}
+
 /// A round to close without the job's lock: a snapshot of what its close needs.
 struct PendingClose {
     round: RoundRecord,
@@ -1082,6 +1139,9 @@ struct PendingClose {
     version: u32,
     /// The mode's state of the round, taken out of the job while the round is aggregated.
     mode: Mode,
+    /// The job's server strategy and its state after the round's base model.
+    strategy: conclave_aggregation::Strategy,
+    state: Arc<Vec<f32>>,
 }
 
 impl PendingClose {
@@ -1095,6 +1155,8 @@ impl PendingClose {
             layout: job.layout.clone(),
             round,
             mode,
+            strategy: job.spec.strategy.clone(),
+            state: Arc::clone(&job.strategy_state),
         })
     }
 }

@@ -5,6 +5,8 @@
 //!                                                  (spec, participants, rounds, metrics)
 //! DATA_DIR/coordinator.key                         the coordinator's signing identity (0600)
 //! DATA_DIR/jobs/<job-id>/models/v<N>.safetensors   global model version N
+//! DATA_DIR/jobs/<job-id>/models/v<N>.state         the server strategy's state after version
+//!                                                  N (safetensors; only the latest is kept)
 //! DATA_DIR/jobs/<job-id>/rounds/<r>/<id>.update    accepted update of one participant
 //! ```
 //!
@@ -119,6 +121,10 @@ pub struct JobRecord {
     pub model_version: u32,
     /// BLAKE3 (hex) of each model version's flat parameters, index = version.
     pub model_hashes: Vec<String>,
+    /// BLAKE3 (hex) of the file of the server strategy's state after `model_version`; none
+    /// while the strategy keeps no state or is at its initial state (no round closed yet).
+    #[serde(default)]
+    pub state_hash: Option<String>,
     #[serde(default)]
     pub rounds: Vec<RoundRecord>,
     #[serde(default)]
@@ -307,6 +313,52 @@ impl Store {
             fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;
             Ok(())
         })
+    }
+
+    fn state_path(&self, job: &str, version: u32) -> PathBuf {
+        self.job_dir(job)
+            .join("models")
+            .join(format!("v{version}.state"))
+    }
+
+    /// Stores the server strategy's state after model `version` of `job` (a safetensors
+    /// file), durably, whole or not at all.
+    pub fn save_strategy_state(
+        &self,
+        job: &str,
+        version: u32,
+        file: &[u8],
+    ) -> Result<(), CoordinatorError> {
+        let path = self.state_path(job, version);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, |tmp| {
+            let mut f = File::create(tmp)?;
+            f.write_all(file)?;
+            f.sync_all()?;
+            Ok(())
+        })
+    }
+
+    /// Reads the server strategy's state file after model `version` of `job`.
+    pub fn load_strategy_state(
+        &self,
+        job: &str,
+        version: u32,
+    ) -> Result<Vec<u8>, CoordinatorError> {
+        Ok(fs::read(self.state_path(job, version))?)
+    }
+
+    /// Deletes the strategy state after model `version` (superseded); a failure only leaves
+    /// the file behind.
+    pub fn drop_strategy_state(&self, job: &str, version: u32) {
+        let path = self.state_path(job, version);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(job, version, error = %e, "cannot delete a superseded strategy state");
+        }
     }
 
     /// Reads a model version's safetensors bytes.

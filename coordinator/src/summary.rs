@@ -172,6 +172,7 @@ optimizer = "sgd"
                 .collect(),
             model_version: rounds,
             model_hashes: Vec::new(),
+            state_hash: None,
             rounds: (1..=rounds)
                 .map(|round| RoundRecord {
                     round,
@@ -209,7 +210,13 @@ optimizer = "sgd"
             draw: Default::default(),
             exports: Vec::new(),
         };
-        Job::new(spec, record, Arc::new(Vec::new()), did(99_999))
+        Job::new(
+            spec,
+            record,
+            Arc::new(Vec::new()),
+            Arc::new(Vec::new()),
+            did(99_999),
+        )
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn wdbc_job_starting_at(
         seed: 1,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
+        strategy: Default::default(),
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use conclave_aggregation::Strategy;
+use conclave_aggregation::strategy::{Adaptive, SecondMoment};
 use conclave_crypto::Identity;
 use conclave_participant::client::download_model;
 use conclave_proto::v1;
@@ -118,6 +120,94 @@ async fn restart_keeps_jobs_participants_and_acknowledged_uploads() {
     // (10 * 1 + 30 * -1) / 40 = -0.5: alice's pre-restart upload was counted.
     assert!(v0.iter().zip(&v1).all(|(x, y)| (y - x + 0.5).abs() < 1e-6));
     second.stop().await;
+}
+
+/// FedAdam's moments are stored beside the model and survive a restart: the round closed after
+/// the restart steps from the moments of the round before it, as an uninterrupted FedAdam run
+/// does (recomputed here from the paper's rule), and not from fresh ones; only the latest
+/// state file is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_strategys_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    let (lr, b1, b2, tau) = (0.1f64, 0.9f64, 0.99f64, 1e-3f64);
+    let mut spec = wdbc_job(3, 2, 600);
+    spec.strategy = Strategy::Adaptive(Adaptive {
+        second_moment: SecondMoment::Adam,
+        server_lr: lr as f32,
+        beta1: b1 as f32,
+        beta2: b2 as f32,
+        tau: tau as f32,
+    });
+    let first = TestCoordinator::start(dir.path()).await;
+    let job = first.launch(&spec).await;
+    let dim = first.info(&job).await.dim as usize;
+    let mut a = client(&first, Arc::clone(&alice)).await;
+    let mut b = client(&first, Arc::clone(&bob)).await;
+    a.join(&job, false).await.unwrap();
+    b.join(&job, false).await.unwrap();
+    // Round 1's mean update: (10 · 1 + 30 · −1) / 40 = −0.5.
+    a.upload(&job, 1, 10, &vec![1.0; dim]).await.unwrap();
+    b.upload(&job, 1, 30, &vec![-1.0; dim]).await.unwrap();
+    first.wait_for_model(&job, 1).await;
+    first.stop().await;
+    drop((a, b));
+
+    let second = TestCoordinator::start(dir.path()).await;
+    let mut a = client(&second, Arc::clone(&alice)).await;
+    let mut b = client(&second, Arc::clone(&bob)).await;
+    // Round 2's: (10 · 0.5 + 10 · 0.25) / 20 = 0.375.
+    a.upload(&job, 2, 10, &vec![0.5; dim]).await.unwrap();
+    b.upload(&job, 2, 10, &vec![0.25; dim]).await.unwrap();
+    second.wait_for_model(&job, 2).await;
+    let mut rounds = second.rounds().await;
+    let mut models = Vec::new();
+    for version in 0..3 {
+        models.push(
+            download_model(&mut rounds, Some(launcher()), &job, version, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let step = |x: f64, m: f64, v: f64, d: f64| {
+        let m = b1 * m + (1.0 - b1) * d;
+        let v = b2 * v + (1.0 - b2) * d * d;
+        (x + lr * m / (v.sqrt() + tau), m, v)
+    };
+    let close = |got: f32, want: f64| (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs());
+    for (k, ((&x0, &got1), &got2)) in models[0].iter().zip(&models[1]).zip(&models[2]).enumerate() {
+        let (x1, m1, v1) = step(x0 as f64, 0.0, tau * tau, -0.5);
+        assert!(close(got1, x1), "v1[{k}] = {got1}, FedAdam gives {x1}");
+        let (x2, _, _) = step(x1, m1, v1, 0.375);
+        let (fresh, _, _) = step(x1, 0.0, tau * tau, 0.375);
+        assert!(
+            close(got2, x2),
+            "v2[{k}] = {got2}: FedAdam with the moments carried over gives {x2}, with fresh ones {fresh}"
+        );
+    }
+    assert_eq!(models[0].len(), dim);
+    let models_dir = dir.path().join("jobs").join(&job).join("models");
+    assert!(models_dir.join("v2.state").exists());
+    assert!(
+        !models_dir.join("v1.state").exists(),
+        "a superseded state is deleted"
+    );
+    second.stop().await;
+
+    // A state file that does not match its record stops the coordinator, naming the job.
+    let state = models_dir.join("v2.state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&state, &bytes).unwrap();
+    let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
+        .err()
+        .expect("a changed state file is refused");
+    assert!(err.to_string().contains(&job), "{err}");
+    assert!(err.to_string().contains("does not match its hash"), "{err}");
 }
 
 /// A job record changed behind the coordinator's back (a participant or an accepted upload

@@ -101,6 +101,7 @@ pub(super) fn plain_job(model: ModelArch, start: u32) -> JobSpec {
         seed: 1,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
+        strategy: Default::default(),
     }
 }
 

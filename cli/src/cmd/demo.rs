@@ -93,6 +93,7 @@ fn demo_job(args: &Args) -> anyhow::Result<JobSpec> {
         seed: 42,
         admission: Vec::new(),
         rewards: RewardPolicy::default_for(false),
+        strategy: Default::default(),
     };
     let mut wire = spec.to_proto();
     match args.privacy {

@@ -40,7 +40,8 @@ pub struct Args {
     /// Most jobs this coordinator keeps, finished ones included (each is reloaded at start).
     #[arg(long, default_value_t = DEFAULT_MAX_JOBS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: u64,
-    /// Most parameters a job's model may have.
+    /// Most parameters a job's model may have (its server strategy's state counted as
+    /// parameters: FedAdam, FedYogi and FedAdagrad keep two per parameter).
     #[arg(long, default_value_t = DEFAULT_MAX_MODEL_PARAMS, value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_PARAMS))]
     max_model_params: u64,
     /// Most participants one job may have, whatever its spec says (a secure job's

@@ -2,7 +2,9 @@
 //! differently in `plain` and in `secagg`. That is what an upload's header carries and how its
 //! payload is checked and kept, how a round is set up as it opens (a committee and a signed
 //! plan, or nothing), how an open round moves on, what work the participants get, how the
-//! round's new model is computed, and what its close records.
+//! round's aggregate (the mean update) is computed, and what its close records. What becomes
+//! of the aggregate is the job's server strategy's ([`conclave_aggregation::strategy`]), the
+//! same in every mode.
 //!
 //! Each mode is a module implementing [`RoundMode`]; a job holds its mode as [`Mode`], an
 //! exhaustive enum built from the job's spec. A new mode is a new module and one arm of
@@ -21,7 +23,6 @@ use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1::{self, work_item::Item};
 
 use crate::CoordinatorError;
-use crate::job::Outcome;
 use crate::store::{ParticipantRecord, RoundRecord, Store};
 use crate::telemetry;
 use crate::work::WorkCursor;
@@ -96,18 +97,25 @@ pub(crate) struct Stepping<'a> {
 pub(crate) enum Step {
     /// Stay open until this time (or until woken by a message).
     Wait(u64),
-    /// Close the round now, with this outcome (a failure, with why).
-    Close(Outcome),
-    /// Every update the round uses is in: compute its new model ([`RoundMode::aggregate`],
-    /// without the job's lock) and close it with that.
+    /// The round fails now, with why.
+    Fail(String),
+    /// Every update the round uses is in: compute its aggregate ([`RoundMode::aggregate`],
+    /// without the job's lock) and close it with the model the strategy makes of it.
     Aggregate,
+}
+
+/// What a round collected, as a mode computes it: the sample-weighted mean update
+/// `Σ n_i Δ_i / Σ n_i` and `Σ n_i`. It is all the coordinator learns of the round's updates
+/// in a secure mode, and all a server strategy is given in every mode.
+#[derive(Debug)]
+pub(crate) struct Aggregate {
+    pub mean: Vec<f32>,
+    pub total: u64,
 }
 
 /// What a round's new model is computed from, with no lock held.
 pub(crate) struct Closing<'a> {
     pub job_id: &'a str,
-    /// The flat little-endian f32 parameters the round started from.
-    pub latest: &'a [u8],
     /// The model's parameter count.
     pub dim: usize,
     pub store: &'a Store,
@@ -171,9 +179,9 @@ pub(crate) trait RoundMode {
     /// One step of the open round.
     fn step(&mut self, s: &mut Stepping<'_>) -> Step;
 
-    /// The round's new model from what it collected (`Err` outside: a fault to retry; inside:
+    /// The round's aggregate from what it collected (`Err` outside: a fault to retry; inside:
     /// the round fails, with why). Runs on the state [`Mode::take_round`] took out of the job.
-    fn aggregate(&self, c: &Closing<'_>) -> Result<Outcome, CoordinatorError>;
+    fn aggregate(&self, c: &Closing<'_>) -> Result<Result<Aggregate, String>, CoordinatorError>;
 
     /// Fills in what a successful close of `round` records of its contributors (and, in a
     /// committee mode, its statement); returns the committee members that completed their part.
@@ -368,6 +376,114 @@ mod tests {
     }
 
     #[test]
+    fn a_header_must_fit_its_modes_own_rules() {
+        let did = Identity::generate().participant_id();
+        let mut plain_spec = spec(PLAIN_JOB);
+        plain_spec.max_samples = Some(100);
+        let secure_spec = spec(SECAGG_JOB);
+        let (plain, secure) = (Mode::of(&plain_spec), Mode::of(&secure_spec));
+        let header = |num_samples, manifest| v1::UploadHeader {
+            job_id: "job".into(),
+            round: 1,
+            num_samples,
+            manifest,
+            ..Default::default()
+        };
+        // Plain: a count within the job's max_samples, and never past MAX_SAMPLES.
+        let rules = plain.rules();
+        assert!(
+            rules
+                .check_header(&plain_spec, &did, &header(100, None))
+                .is_ok()
+        );
+        assert!(matches!(
+            rules.check_header(&plain_spec, &did, &header(101, None)),
+            Err(CoordinatorError::TooManySamples { got: 101, max: 100 })
+        ));
+        plain_spec.max_samples = None;
+        let past = conclave_aggregation::job::MAX_SAMPLES + 1;
+        assert!(
+            rules
+                .check_header(&plain_spec, &did, &header(past, None))
+                .is_err()
+        );
+        // Secure: a manifest and no clear count, even beside a manifest.
+        let manifest = Some(v1::SealedManifest::default());
+        let both = header(10, manifest.clone());
+        assert!(
+            secure
+                .rules()
+                .check_header(&secure_spec, &did, &both)
+                .is_err()
+        );
+        assert!(
+            plain
+                .rules()
+                .check_header(&plain_spec, &did, &both)
+                .is_err()
+        );
+    }
+
+    /// The plain aggregate is the sample-weighted mean of the round's update files with the
+    /// round's Σ n_i (the strategy, not the mode, adds it to the model); an update that cannot
+    /// be read fails the round, naming whose it is.
+    #[test]
+    fn a_plain_aggregate_is_the_weighted_mean_of_the_round_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let mut round = RoundRecord {
+            round: 1,
+            status: crate::store::RoundStatus::Open,
+            base_version: 0,
+            result_version: None,
+            expected: Vec::new(),
+            uploads: Vec::new(),
+            deadline_unix_ms: 0,
+            committee: Vec::new(),
+            draw_seed: String::new(),
+            plan: String::new(),
+            total_samples: None,
+        };
+        for (id, n, values) in [(&a, 10, [1.0f32, 2.0, -4.0]), (&b, 30, [-1.0, 2.0, 4.0])] {
+            let did = id.participant_id().to_string();
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let staged = store
+                .stage_update("job", 1, &did, crate::store::UploadPart::Payload, &bytes)
+                .unwrap();
+            store
+                .commit_update(&staged, "job", 1, &did, crate::store::UploadPart::Payload)
+                .unwrap();
+            round.uploads.push(crate::store::UploadRecord {
+                did,
+                num_samples: n,
+                payload_hash: String::new(),
+            });
+        }
+        let plain = Mode::of(&spec(PLAIN_JOB));
+        let closing = |round: &RoundRecord| {
+            plain.rules().aggregate(&Closing {
+                job_id: "job",
+                dim: 3,
+                store: &store,
+                round,
+            })
+        };
+        let Aggregate { mean, total } = closing(&round).unwrap().unwrap();
+        assert_eq!(total, 40);
+        // (10 · a + 30 · b) / 40.
+        assert_eq!(mean, vec![-0.5, 2.0, 2.0]);
+        let gone = Identity::generate().participant_id().to_string();
+        round.uploads.push(crate::store::UploadRecord {
+            did: gone.clone(),
+            num_samples: 5,
+            payload_hash: String::new(),
+        });
+        let reason = closing(&round).unwrap().unwrap_err();
+        assert!(reason.contains(&gone), "{reason}");
+    }
+
+    #[test]
     fn a_plain_round_waits_for_its_deadline_or_every_update_then_aggregates() {
         let connected = HashMap::new();
         let mut plain = Mode::of(&spec(PLAIN_JOB));
@@ -376,10 +492,7 @@ mod tests {
         s.complete = true;
         assert!(matches!(plain.rules_mut().step(&mut s), Step::Aggregate));
         s.uploads = 1;
-        assert!(matches!(
-            plain.rules_mut().step(&mut s),
-            Step::Close(Err(_))
-        ));
+        assert!(matches!(plain.rules_mut().step(&mut s), Step::Fail(_)));
         s.complete = false;
         s.now = 1_000;
         s.uploads = 2;
@@ -394,10 +507,7 @@ mod tests {
         let mut s = stepping(&connected);
         s.complete = true;
         // Not set up (or not resumed): it fails at its first step instead of averaging.
-        assert!(matches!(
-            secure.rules_mut().step(&mut s),
-            Step::Close(Err(_))
-        ));
+        assert!(matches!(secure.rules_mut().step(&mut s), Step::Fail(_)));
         // No plan, no training: a secure job never hands out a plain task.
         assert!(secure.rules().train_plan(1).is_none());
         assert_eq!(Mode::of(&spec(PLAIN_JOB)).rules().train_plan(1), Some(None));
@@ -467,7 +577,7 @@ mod tests {
         let mut s = stepping(&connected);
         s.complete = true;
         s.uploads = 0;
-        assert!(matches!(mode.rules_mut().step(&mut s), Step::Close(Err(_))));
+        assert!(matches!(mode.rules_mut().step(&mut s), Step::Fail(_)));
         mode.rules_mut().forget_round();
         assert!(mode.secagg_round(1).is_none());
     }

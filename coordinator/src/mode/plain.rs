@@ -1,7 +1,7 @@
 //! The `plain` privacy mode: participants upload their f32 updates with a clear sample count,
 //! the coordinator checks each one (finite, within the clip norm) and keeps it on disk, and a
-//! round's new model is the FedAvg of its updates read back from their files one block at a
-//! time. No committee, no draw.
+//! round's aggregate is the sample-weighted mean of its updates read back from their files one
+//! block at a time. No committee, no draw.
 
 use conclave_aggregation::fedavg::StreamingMean;
 use conclave_aggregation::job::MAX_SAMPLES;
@@ -11,8 +11,8 @@ use conclave_crypto::ParticipantId;
 use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1::{self, work_item::Item};
 
-use super::{Closing, Opening, RoundMode, Step, Stepping, UploadKind};
-use crate::job::{NewModel, Outcome, decode_f32, each_finite_f32};
+use super::{Aggregate, Closing, Opening, RoundMode, Step, Stepping, UploadKind};
+use crate::job::each_finite_f32;
 use crate::state::{UploadTicket, check_round_upload};
 use crate::store::{RoundRecord, Store, UploadPart, UploadRecord};
 use crate::telemetry;
@@ -110,18 +110,18 @@ impl RoundMode for Plain {
             return Step::Wait(s.deadline);
         }
         if s.uploads < s.min_participants || s.uploads == 0 {
-            return Step::Close(Err(format!(
+            return Step::Fail(format!(
                 "{} uploads, fewer than min_participants ({})",
                 s.uploads, s.min_participants
-            )));
+            ));
         }
         // Averaged without the job's lock: uploads to the round are refused from here on, so
         // the updates averaged are the round's.
         Step::Aggregate
     }
 
-    fn aggregate(&self, c: &Closing<'_>) -> Result<Outcome, CoordinatorError> {
-        plain_mean(c.job_id, c.latest, c.store, c.round)
+    fn aggregate(&self, c: &Closing<'_>) -> Result<Result<Aggregate, String>, CoordinatorError> {
+        plain_mean(c.job_id, c.dim, c.store, c.round)
     }
 
     fn record_close(&self, round: &RoundRecord, entry: &mut v1::RoundClosed) -> Vec<String> {
@@ -222,16 +222,16 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(filled)
 }
 
-/// A plain round's new model: the FedAvg of its uploads, read from their durable files one at
-/// a time (only the model and one update are in memory, however many uploaded), in the order
-/// of the uploaders' did:keys so that the result does not depend on the order they arrived
-/// in. `Err` inside: the round fails, with why.
+/// A plain round's aggregate: the sample-weighted mean of its uploads, read from their
+/// durable files one block at a time (only the mean and one block of one update are in
+/// memory, however many uploaded), in the order of the uploaders' did:keys so that the result
+/// does not depend on the order they arrived in. `Err` inside: the round fails, with why.
 fn plain_mean(
     job_id: &str,
-    latest_model: &[u8],
+    dim: usize,
     store: &Store,
     round: &RoundRecord,
-) -> Result<Outcome, CoordinatorError> {
+) -> Result<Result<Aggregate, String>, CoordinatorError> {
     let mut uploads: Vec<&UploadRecord> = round.uploads.iter().collect();
     uploads.sort_by(|a, b| a.did.cmp(&b.did));
     // What cannot be fixed by trying again fails the round (with why) instead of stalling it.
@@ -241,8 +241,8 @@ fn plain_mean(
     else {
         return Ok(Err("the round's sample counts overflow".into()));
     };
-    let mut params = decode_f32(latest_model)?;
-    let mut mean = match StreamingMean::new(&mut params, total) {
+    let mut sum = vec![0f32; dim];
+    let mut mean = match StreamingMean::new(&mut sum, total) {
         Ok(mean) => mean,
         Err(e) => return Ok(Err(e.to_string())),
     };
@@ -281,9 +281,9 @@ fn plain_mean(
         }
     }
     match mean.finish() {
-        Ok(()) => Ok(Ok((NewModel::Params(params), None))),
+        Ok(()) => Ok(Ok(Aggregate { mean: sum, total })),
         Err(AggregationError::NonFinite { index }) => Ok(Err(format!(
-            "the aggregate overflows: parameter {index} of the new model is not finite"
+            "the aggregate overflows: parameter {index} of the mean update is not finite"
         ))),
         Err(e) => Ok(Err(e.to_string())),
     }

@@ -16,9 +16,8 @@ use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1::{self, work_item::Item};
 use prost::Message;
 
-use super::{Closing, Opening, RoundMode, Step, Stepping, UploadKind};
+use super::{Aggregate, Closing, Opening, RoundMode, Step, Stepping, UploadKind};
 use crate::CoordinatorError;
-use crate::job::{NewModel, Outcome};
 use crate::store::{RoundRecord, Store};
 use crate::telemetry;
 use crate::work::WorkCursor;
@@ -208,7 +207,7 @@ impl RoundMode for Secure {
 
     fn step(&mut self, s: &mut Stepping<'_>) -> Step {
         let Some(sa) = self.round.as_mut().filter(|sa| sa.round == s.round) else {
-            return Step::Close(Err("the secure round could not be set up or resumed".into()));
+            return Step::Fail("the secure round could not be set up or resumed".into());
         };
         let (now, phase_ms, min) = (s.now, s.phase_ms, s.min_participants);
         match sa.phase {
@@ -218,10 +217,10 @@ impl RoundMode for Secure {
                 } else if now < sa.not_before {
                     Step::Wait(sa.not_before)
                 } else if sa.aggregator.uploads() < min {
-                    Step::Close(Err(format!(
+                    Step::Fail(format!(
                         "{} uploads, fewer than min_participants ({min})",
                         sa.aggregator.uploads()
-                    )))
+                    ))
                 } else {
                     // Members open every upload's box and complain before any statement.
                     sa.phase = Phase::Checking {
@@ -257,7 +256,7 @@ impl RoundMode for Secure {
                         s.moved = true;
                         Step::Wait(now + phase_ms)
                     }
-                    Err(e) => Step::Close(Err(format!("no statement could be proposed: {e}"))),
+                    Err(e) => Step::Fail(format!("no statement could be proposed: {e}")),
                 }
             }
             Phase::Signing { deadline } => {
@@ -269,7 +268,7 @@ impl RoundMode for Secure {
                     s.moved = true;
                     Step::Wait(now + phase_ms)
                 } else if now >= deadline {
-                    Step::Close(Err("too few committee approvals before the deadline".into()))
+                    Step::Fail("too few committee approvals before the deadline".into())
                 } else {
                     Step::Wait(deadline)
                 }
@@ -280,9 +279,7 @@ impl RoundMode for Secure {
                     // (every answering member has revealed).
                     Step::Aggregate
                 } else if now >= deadline {
-                    Step::Close(Err(
-                        "an answering member did not reveal before the deadline".into(),
-                    ))
+                    Step::Fail("an answering member did not reveal before the deadline".into())
                 } else {
                     Step::Wait(deadline)
                 }
@@ -290,13 +287,13 @@ impl RoundMode for Secure {
         }
     }
 
-    fn aggregate(&self, c: &Closing<'_>) -> Result<Outcome, CoordinatorError> {
+    fn aggregate(&self, c: &Closing<'_>) -> Result<Result<Aggregate, String>, CoordinatorError> {
         let Some(sa) = self.round_ref(c.round.round) else {
             return Ok(Err("the secure round's state is gone".into()));
         };
         Ok(sa
-            .unmask(c.latest, c.dim)
-            .map(|(params, total)| (NewModel::Params(params), Some(total))))
+            .unmask(c.dim)
+            .map(|(mean, total)| Aggregate { mean, total }))
     }
 
     fn record_close(&self, round: &RoundRecord, entry: &mut v1::RoundClosed) -> Vec<String> {

@@ -53,21 +53,18 @@ pub struct SecaggRound {
 }
 
 impl SecaggRound {
-    /// The new parameters from a round whose answering members all revealed: the sum
-    /// unmasked, decoded to the mean update, applied to `latest` (the round's base model);
-    /// with Σ n_i. Reads the round only, so it runs without the job's lock. `Err`: the round
-    /// fails, with why.
-    pub fn unmask(&self, latest: &[u8], dim: usize) -> Result<(Vec<f32>, u64), String> {
+    /// The aggregate of a round whose answering members all revealed: the sum unmasked and
+    /// decoded to the mean update, with Σ n_i. Reads the round only, so it runs without the
+    /// job's lock. `Err`: the round fails, with why.
+    pub fn unmask(&self, dim: usize) -> Result<(Vec<f32>, u64), String> {
         let uploads = self.aggregator.uploads();
         let sum = self
             .aggregator
             .finish()
             .map_err(|e| format!("unmasking failed: {e}"))?;
-        let (mean, total) = self
-            .quant
+        self.quant
             .decode_mean(&sum, dim, uploads)
-            .map_err(|e| e.to_string())?;
-        Ok((crate::job::apply_mean(latest, &mean)?, total))
+            .map_err(|e| e.to_string())
     }
 }
 
