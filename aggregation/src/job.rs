@@ -509,7 +509,9 @@ impl JobSpec {
             "(0, 10]",
         );
         in_range("beta1", w.beta1, (0.0..1.0).contains(&w.beta1), "[0, 1)");
-        in_range("tau", w.tau, w.tau > 0.0 && w.tau <= 1.0, "(0, 1]");
+        // τ² (where v starts) must be a normal f32: a smaller τ would start v at 0 or a
+        // subnormal, and the first steps could overflow.
+        in_range("tau", w.tau, (1e-9..=1.0).contains(&w.tau), "[1e-9, 1]");
         if second_moment == SecondMoment::Adagrad {
             if w.beta2 != 0.0 {
                 p.add(
@@ -855,6 +857,7 @@ optimizer = "adam"
             ("kind = \"fedyogi\"\nbeta2 = -0.1", "strategy.beta2"),
             ("kind = \"fedadagrad\"\nbeta2 = 0.9", "strategy.beta2"),
             ("kind = \"fedadam\"\ntau = 0", "strategy.tau"),
+            ("kind = \"fedadam\"\ntau = 1e-40", "strategy.tau"),
             ("kind = \"fedadam\"\ntau = 1e300", "strategy.tau"),
             ("kind = \"fedadam\"\nmomentum = 0.9", "strategy.momentum"),
         ] {

@@ -65,7 +65,7 @@ pub(crate) struct Job {
 pub(crate) type Outcome = Result<(StoredModel, u64), String>;
 
 /// A model version's files written: its flat bytes and their hash, and the server strategy's
-/// state after it with its file's hash (none when the strategy keeps no state).
+/// state after it with its hash (none when the strategy keeps no state).
 pub(crate) struct StoredModel {
     pub bytes: Arc<Vec<u8>>,
     pub hash: blake3::Hash,
@@ -75,8 +75,9 @@ pub(crate) struct StoredModel {
 
 impl StoredModel {
     /// Writes `params` as model `version` of `job`, and `state` beside it when `strategy`
-    /// keeps one. At most two copies of the model are in memory at once (the parameters are
-    /// dropped once they are bytes, and the file is streamed from those).
+    /// keeps one (first: a state without its model is never recorded, and the next attempt
+    /// overwrites it). Both files are streamed, and the parameters are dropped once they are
+    /// bytes, so at most two copies of the model are in memory here, beside the state.
     #[allow(clippy::too_many_arguments)]
     pub fn save(
         store: &Store,
@@ -90,9 +91,8 @@ impl StoredModel {
         let state_hash = if strategy.rules().state_per_param() == 0 {
             None
         } else {
-            let file = strategy::state_to_safetensors(strategy.rules(), layout.dim(), &state)?;
-            store.save_strategy_state(job, version, &file)?;
-            Some(blake3::hash(&file).to_hex().to_string())
+            store.save_strategy_state(job, version, strategy.rules(), &state)?;
+            Some(strategy::state_hash(&state).to_hex().to_string())
         };
         let bytes = f32_bytes(&params);
         drop(params);
@@ -440,6 +440,8 @@ impl Job {
         let before_opened = self.opened_at;
         if round.round >= self.spec.rounds {
             self.record.finished = true;
+            // No step follows: the state is not kept (its files are swept at the next start).
+            self.record.state_hash = None;
         } else {
             if let Some((bytes, state)) = &new_model {
                 self.latest_model = Arc::clone(bytes);
@@ -458,9 +460,15 @@ impl Job {
         if let Some((bytes, state)) = new_model {
             self.latest_model = bytes;
             self.strategy_state = state;
-            // The state of the version before is no longer needed (a failure leaves a file).
+            // The states before are no longer needed (what this misses is swept at start).
             if self.strategy_state_kept() && self.record.model_version > 1 {
                 store.drop_strategy_state(&self.record.id, self.record.model_version - 1);
+            }
+        }
+        if self.record.finished {
+            self.strategy_state = Arc::new(Vec::new());
+            if self.strategy_state_kept() {
+                store.drop_strategy_state(&self.record.id, self.record.model_version);
             }
         }
         // Reported once it is durable (a failed commit leaves the round open, on the clock).

@@ -1091,7 +1091,9 @@ enum Advanced {
 
 /// The server strategy's state after a loaded job's latest model version: read from its file
 /// beside the model and checked against the hash its record holds, or the strategy's initial
-/// state before the first round closed; nothing for a strategy that keeps none.
+/// state before the first round closed; nothing for a strategy that keeps none, or for a
+/// finished job (no step follows). Every other state file of the job is deleted (a crash or a
+/// failed commit can leave one behind).
 fn load_strategy_state(
     store: &Store,
     spec: &JobSpec,
@@ -1099,34 +1101,39 @@ fn load_strategy_state(
 ) -> Result<Vec<f32>, CoordinatorError> {
     let rules = spec.strategy.rules();
     let dim = spec.layout().dim();
-    let missing = |what: &str| {
+    let version = record.model_version;
+    let keep = record.state_hash.as_ref().map(|_| version);
+    let problem = |what: &str| {
         CoordinatorError::Storage(format!(
-            "job {}: the {} state of model version {} {what}",
+            "job {}: the {} state of model version {version} {what}",
             record.id,
             rules.label(),
-            record.model_version
         ))
     };
-    match (
-        &record.state_hash,
-        rules.state_per_param(),
-        record.model_version,
-    ) {
-        (None, _, 0) | (None, 0, _) => Ok(rules.initial_state(dim)),
-        (None, _, _) => Err(missing("is not recorded")),
-        (Some(_), 0, _) => Err(missing("is recorded, but the strategy keeps none")),
-        (Some(hash), _, version) => {
+    let state = match (&record.state_hash, rules.state_per_param()) {
+        (Some(_), 0) => return Err(problem("is recorded, but the strategy keeps none")),
+        (None, _) if record.finished => Vec::new(),
+        (None, 0) => Vec::new(),
+        (None, _) if version == 0 => rules.initial_state(dim),
+        (None, _) => return Err(problem("is not recorded")),
+        (Some(hash), _) => {
             let file = store
                 .load_strategy_state(&record.id, version)
-                .map_err(|e| missing(&format!("cannot be read: {e}")))?;
-            if &hash_hex(&file) != hash {
-                return Err(missing("does not match its hash"));
+                .map_err(|e| problem(&format!("cannot be read: {e}")))?;
+            let state = conclave_aggregation::strategy::state_from_safetensors(rules, dim, &file)
+                .map_err(|e| problem(&format!("cannot be used: {e}")))?;
+            if &conclave_aggregation::strategy::state_hash(&state)
+                .to_hex()
+                .to_string()
+                != hash
+            {
+                return Err(problem("does not match its hash"));
             }
-            Ok(conclave_aggregation::strategy::state_from_safetensors(
-                rules, dim, &file,
-            )?)
+            state
         }
-    }
+    };
+    store.sweep_strategy_states(&record.id, keep);
+    Ok(state)
 }
 
 /// A round to close without the job's lock: a snapshot of what its close needs.

@@ -94,7 +94,8 @@ pub struct RoundRecord {
     /// after a restart.
     #[serde(default)]
     pub plan: String,
-    /// Secure aggregation: Σ n_i, known only once the sum is unmasked.
+    /// Σ n_i of a closed round (a secure round's is known only once its sum is unmasked;
+    /// rounds closed by older coordinators may have none in plain mode).
     #[serde(default)]
     pub total_samples: Option<u64>,
 }
@@ -121,8 +122,9 @@ pub struct JobRecord {
     pub model_version: u32,
     /// BLAKE3 (hex) of each model version's flat parameters, index = version.
     pub model_hashes: Vec<String>,
-    /// BLAKE3 (hex) of the file of the server strategy's state after `model_version`; none
-    /// while the strategy keeps no state or is at its initial state (no round closed yet).
+    /// BLAKE3 (hex) of the server strategy's state after `model_version` (its values as
+    /// little-endian f32s); none while the strategy keeps no state, is at its initial state
+    /// (no round closed yet), or is no longer needed (the job finished).
     #[serde(default)]
     pub state_hash: Option<String>,
     #[serde(default)]
@@ -322,23 +324,43 @@ impl Store {
     }
 
     /// Stores the server strategy's state after model `version` of `job` (a safetensors
-    /// file), durably, whole or not at all.
+    /// file, streamed from the state), durably, whole or not at all.
     pub fn save_strategy_state(
         &self,
         job: &str,
         version: u32,
-        file: &[u8],
+        strategy: &dyn conclave_aggregation::ServerStrategy,
+        state: &[f32],
     ) -> Result<(), CoordinatorError> {
         let path = self.state_path(job, version);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
+        let dim = state.len() / strategy.state_per_param().max(1);
         write_atomic(&path, |tmp| {
-            let mut f = File::create(tmp)?;
-            f.write_all(file)?;
-            f.sync_all()?;
+            conclave_aggregation::strategy::write_state_safetensors(strategy, dim, state, tmp)?;
+            fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;
             Ok(())
         })
+    }
+
+    /// Deletes every strategy state file of `job` but the one after model version `keep`
+    /// (all of them when `keep` is `None`): what a crash or a failed commit left behind. A
+    /// failure only leaves the files.
+    pub fn sweep_strategy_states(&self, job: &str, keep: Option<u32>) {
+        let keep = keep.map(|v| self.state_path(job, v));
+        let Ok(entries) = fs::read_dir(self.job_dir(job).join("models")) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let is_state = path.extension().and_then(|e| e.to_str()) == Some("state");
+            if is_state
+                && Some(&path) != keep.as_ref()
+                && let Err(e) = fs::remove_file(&path)
+            {
+                tracing::warn!(job, path = %path.display(), error = %e, "cannot delete a superseded strategy state");
+            }
+        }
     }
 
     /// Reads the server strategy's state file after model `version` of `job`.

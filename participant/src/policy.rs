@@ -202,6 +202,11 @@ pub fn differences(pinned: &JobSpec, now: &JobSpec) -> Vec<String> {
         format!("{:?}", q(pinned)),
         format!("{:?}", q(now)),
     );
+    field(
+        "strategy",
+        format!("{:?}", pinned.strategy),
+        format!("{:?}", now.strategy),
+    );
     if out.is_empty() && pinned != now {
         out.push("other job settings (model, data, training, rounds or admission)".into());
     }

@@ -199,15 +199,37 @@ async fn a_server_strategys_state_survives_a_restart() {
 
     // A state file that does not match its record stops the coordinator, naming the job.
     let state = models_dir.join("v2.state");
-    let mut bytes = std::fs::read(&state).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
+    let good = std::fs::read(&state).unwrap();
+    let mut bytes = good.clone();
+    // The low mantissa byte of the last value: still a finite number, another one.
+    let at = bytes.len() - 4;
+    bytes[at] ^= 1;
     std::fs::write(&state, &bytes).unwrap();
     let err = conclave_coordinator::State::open(dir.path(), conclave_tests::test_policy())
         .err()
         .expect("a changed state file is refused");
     assert!(err.to_string().contains(&job), "{err}");
     assert!(err.to_string().contains("does not match its hash"), "{err}");
+
+    // Put back, it starts; a state file a crash left behind is swept. When the job finishes,
+    // no state is kept.
+    std::fs::write(&state, &good).unwrap();
+    std::fs::write(models_dir.join("v1.state"), b"left by a crash").unwrap();
+    let third = TestCoordinator::start(dir.path()).await;
+    assert!(
+        !models_dir.join("v1.state").exists(),
+        "a stale state is swept at start"
+    );
+    let mut a = client(&third, Arc::clone(&alice)).await;
+    let mut b = client(&third, Arc::clone(&bob)).await;
+    a.upload(&job, 3, 10, &vec![0.5; dim]).await.unwrap();
+    b.upload(&job, 3, 10, &vec![0.5; dim]).await.unwrap();
+    let info = third.wait_for_model(&job, 3).await;
+    assert_eq!(info.state, v1::JobState::Finished as i32);
+    assert!(!state.exists(), "a finished job keeps no state");
+    third.stop().await;
+    // And it starts again without one.
+    TestCoordinator::start(dir.path()).await.stop().await;
 }
 
 /// A job record changed behind the coordinator's back (a participant or an accepted upload

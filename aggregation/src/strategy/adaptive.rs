@@ -24,7 +24,7 @@ pub enum SecondMoment {
 }
 
 /// An adaptive server optimizer with its settings (checked by the job file: `server_lr` in
-/// (0, 10], `beta1` and `beta2` in [0, 1), `tau` in (0, 1]).
+/// (0, 10], `beta1` and `beta2` in [0, 1), `tau` in [1e-9, 1]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Adaptive {
     pub second_moment: SecondMoment,

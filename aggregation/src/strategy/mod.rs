@@ -133,13 +133,32 @@ const STATE_TENSOR: &str = "server_state";
 /// The metadata key naming the strategy a state file belongs to.
 const STATE_STRATEGY: &str = "strategy";
 
-/// A strategy's state for a model of `dim` parameters as a safetensors file: one f32 tensor
-/// `server_state` of shape `[dim, state_per_param]`, the strategy's label in its metadata.
-pub fn state_to_safetensors(
+/// The state's values as little-endian bytes: the values themselves on a little-endian
+/// machine (no copy), a copy elsewhere.
+fn state_bytes(state: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(state))
+    } else {
+        std::borrow::Cow::Owned(state.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// The BLAKE3 hash of a state's values (little-endian f32s): what a job's record keeps of the
+/// state after its latest model, checked when the state is read back.
+pub fn state_hash(state: &[f32]) -> blake3::Hash {
+    blake3::hash(&state_bytes(state))
+}
+
+/// Writes a strategy's state for a model of `dim` parameters to `path` as a safetensors file:
+/// one f32 tensor `server_state` of shape `[dim, state_per_param]`, the strategy's label in
+/// its metadata. Streamed from the state (no copy of it on a little-endian machine). Not
+/// synced: the caller syncs the file.
+pub fn write_state_safetensors(
     strategy: &dyn ServerStrategy,
     dim: usize,
     state: &[f32],
-) -> Result<Vec<u8>, AggregationError> {
+    path: &std::path::Path,
+) -> Result<(), AggregationError> {
     let k = strategy.state_per_param();
     if state.len() != dim * k {
         return Err(AggregationError::DimensionMismatch {
@@ -147,18 +166,18 @@ pub fn state_to_safetensors(
             got: state.len(),
         });
     }
-    let bytes: Vec<u8> = state.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = state_bytes(state);
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![dim, k], &bytes)
         .map_err(|e| AggregationError::Safetensors(e.to_string()))?;
     let metadata = std::collections::HashMap::from([(
         STATE_STRATEGY.to_string(),
         strategy.label().to_string(),
     )]);
-    safetensors::serialize([(STATE_TENSOR, view)], Some(metadata))
+    safetensors::serialize_to_file([(STATE_TENSOR, view)], Some(metadata), path)
         .map_err(|e| AggregationError::Safetensors(e.to_string()))
 }
 
-/// Reads back a state file written by [`state_to_safetensors`] for this strategy and a model
+/// Reads back a state file written by [`write_state_safetensors`] for this strategy and a model
 /// of `dim` parameters, refusing another strategy's state, another shape, or a value that is
 /// not finite.
 pub fn state_from_safetensors(
@@ -302,20 +321,25 @@ mod tests {
     fn state_files_round_trip_and_refuse_another_strategy_or_shape() {
         let adam = adam();
         let yogi = adaptive(SecondMoment::Yogi);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.state");
+        let write = |state: &[f32], dim| {
+            write_state_safetensors(adam.rules(), dim, state, &path)
+                .map(|()| std::fs::read(&path).unwrap())
+        };
         let state: Vec<f32> = (0..8).map(|i| i as f32 * 0.5).collect();
-        let file = state_to_safetensors(adam.rules(), 4, &state).unwrap();
-        assert_eq!(
-            state_from_safetensors(adam.rules(), 4, &file).unwrap(),
-            state
-        );
+        let file = write(&state, 4).unwrap();
+        let read = state_from_safetensors(adam.rules(), 4, &file).unwrap();
+        assert_eq!(read, state);
+        assert_eq!(state_hash(&read), state_hash(&state));
         let err = state_from_safetensors(yogi.rules(), 4, &file).unwrap_err();
         assert!(err.to_string().contains("fedadam"), "{err}");
         assert!(state_from_safetensors(adam.rules(), 3, &file).is_err());
         assert!(state_from_safetensors(adam.rules(), 4, &file[..file.len() - 1]).is_err());
-        assert!(state_to_safetensors(adam.rules(), 3, &state).is_err());
+        assert!(write(&state, 3).is_err());
         let mut nan = state.clone();
         nan[5] = f32::NAN;
-        let file = state_to_safetensors(adam.rules(), 4, &nan).unwrap();
+        let file = write(&nan, 4).unwrap();
         let err = state_from_safetensors(adam.rules(), 4, &file).unwrap_err();
         assert!(err.to_string().contains("value 5"), "{err}");
     }
