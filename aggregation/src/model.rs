@@ -161,11 +161,7 @@ impl ModelLayout {
                     view.shape()
                 )));
             }
-            out.extend(
-                view.data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            out.extend(le_f32s(view.data()));
         }
         Ok(out)
     }
@@ -197,6 +193,13 @@ impl ModelLayout {
         }
         Ok(())
     }
+}
+
+/// The little-endian `f32`s of `bytes` (a trailing partial value is ignored).
+pub(crate) fn le_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 #[cfg(test)]

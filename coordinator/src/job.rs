@@ -91,7 +91,7 @@ impl StoredModel {
         let state_hash = if strategy.rules().state_per_param() == 0 {
             None
         } else {
-            store.save_strategy_state(job, version, strategy.rules(), &state)?;
+            store.save_strategy_state(job, version, strategy.rules(), layout.dim(), &state)?;
             Some(strategy::state_hash(&state).to_hex().to_string())
         };
         let bytes = f32_bytes(&params);

@@ -189,7 +189,8 @@ impl State {
                     record.id
                 )));
             }
-            let strategy_state = Arc::new(load_strategy_state(&store, &spec, &record)?);
+            let strategy_state =
+                Arc::new(load_strategy_state(&store, &spec, layout.dim(), &record)?);
             let coordinator = store.identity().participant_id().to_string();
             let mut job = Job::new(spec, record, latest_model, strategy_state, coordinator);
             let open = job.open_round().cloned();
@@ -1097,10 +1098,10 @@ enum Advanced {
 fn load_strategy_state(
     store: &Store,
     spec: &JobSpec,
+    dim: usize,
     record: &JobRecord,
 ) -> Result<Vec<f32>, CoordinatorError> {
     let rules = spec.strategy.rules();
-    let dim = spec.layout().dim();
     let version = record.model_version;
     let keep = record.state_hash.as_ref().map(|_| version);
     let problem = |what: &str| {

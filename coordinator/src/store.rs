@@ -323,20 +323,20 @@ impl Store {
             .join(format!("v{version}.state"))
     }
 
-    /// Stores the server strategy's state after model `version` of `job` (a safetensors
-    /// file, streamed from the state), durably, whole or not at all.
+    /// Stores the server strategy's state after model `version` (of `dim` parameters) of
+    /// `job` (a safetensors file, streamed from the state), durably, whole or not at all.
     pub fn save_strategy_state(
         &self,
         job: &str,
         version: u32,
         strategy: &dyn conclave_aggregation::ServerStrategy,
+        dim: usize,
         state: &[f32],
     ) -> Result<(), CoordinatorError> {
         let path = self.state_path(job, version);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let dim = state.len() / strategy.state_per_param().max(1);
         write_atomic(&path, |tmp| {
             conclave_aggregation::strategy::write_state_safetensors(strategy, dim, state, tmp)?;
             fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;

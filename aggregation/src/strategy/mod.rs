@@ -18,6 +18,7 @@ pub use adaptive::{Adaptive, SecondMoment};
 pub use fedavg::FedAvg;
 
 use crate::AggregationError;
+use crate::model::le_f32s;
 
 /// One server strategy's rules.
 pub trait ServerStrategy {
@@ -105,11 +106,7 @@ pub fn apply(
             Some(all) => &all[start..end],
             None => {
                 decoded.clear();
-                decoded.extend(
-                    base[start * 4..end * 4]
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
+                decoded.extend(le_f32s(&base[start * 4..end * 4]));
                 &decoded[..]
             }
         };
@@ -210,11 +207,7 @@ pub fn state_from_safetensors(
             view.shape()
         )));
     }
-    let state: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let state: Vec<f32> = le_f32s(view.data()).collect();
     if let Some(i) = state.iter().position(|v| !v.is_finite()) {
         return Err(bad(format!("value {i} is not finite")));
     }
