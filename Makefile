@@ -36,7 +36,7 @@ lint: $(TORCH_STAMP)
 	$(CARGO_ENV) $(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: $(TORCH_STAMP)
-	$(CARGO_ENV) $(CARGO) bench -p conclave-aggregation --bench fedavg --bench strategy
+	$(CARGO_ENV) $(CARGO) bench -p conclave-aggregation --bench fedavg --bench strategy --bench engine
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,9 @@
 //! The learning logic of Conclave, free of I/O: checked job definitions ([`JobSpec`]), model
 //! parameter layouts ([`ModelLayout`]) and the aggregation strategies that turn a round's
-//! updates into the next global model ([`fedavg`] for the mean, [`strategy`] for the server step). Everything works on flat `f32` vectors;
-//! only the participant crate knows libtorch.
+//! updates into the next global model ([`fedavg`] for the mean, [`strategy`] for the server step),
+//! and the round engine ([`engine`]): the rules of a job's ledger, written once for the
+//! coordinator and `ledger verify`. Everything works on flat `f32` vectors; only the participant
+//! crate knows libtorch.
 //!
 //! ```
 //! use conclave_aggregation::fedavg::{weighted_mean, WeightedUpdate};
@@ -16,6 +18,7 @@
 //! assert_eq!(mean, vec![1.5, 3.0]);
 //! ```
 
+pub mod engine;
 mod error;
 pub mod fedavg;
 pub mod job;

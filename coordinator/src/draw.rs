@@ -171,7 +171,7 @@ impl Job {
         } else {
             self.start_draw_attempt(now, &mut batch);
         }
-        if let Err(e) = store.commit(Some(&self.record), batch) {
+        if let Err(e) = self.commit(store, batch, true) {
             self.record = before;
             self.mode.rules_mut().forget_round();
             self.gathering = gathering;

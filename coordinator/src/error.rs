@@ -76,6 +76,10 @@ pub enum CoordinatorError {
     JobFinished(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The job's round engine refused an entry the coordinator was about to record: nothing
+    /// was recorded (a coordinator bug, or an input its own checks let through).
+    #[error("job {job}: not recorded, the round engine refuses it: {reason}")]
+    Rules { job: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("aggregation: {0}")]
@@ -145,6 +149,7 @@ impl CoordinatorError {
             DuplicateExport { .. } => "duplicate_export",
             JobFinished(_) => "job_finished",
             Storage(_) => "storage",
+            Rules { .. } => "rules",
             Tls(_) => "tls",
             Aggregation(_) => "aggregation",
             Protocol(_) => "secagg_protocol",
@@ -186,7 +191,7 @@ impl CoordinatorError {
             RoundNotOpen { .. } | NotInRound { .. } | JobFinished(_) => Code::FailedPrecondition,
             StreamIdle(_) | StreamTooSlow | ReaderStalled(_) => Code::DeadlineExceeded,
             JobFull { .. } => Code::FailedPrecondition,
-            Storage(_) | Aggregation(_) | Tls(_) => Code::Internal,
+            Storage(_) | Rules { .. } | Aggregation(_) | Tls(_) => Code::Internal,
             Protocol(p) => match p {
                 ProtocolError::NotMember(_)
                 | ProtocolError::UnknownParticipant(_)

@@ -2,17 +2,19 @@
 //! its privacy mode's state (a secure round in progress), the committee draw in progress, open
 //! work streams — and the round logic that moves it on: open a round (set up by its mode), step
 //! it (by its mode's rules, [`crate::mode`]), close it with the model its server strategy made
-//! of the round's aggregate ([`server_step`]) or with its failure. Request
+//! of the round's aggregate ([`server_step`]) or with its failure. Every batch of ledger entries
+//! is staged through the job's round engine before it is committed ([`Job::commit`]). Request
 //! handlers (`state`, `committee`, `draw`) and the round driver call these narrow methods.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use conclave_aggregation::engine::JobEngine;
 use conclave_aggregation::strategy;
 use conclave_aggregation::{AggregationError, JobSpec, ModelLayout, Strategy};
 use conclave_crypto::ParticipantId;
-use conclave_ledger::{Batch, Payload};
+use conclave_ledger::{Batch, Head, Payload};
 use conclave_proto::v1;
 use tokio::sync::{Notify, watch};
 
@@ -58,6 +60,9 @@ pub(crate) struct Job {
     /// ([`crate::work`]).
     pub index: Index,
     pub epoch: WorkEpoch,
+    /// The job's round rules and what they know of its ledger entries: every batch is staged
+    /// through it before it is committed ([`Job::commit`]).
+    pub engine: JobEngine,
 }
 
 /// How a round ends: its new model (stored without the job's lock, and only recorded under
@@ -164,6 +169,7 @@ impl Job {
         latest_model: Arc<Vec<u8>>,
         strategy_state: Arc<Vec<f32>>,
         coordinator: String,
+        engine: JobEngine,
     ) -> Self {
         let mode = Mode::of(&spec);
         Self {
@@ -185,7 +191,31 @@ impl Job {
             opened_at: None,
             index: Index::default(),
             epoch: WorkEpoch::default(),
+            engine,
         }
+    }
+
+    /// Commits `batch` (with the job's record when `with_record`: see
+    /// [`Store::commit`]) once the job's round engine has accepted every entry in it, in
+    /// order; the engine learns them once they are durable. An entry the engine refuses is
+    /// never signed, nothing is committed, and the refusal names the rule it breaks. The
+    /// participant signatures the entries carry were checked when their requests came in.
+    pub fn commit(
+        &mut self,
+        store: &Store,
+        batch: Batch<'_>,
+        with_record: bool,
+    ) -> Result<Head, CoordinatorError> {
+        let staged =
+            self.engine
+                .stage(batch.payloads(), true)
+                .map_err(|e| CoordinatorError::Rules {
+                    job: self.record.id.clone(),
+                    reason: e.0,
+                })?;
+        let head = store.commit(with_record.then_some(&self.record), batch)?;
+        self.engine.settle(staged);
+        Ok(head)
     }
 
     pub fn id(&self) -> &str {
@@ -364,7 +394,31 @@ impl Job {
     /// opens the next round or finishes the job, and makes it all durable. The round's update
     /// files are left for the caller to delete once the job's lock is released
     /// ([`crate::store::Store::drop_round_updates`]).
+    ///
+    /// A successful close the round engine refuses (the round's records disagree with its
+    /// rules: a bug) is recorded as a failed round instead, with the rule it broke, so the
+    /// job goes on; retrying it could only be refused again.
     pub fn close_round(
+        &mut self,
+        store: &Store,
+        round: &RoundRecord,
+        now: u64,
+        outcome: Outcome,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        if outcome.is_err() {
+            return self.close_round_once(store, round, now, outcome);
+        }
+        match self.close_round_once(store, round, now, outcome) {
+            Err(CoordinatorError::Rules { job, reason }) => {
+                tracing::error!(job = %job, round = round.round, reason, "the round engine refuses the round's close; it is recorded as failed");
+                let failure = format!("the round engine refuses its close: {reason}");
+                self.close_round_once(store, round, now, Err(failure))
+            }
+            other => other,
+        }
+    }
+
+    fn close_round_once(
         &mut self,
         store: &Store,
         round: &RoundRecord,
@@ -407,23 +461,27 @@ impl Job {
             Err(reason) => {
                 tracing::warn!(job = %record.id, round = round.round, reason, "round failed");
                 closed.status = RoundStatus::Failed;
-                entry.failure = reason.chars().take(1024).collect();
+                entry.failure = reason
+                    .chars()
+                    .take(conclave_aggregation::engine::MAX_FAILURE_CHARS)
+                    .collect();
             }
         }
-        let contributors: Vec<(String, u64)> = entry
-            .contributors
-            .iter()
-            .map(|c| (c.participant.clone(), c.num_samples))
-            .collect();
         let end = RoundEnd {
             closed: entry.success,
             uploads: round.uploads.len() as u64,
             participant_dropouts: round.expected.len().saturating_sub(round.uploads.len()) as u64,
             committee_dropouts: self.mode.rules().committee_dropouts(round, &completed),
         };
+        // What the round pays is the rules' to say (the engine's, which `ledger verify` runs).
+        let awards = self
+            .engine
+            .close_awards(&entry)
+            .map_err(|e| CoordinatorError::Rules {
+                job: record.id.clone(),
+                reason: e.0,
+            })?;
         batch.push(Payload::RoundClosed(entry));
-        let awards =
-            conclave_ledger::rewards::round_awards(&self.spec.rewards, &contributors, &completed);
         if !awards.is_empty() {
             batch.push(Payload::Reward(v1::Reward {
                 job_id: record.id.clone(),
@@ -449,7 +507,7 @@ impl Job {
             }
             self.open_next_round(now, &mut batch);
         }
-        if let Err(e) = store.commit(Some(&self.record), batch) {
+        if let Err(e) = self.commit(store, batch, true) {
             self.record = before;
             self.latest_model = before_model;
             self.strategy_state = before_state;
@@ -476,5 +534,147 @@ impl Job {
         tracing::info!(job = %self.record.id, round = round.round, model_version = self.record.model_version, status = ?self.record.rounds.iter().find(|r| r.round == round.round).map(|r| r.status), "round closed");
         self.bump();
         Ok(self.open_round().map(|r| r.deadline_unix_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use conclave_ledger::sim::PLAIN_JOB;
+    use prost::Message;
+
+    use super::*;
+    use crate::store::JobRecord;
+
+    /// A created plain job in a fresh store, with its creation in the ledger.
+    fn created(store: &Store) -> Job {
+        let spec = JobSpec::from_toml(PLAIN_JOB).unwrap();
+        let hash = blake3::hash(b"initial model");
+        let record = JobRecord {
+            id: "j-gate".into(),
+            spec: hex::encode(spec.to_proto().encode_to_vec()),
+            created_unix_ms: 1,
+            participants: Vec::new(),
+            model_version: 0,
+            model_hashes: vec![hash.to_hex().to_string()],
+            state_hash: None,
+            rounds: Vec::new(),
+            evaluations: BTreeMap::new(),
+            finished: false,
+            draw: Default::default(),
+            exports: Vec::new(),
+        };
+        let creation = v1::JobCreated {
+            job_id: record.id.clone(),
+            spec: Some(spec.to_proto()),
+            model_hash: hash.as_bytes().to_vec(),
+        };
+        let engine = JobEngine::create(&creation).unwrap();
+        let mut batch = store.batch(1);
+        batch.push(Payload::JobCreated(creation));
+        store.commit(Some(&record), batch).unwrap();
+        let coordinator = store.identity().participant_id().to_string();
+        Job::new(
+            spec,
+            record,
+            Arc::new(Vec::new()),
+            Arc::new(Vec::new()),
+            coordinator,
+            engine,
+        )
+    }
+
+    fn opening(job: &Job, round: u32) -> Payload {
+        Payload::RoundOpened(v1::RoundOpened {
+            job_id: job.id().into(),
+            round,
+            base_version: 0,
+            base_model_hash: job.model_hash(0),
+            deadline_unix_ms: 1,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_coordinator_commits_nothing_its_round_engine_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut job = created(&store);
+        // Round 2 before round 1, a close of a round never opened, a reward nobody earned:
+        // each refused with the rule it breaks, and not one entry signed or stored.
+        let forged = v1::RoundClosed {
+            job_id: job.id().into(),
+            round: 1,
+            success: true,
+            result_version: 1,
+            model_hash: vec![9; 32],
+            ..Default::default()
+        };
+        let reward = v1::Reward {
+            job_id: job.id().into(),
+            round: 1,
+            awards: vec![v1::Award {
+                participant: job.coordinator.clone(),
+                amount: 1_000_000,
+                reason: v1::AwardReason::Contribution.into(),
+            }],
+        };
+        for payloads in [
+            vec![opening(&job, 2)],
+            vec![Payload::RoundClosed(forged)],
+            vec![opening(&job, 1), Payload::Reward(reward)],
+        ] {
+            let mut batch = store.batch(2);
+            for p in payloads {
+                batch.push(p);
+            }
+            let err = job.commit(&store, batch, true).unwrap_err();
+            assert!(matches!(err, CoordinatorError::Rules { .. }), "{err}");
+            assert_eq!(store.ledger().head().len, 1, "{err}");
+        }
+        // A batch the rules accept is committed, and the engine learns it.
+        let mut batch = store.batch(3);
+        batch.push(opening(&job, 1));
+        job.commit(&store, batch, true).unwrap();
+        assert_eq!(store.ledger().head().len, 2);
+        assert_eq!(job.engine.summary().last_round, 1);
+        let report = conclave_ledger::verify::verify_ledger(store.ledger(), None).unwrap();
+        assert_eq!(report.problem, None);
+    }
+
+    #[test]
+    fn a_close_the_round_engine_refuses_is_recorded_as_failed_and_the_job_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut job = created(&store);
+        let mut batch = store.batch(2);
+        job.open_next_round(2, &mut batch);
+        job.commit(&store, batch, true).unwrap();
+        let round = job.open_round().cloned().unwrap();
+        // A "successful" close of a round nobody uploaded to: fewer contributors than
+        // min_participants, which the rules refuse.
+        let stored = StoredModel {
+            bytes: Arc::new(Vec::new()),
+            hash: blake3::hash(b"a model from nothing"),
+            state: Arc::new(Vec::new()),
+            state_hash: None,
+        };
+        let wake = job.close_round(&store, &round, 3, Ok((stored, 0))).unwrap();
+        assert!(wake.is_some(), "the next round is open");
+        assert_eq!(job.record.rounds[0].status, RoundStatus::Failed);
+        assert_eq!(job.record.model_version, 0);
+        assert_eq!(job.open_round().map(|r| r.round), Some(2));
+        let entries = store.ledger().read(0, 100).unwrap();
+        let failure = entries
+            .iter()
+            .find_map(|e| match e.payload() {
+                Payload::RoundClosed(c) => Some(c.failure.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(failure.contains("fewer than min_participants"), "{failure}");
+        let report = conclave_ledger::verify::verify_ledger(store.ledger(), None).unwrap();
+        assert_eq!(report.problem, None);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::JobSpec;
+use conclave_aggregation::engine::{JobEngine, JobSummary, UploadRefusal};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_ledger::Payload;
 use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest, signed_by};
@@ -67,6 +68,20 @@ impl UploadTicket {
         })
     }
 
+    /// Whether this upload may be recorded now: [`check_round_upload`], and its ledger entry as
+    /// the job's round engine judges it (before any file of it is moved into place, so a
+    /// refusal leaves nothing behind).
+    pub(crate) fn check(&self, job: &Job) -> Result<(), CoordinatorError> {
+        check_round_upload(job, self.round, &self.did)?;
+        job.engine
+            .check(&self.accepted_entry(), true)
+            .map(drop)
+            .map_err(|e| CoordinatorError::Rules {
+                job: self.job.clone(),
+                reason: e.0,
+            })
+    }
+
     /// Records this upload in the job's open round and in the ledger, in one commit that
     /// writes only the upload (see `persist`); if it fails, the record is as it was.
     pub(crate) fn record(&self, job: &mut Job, store: &Store) -> Result<(), CoordinatorError> {
@@ -85,10 +100,10 @@ impl UploadTicket {
             num_samples: self.num_samples,
             payload_hash: hex::encode(self.payload_hash),
         });
-        let job = Undo::new(job, |job| {
+        let mut job = Undo::new(job, |job| {
             open(job).pop();
         });
-        store.commit(Some(&job.record), batch)?;
+        job.commit(store, batch, true)?;
         job.done();
         Ok(())
     }
@@ -144,7 +159,7 @@ impl State {
     pub fn open(data_dir: &Path, policy: ServerPolicy) -> Result<Arc<Self>, CoordinatorError> {
         let store = Store::open(data_dir)?;
         // A coordinator never builds on a ledger that does not verify.
-        let (report, ledger_jobs) = conclave_ledger::verify::verify_ledger_jobs(
+        let (report, mut engines) = conclave_ledger::verify::verify_ledger_engines(
             store.ledger(),
             Some(&store.identity().participant_id()),
         )?;
@@ -157,6 +172,10 @@ impl State {
             )));
         }
         let records = store.load_jobs()?;
+        let ledger_jobs: BTreeMap<String, JobSummary> = engines
+            .iter()
+            .map(|(id, engine)| (id.clone(), engine.summary()))
+            .collect();
         let disagreements = crate::crosscheck::disagreements(&records, &ledger_jobs);
         if !disagreements.is_empty() {
             return Err(CoordinatorError::Storage(format!(
@@ -192,7 +211,16 @@ impl State {
             let strategy_state =
                 Arc::new(load_strategy_state(&store, &spec, layout.dim(), &record)?);
             let coordinator = store.identity().participant_id().to_string();
-            let mut job = Job::new(spec, record, latest_model, strategy_state, coordinator);
+            // Present: the records agree with the ledger's jobs.
+            let engine = engines.remove(&record.id).expect("crosschecked");
+            let mut job = Job::new(
+                spec,
+                record,
+                latest_model,
+                strategy_state,
+                coordinator,
+                engine,
+            );
             let open = job.open_round().cloned();
             if let Some(round) = open {
                 let summary = ledger_jobs
@@ -378,18 +406,31 @@ impl State {
             draw: Default::default(),
             exports: Vec::new(),
         };
-        let mut batch = self.store.batch(record.created_unix_ms);
-        batch.push(Payload::JobCreated(v1::JobCreated {
+        let created = v1::JobCreated {
             job_id: id.clone(),
             spec: Some(spec.to_proto()),
             model_hash: blake3::hash(&latest_model).as_bytes().to_vec(),
-        }));
+        };
+        // The job's rules start from its creation, as a replay of the ledger starts them.
+        let engine = JobEngine::create(&created).map_err(|e| CoordinatorError::Rules {
+            job: id.clone(),
+            reason: e.0,
+        })?;
+        let mut batch = self.store.batch(record.created_unix_ms);
+        batch.push(Payload::JobCreated(created));
         // The ledger orders the commit among everyone's; no job's lock is needed for it.
         self.store.commit(Some(&record), batch)?;
         let coordinator = self.store.identity().participant_id().to_string();
         self.learn_ids(|ids| ids.name(&spec.admission));
         let strategy_state = Arc::new(spec.strategy.rules().initial_state(layout.dim()));
-        let job = Job::new(spec, record, latest_model, strategy_state, coordinator);
+        let job = Job::new(
+            spec,
+            record,
+            latest_model,
+            strategy_state,
+            coordinator,
+            engine,
+        );
         self.directory()
             .insert(id.clone(), Arc::new(Mutex::new(job)));
         // The job now holds its place itself.
@@ -508,7 +549,7 @@ impl State {
             // Whether this join started the job (its first round or its draw): only then did
             // it set up round or draw state, which had none before.
             let started = batch.len() > admitted;
-            if let Err(e) = store.commit(Some(&job.record), batch) {
+            if let Err(e) = job.commit(store, batch, true) {
                 // The job as it was: a round or draw already in progress is left alone.
                 let (participants, rounds) = before;
                 job.record.participants.truncate(participants);
@@ -702,14 +743,14 @@ impl State {
                 accuracy: req.accuracy,
                 num_examples: req.num_examples,
             });
-            let job = Undo::new(job, move |job| {
+            let mut job = Undo::new(job, move |job| {
                 let reports = job.record.evaluations.entry(version).or_default();
                 reports.pop();
                 if reports.is_empty() {
                     job.record.evaluations.remove(&version);
                 }
             });
-            store.commit(Some(&job.record), store.batch(now_ms()))?;
+            job.commit(store, store.batch(now_ms()), true)?;
             job.bump();
             job.done();
             Ok(())
@@ -787,11 +828,11 @@ impl State {
                 signature: req.signature.clone(),
             }));
             job.record.exports.push(export);
-            let job = Undo::new(job, |job| {
+            let mut job = Undo::new(job, |job| {
                 job.record.exports.pop();
             });
             // The head the commit returned: another job's entries may follow at once.
-            let head = store.commit(Some(&job.record), batch)?;
+            let head = job.commit(store, batch, true)?;
             job.done();
             Ok(head.len - 1)
         })
@@ -1061,6 +1102,12 @@ impl<F: FnOnce(&mut Job)> std::ops::Deref for Undo<'_, F> {
     }
 }
 
+impl<F: FnOnce(&mut Job)> std::ops::DerefMut for Undo<'_, F> {
+    fn deref_mut(&mut self) -> &mut Job {
+        self.job
+    }
+}
+
 impl<F: FnOnce(&mut Job)> Drop for Undo<'_, F> {
     fn drop(&mut self) {
         if let Some(undo) = self.undo.take() {
@@ -1214,17 +1261,22 @@ pub(crate) fn check_round_upload(
             current: format!("{round}, closing with the updates it has"),
         });
     }
-    if !job.index.expects(round, did.as_str()) {
-        return Err(CoordinatorError::NotInRound {
-            did: did.to_string(),
-            round,
-        });
-    }
-    if job.index.uploaded(round, did.as_str()) {
-        return Err(CoordinatorError::DuplicateUpload {
-            did: did.to_string(),
-            round,
-        });
-    }
-    Ok(())
+    // Who may upload where is the round engine's rule, as the ledger's verifier runs it.
+    job.engine
+        .check_upload_claim(round, did.as_str())
+        .map_err(|e| match e {
+            UploadRefusal::NotOpen {
+                job,
+                round,
+                current,
+            } => CoordinatorError::RoundNotOpen {
+                job,
+                round,
+                current: current.map_or("none".to_string(), |r| r.to_string()),
+            },
+            UploadRefusal::NotInRound { did, round } => CoordinatorError::NotInRound { did, round },
+            UploadRefusal::Duplicate { did, round } => {
+                CoordinatorError::DuplicateUpload { did, round }
+            }
+        })
 }

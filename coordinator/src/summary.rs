@@ -210,12 +210,19 @@ optimizer = "sgd"
             draw: Default::default(),
             exports: Vec::new(),
         };
+        let engine = conclave_aggregation::engine::JobEngine::create(&v1::JobCreated {
+            job_id: record.id.clone(),
+            spec: Some(spec.to_proto()),
+            model_hash: vec![0; 32],
+        })
+        .unwrap();
         Job::new(
             spec,
             record,
             Arc::new(Vec::new()),
             Arc::new(Vec::new()),
             did(99_999),
+            engine,
         )
     }
 

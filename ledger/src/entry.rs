@@ -234,19 +234,7 @@ impl Entry {
 
     /// The job the entry is about.
     pub fn job_id(&self) -> &str {
-        match self.payload() {
-            Payload::JobCreated(p) => &p.job_id,
-            Payload::ParticipantAdmitted(p) => &p.job_id,
-            Payload::RoundOpened(p) => &p.job_id,
-            Payload::UpdateAccepted(p) => &p.job_id,
-            Payload::CommitteeAttestation(p) => &p.job_id,
-            Payload::RoundClosed(p) => &p.job_id,
-            Payload::Reward(p) => &p.job_id,
-            Payload::ModelExported(p) => &p.job_id,
-            Payload::CommitteeComplaint(p) => &p.job_id,
-            Payload::DrawPool(p) => &p.job_id,
-            Payload::DrawReveals(p) => &p.job_id,
-        }
+        conclave_aggregation::engine::payload_job(self.payload())
     }
 
     /// The round the entry is about, if any.

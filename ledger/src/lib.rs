@@ -5,11 +5,11 @@
 //!
 //! - [`entry`]: the entry, its canonical encoding, hash and signature.
 //! - [`db`]: storage; batches of entries and the owner's state commit in one transaction.
-//! - [`verify`]: recompute every hash and signature, replay the protocol (signed admissions and
-//!   contributions, committee draws, complaints, attestations, rewards), name the first bad
-//!   index.
+//! - [`verify`]: recompute every hash and signature, replay the protocol through the round
+//!   engine (`conclave_aggregation::engine`: signed admissions and contributions, committee
+//!   draws, complaints, attestations, rewards), name the first bad index.
 //! - [`signed`]: the digests participants sign for what the ledger keeps of them.
-//! - [`rewards`]: a round's split under the job's policy; balances from reward entries.
+//! - [`rewards`]: balances from reward entries (a round's split is the engine's rule).
 //! - [`replica`]: a participant's verified copy that detects rewritten history.
 //! - [`view`]: rows and JSON for `conclave ledger show` and `export`.
 //! - [`sim`]: a synthetic, protocol-valid ledger for tests and benchmarks.

@@ -3,9 +3,11 @@
 //! complaint, member attestations, closes and rewards, signed by a coordinator key. Tests
 //! tamper with it; `conclave bench ledger` measures appends and verification with it. The
 //! entries are what the coordinator writes, built the same way (the draw from the revealed
-//! entropy, the policy's awards), without training anything.
+//! entropy), without training anything; each one goes through the job's round engine before
+//! it is appended, and what a round pays is the engine's to say, as in the coordinator.
 
 use conclave_aggregation::JobSpec;
+use conclave_aggregation::engine::JobEngine;
 use conclave_aggregation::secagg::{ComplaintReason, Statement, complaint_hash};
 use conclave_crypto::committee::{DrawChain, draw_committee, draw_entropy, draw_seed, pool_hash};
 use conclave_crypto::{Identity, ParticipantId};
@@ -13,7 +15,6 @@ use conclave_proto::v1;
 
 use crate::db::Batch;
 use crate::entry::Payload;
-use crate::rewards::round_awards;
 use crate::signed::{admission_digest, contribution_digest, draw_reveal_digest, export_digest};
 
 /// The job file of the simulated plain job.
@@ -58,6 +59,9 @@ pub struct SimJob {
     previous_committee: Vec<ParticipantId>,
     /// The job's draw entropy, once drawn (secure jobs).
     entropy: Option<[u8; 32]>,
+    /// The job's rules: every entry the simulator makes goes through them, and what a round
+    /// pays is theirs to say.
+    engine: JobEngine,
 }
 
 fn fake_hash(tag: &str, a: u64, b: u64) -> [u8; 32] {
@@ -101,37 +105,55 @@ pub fn export(job_id: &str, version: u32, model_hash: &[u8], exporter: &Identity
     })
 }
 
+/// Appends `payload` to `batch` once the job's rules accept it (the simulator builds only what
+/// a coordinator may record: anything else is a bug here).
+fn push(engine: &mut JobEngine, batch: &mut Batch<'_>, payload: Payload) {
+    if let Err(e) = engine.step(&payload, true) {
+        panic!("the simulator broke the rules of job {}: {e}", engine.id());
+    }
+    batch.push(payload);
+}
+
 impl SimJob {
     /// Creates the job and admits `n` fresh participants.
     pub fn create(batch: &mut Batch<'_>, id: &str, job_file: &str, n: usize) -> Self {
         let spec = JobSpec::from_toml(job_file).expect("the simulated job files are valid");
         let model_hash = fake_hash(id, 0, 0);
-        batch.push(Payload::JobCreated(v1::JobCreated {
+        let created = v1::JobCreated {
             job_id: id.into(),
             spec: Some(spec.to_proto()),
             model_hash: model_hash.to_vec(),
-        }));
+        };
+        let engine = JobEngine::create(&created).expect("the simulated job is valid");
+        batch.push(Payload::JobCreated(created));
         let participants: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
         let secure = spec.secagg().is_some();
-        for p in &participants {
-            batch.push(admission(id, p, secure));
-        }
-        Self {
+        let mut job = Self {
             id: id.into(),
             spec,
-            participants,
+            participants: Vec::new(),
             round: 0,
             version: 0,
             model_hash,
             previous_committee: Vec::new(),
             entropy: None,
+            engine,
+        };
+        for p in &participants {
+            push(&mut job.engine, batch, admission(id, p, secure));
         }
+        job.participants = participants;
+        job
     }
 
     /// Admits one more participant (it trains from the next round on).
     pub fn admit(&mut self, batch: &mut Batch<'_>) {
         let p = Identity::generate();
-        batch.push(admission(&self.id, &p, self.spec.secagg().is_some()));
+        push(
+            &mut self.engine,
+            batch,
+            admission(&self.id, &p, self.spec.secagg().is_some()),
+        );
         self.participants.push(p);
     }
 
@@ -140,39 +162,47 @@ impl SimJob {
         let mut pool: Vec<&Identity> = self.participants.iter().collect();
         pool.sort_by_key(|p| p.participant_id());
         let ids: Vec<ParticipantId> = pool.iter().map(|p| p.participant_id()).collect();
-        batch.push(Payload::DrawPool(v1::DrawPool {
-            job_id: self.id.clone(),
-            attempt: 0,
-            participants: ids.iter().map(|d| d.to_string()).collect(),
-        }));
+        push(
+            &mut self.engine,
+            batch,
+            Payload::DrawPool(v1::DrawPool {
+                job_id: self.id.clone(),
+                attempt: 0,
+                participants: ids.iter().map(|d| d.to_string()).collect(),
+            }),
+        );
         let hash = pool_hash(&self.id, 0, &ids);
         let links: Vec<[u8; 32]> = pool
             .iter()
             .map(|p| DrawChain::for_job(p, &self.id).value(1))
             .collect();
-        batch.push(Payload::DrawReveals(v1::DrawReveals {
-            job_id: self.id.clone(),
-            attempt: 0,
-            reveals: pool
-                .iter()
-                .zip(&links)
-                .map(|(p, link)| v1::DrawValue {
-                    participant: p.participant_id().to_string(),
-                    value: link.to_vec(),
-                    signature: p
-                        .sign(&draw_reveal_digest(
-                            &self.id,
-                            0,
-                            &hash,
-                            &p.participant_id(),
-                            link,
-                        ))
-                        .to_vec(),
-                })
-                .collect(),
-            complete: true,
-            pool_hash: hash.to_vec(),
-        }));
+        push(
+            &mut self.engine,
+            batch,
+            Payload::DrawReveals(v1::DrawReveals {
+                job_id: self.id.clone(),
+                attempt: 0,
+                reveals: pool
+                    .iter()
+                    .zip(&links)
+                    .map(|(p, link)| v1::DrawValue {
+                        participant: p.participant_id().to_string(),
+                        value: link.to_vec(),
+                        signature: p
+                            .sign(&draw_reveal_digest(
+                                &self.id,
+                                0,
+                                &hash,
+                                &p.participant_id(),
+                                link,
+                            ))
+                            .to_vec(),
+                    })
+                    .collect(),
+                complete: true,
+                pool_hash: hash.to_vec(),
+            }),
+        );
         draw_entropy(&hash, &links)
     }
 
@@ -206,21 +236,25 @@ impl SimJob {
             _ => (Vec::new(), Vec::new()),
         };
         let secagg = self.spec.secagg().is_some();
-        batch.push(Payload::RoundOpened(v1::RoundOpened {
-            job_id: self.id.clone(),
-            round,
-            base_version: self.version,
-            base_model_hash: self.model_hash.to_vec(),
-            participants: dids.clone(),
-            committee: committee.iter().map(|m| m.to_string()).collect(),
-            draw_seed: seed,
-            deadline_unix_ms: 0,
-            plan_hash: if secagg {
-                fake_hash("plan", round as u64, 0).to_vec()
-            } else {
-                Vec::new()
-            },
-        }));
+        push(
+            &mut self.engine,
+            batch,
+            Payload::RoundOpened(v1::RoundOpened {
+                job_id: self.id.clone(),
+                round,
+                base_version: self.version,
+                base_model_hash: self.model_hash.to_vec(),
+                participants: dids.clone(),
+                committee: committee.iter().map(|m| m.to_string()).collect(),
+                draw_seed: seed,
+                deadline_unix_ms: 0,
+                plan_hash: if secagg {
+                    fake_hash("plan", round as u64, 0).to_vec()
+                } else {
+                    Vec::new()
+                },
+            }),
+        );
         let mut contributors = Vec::new();
         let mut uploads = Vec::new();
         for (i, (d, p)) in ids.iter().zip(&self.participants).enumerate() {
@@ -232,15 +266,19 @@ impl SimJob {
             };
             let payload_hash = fake_hash("payload", round as u64, i as u64).to_vec();
             let digest = contribution_digest(&self.id, round, d, samples, &payload_hash, &manifest);
-            batch.push(Payload::UpdateAccepted(v1::UpdateAccepted {
-                job_id: self.id.clone(),
-                round,
-                participant: d.to_string(),
-                num_samples: samples,
-                payload_hash,
-                manifest_hash: manifest.clone(),
-                signature: p.sign(&digest).to_vec(),
-            }));
+            push(
+                &mut self.engine,
+                batch,
+                Payload::UpdateAccepted(v1::UpdateAccepted {
+                    job_id: self.id.clone(),
+                    round,
+                    participant: d.to_string(),
+                    num_samples: samples,
+                    payload_hash,
+                    manifest_hash: manifest.clone(),
+                    signature: p.sign(&digest).to_vec(),
+                }),
+            );
             contributors.push((d.to_string(), samples));
             uploads.push((d.clone(), manifest));
         }
@@ -268,15 +306,19 @@ impl SimJob {
                 &manifest,
                 ComplaintReason::Unopenable,
             );
-            batch.push(Payload::CommitteeComplaint(v1::CommitteeComplaint {
-                job_id: self.id.clone(),
-                round,
-                member: complainer.to_string(),
-                participant: left_out.to_string(),
-                manifest_hash: manifest.to_vec(),
-                reason: v1::ComplaintReason::Unopenable.into(),
-                signature: member_of(complainer).sign(&digest).to_vec(),
-            }));
+            push(
+                &mut self.engine,
+                batch,
+                Payload::CommitteeComplaint(v1::CommitteeComplaint {
+                    job_id: self.id.clone(),
+                    round,
+                    member: complainer.to_string(),
+                    participant: left_out.to_string(),
+                    manifest_hash: manifest.to_vec(),
+                    reason: v1::ComplaintReason::Unopenable.into(),
+                    signature: member_of(complainer).sign(&digest).to_vec(),
+                }),
+            );
             let statement = Statement {
                 job_id: self.id.clone(),
                 round,
@@ -288,20 +330,24 @@ impl SimJob {
             };
             let hash = statement.hash();
             for m in &committee {
-                batch.push(Payload::CommitteeAttestation(v1::CommitteeAttestation {
-                    job_id: self.id.clone(),
-                    round,
-                    member: m.to_string(),
-                    statement_hash: hash.to_vec(),
-                    signature: member_of(m).sign(&hash).to_vec(),
-                }));
+                push(
+                    &mut self.engine,
+                    batch,
+                    Payload::CommitteeAttestation(v1::CommitteeAttestation {
+                        job_id: self.id.clone(),
+                        round,
+                        member: m.to_string(),
+                        statement_hash: hash.to_vec(),
+                        signature: member_of(m).sign(&hash).to_vec(),
+                    }),
+                );
             }
             completed = committee.iter().map(|m| m.to_string()).collect();
             statement_wire = Some(statement.to_wire());
         }
         self.version += 1;
         self.model_hash = fake_hash(&self.id, self.version as u64, 1);
-        batch.push(Payload::RoundClosed(v1::RoundClosed {
+        let closed = v1::RoundClosed {
             job_id: self.id.clone(),
             round,
             success: true,
@@ -316,17 +362,25 @@ impl SimJob {
                 })
                 .collect(),
             statement: statement_wire,
-            committee_completed: completed.clone(),
+            committee_completed: completed,
             base_metrics: None,
             failure: String::new(),
-        }));
-        let awards = round_awards(&self.spec.rewards, &contributors, &completed);
+        };
+        let awards = self
+            .engine
+            .close_awards(&closed)
+            .expect("the simulated close follows the rules");
+        push(&mut self.engine, batch, Payload::RoundClosed(closed));
         if !awards.is_empty() {
-            batch.push(Payload::Reward(v1::Reward {
-                job_id: self.id.clone(),
-                round,
-                awards,
-            }));
+            push(
+                &mut self.engine,
+                batch,
+                Payload::Reward(v1::Reward {
+                    job_id: self.id.clone(),
+                    round,
+                    awards,
+                }),
+            );
         }
         self.previous_committee = committee;
         batch.len() - before

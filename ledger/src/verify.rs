@@ -1,5 +1,5 @@
 //! Verification: recompute every hash, link and signature of a ledger, then replay what the
-//! entries say through the protocol's rules (the `replay` module): signed admissions and
+//! entries say through the round engine's rules (the `replay` module): signed admissions and
 //! contributions, the committee draw recomputed from the participants' revealed entropy,
 //! complaints before statements, statements with `t` committee signatures over exactly the
 //! uploads nobody complained about, the policy's rewards, signed exports. The result names the
@@ -15,9 +15,10 @@ use rayon::prelude::*;
 
 use crate::db::{Ledger, RawRow, decode_row};
 use crate::entry::{Entry, GENESIS, Hash};
-pub use crate::replay::{DrawSummary, JobSummary, OpenRound};
 use crate::replay::{Replay, participant_signatures};
 use crate::{EntryError, LedgerError};
+use conclave_aggregation::engine::JobEngine;
+pub use conclave_aggregation::engine::{DrawSummary, JobSummary, OpenRound};
 
 /// The first entry found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +63,16 @@ pub fn verify_ledger_jobs(
     Ok((v.report(), v.jobs()))
 }
 
+/// As [`verify_ledger`], with every job's round engine as the replay left it (meaningful when
+/// the report has no problem): what a coordinator resumes its jobs' rules from.
+pub fn verify_ledger_engines(
+    ledger: &Ledger,
+    signer: Option<&ParticipantId>,
+) -> Result<(Report, BTreeMap<String, JobEngine>), LedgerError> {
+    let v = verify_all(ledger, signer)?;
+    Ok((v.report(), v.replay.into_engines()))
+}
+
 fn verify_all(ledger: &Ledger, signer: Option<&ParticipantId>) -> Result<Verifier, LedgerError> {
     let mut v = Verifier::new(signer.cloned());
     let mut from = 0;
@@ -73,6 +84,7 @@ fn verify_all(ledger: &Ledger, signer: Option<&ParticipantId>) -> Result<Verifie
             break;
         }
     }
+    v.finish();
     Ok(v)
 }
 
@@ -191,6 +203,24 @@ impl Verifier {
         }
         self.problem = problems.into_iter().min_by_key(|p| p.index);
         self.problem.is_some()
+    }
+
+    /// Says the ledger is whole: a round's close and its reward are committed together, so a
+    /// ledger that ends owing a reward lost its last entries (a resumed job could never
+    /// record anything again).
+    pub fn finish(&mut self) {
+        if self.problem.is_some() {
+            return;
+        }
+        if let Some((job, round)) = self.replay.reward_owed() {
+            self.problem = Some(Problem {
+                index: self.next_index,
+                reason: format!(
+                    "entry {} is missing: the ledger ends before the reward of job {job} round {round}",
+                    self.next_index
+                ),
+            });
+        }
     }
 
     /// Every job as replayed so far.

@@ -428,3 +428,27 @@ fn a_draw_pool_the_coordinator_picked_is_caught() {
     }
     assert_eq!(first_bad(&path), Some(start));
 }
+
+/// A round's close and its reward are committed together: a ledger that ends owing the
+/// reward lost its last entry, and verification names the index that is missing (a
+/// coordinator resuming from it could record nothing more for the job).
+#[test]
+fn a_ledger_that_ends_owing_a_reward_is_named_at_the_missing_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owing.db");
+    let coordinator = Identity::generate();
+    let ledger = Ledger::open(&path).unwrap();
+    let mut b = ledger.batch(&coordinator, 1);
+    let mut plain = SimJob::create(&mut b, "j-p", PLAIN_JOB, 3);
+    plain.round(&mut b);
+    let mut entries: Vec<Payload> = b.payloads().to_vec();
+    drop(b);
+    assert!(matches!(entries.pop(), Some(Payload::Reward(_))));
+    let mut b = ledger.batch(&coordinator, 1);
+    for p in entries {
+        b.push(p);
+    }
+    let head = ledger.commit(b, &[]).unwrap();
+    drop(ledger);
+    assert_eq!(first_bad(&path), Some(head.len));
+}

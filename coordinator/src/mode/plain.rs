@@ -13,7 +13,7 @@ use conclave_proto::v1::{self, work_item::Item};
 
 use super::{Aggregate, Closing, Opening, RoundMode, Step, Stepping, UploadKind};
 use crate::job::each_finite_f32;
-use crate::state::{UploadTicket, check_round_upload};
+use crate::state::UploadTicket;
 use crate::store::{RoundRecord, Store, UploadPart, UploadRecord};
 use crate::telemetry;
 use crate::work::WorkCursor;
@@ -185,7 +185,7 @@ impl State {
             payload,
         )?;
         let result = self.with_job(&ticket.job, |job, store| {
-            check_round_upload(job, ticket.round, &ticket.did)?;
+            ticket.check(job)?;
             store.commit_update(
                 &staged,
                 &ticket.job,

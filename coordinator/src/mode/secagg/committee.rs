@@ -80,7 +80,7 @@ impl State {
                     }));
                 }
                 job.nonces.consume(&signer, now_ms())?;
-                store.commit(None, batch)?;
+                job.commit(store, batch, false)?;
             } else {
                 job.nonces.consume(&signer, now_ms())?;
             }
@@ -135,7 +135,7 @@ impl State {
                 signature: req.signature.clone(),
             }));
             job.nonces.consume(&signer, now_ms())?;
-            store.commit(None, batch)?;
+            job.commit(store, batch, false)?;
             let sa = job.secagg_round(req.round)?;
             sa.attested.insert(did.to_string());
             sa.aggregator.add_approval(approval)?;

@@ -18,7 +18,7 @@ use conclave_ledger::verify::OpenRound;
 use conclave_proto::v1;
 use prost::Message;
 
-use crate::state::{UploadTicket, check_round_upload};
+use crate::state::UploadTicket;
 use crate::store::{ParticipantRecord, RoundRecord, Store, UploadPart};
 use crate::{CoordinatorError, State};
 
@@ -262,7 +262,7 @@ impl State {
             }
         };
         let result = self.with_job(&ticket.job, |job, store| {
-            check_round_upload(job, ticket.round, &ticket.did)?;
+            ticket.check(job)?;
             let sa = job.secagg_round(ticket.round)?;
             if sa.phase != Phase::Collecting {
                 return Err(CoordinatorError::RoundNotOpen {
