@@ -1,5 +1,6 @@
 //! The coordinator's error type and its one mapping to gRPC status codes.
 
+use conclave_aggregation::engine::{Refusal, UploadRefusal};
 use conclave_aggregation::secagg::ProtocolError;
 use conclave_aggregation::{AggregationError, JobError};
 use tonic::{Code, Status};
@@ -220,6 +221,35 @@ impl CoordinatorError {
 impl From<CoordinatorError> for Status {
     fn from(e: CoordinatorError) -> Self {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+impl CoordinatorError {
+    /// The round engine's refusal of an entry of `job`.
+    pub(crate) fn rules(job: &str, refusal: Refusal) -> Self {
+        Self::Rules {
+            job: job.to_string(),
+            reason: refusal.0,
+        }
+    }
+}
+
+/// An upload the round engine refuses whatever it holds, with the status a client acts on.
+impl From<UploadRefusal> for CoordinatorError {
+    fn from(e: UploadRefusal) -> Self {
+        match e {
+            UploadRefusal::NotOpen {
+                job,
+                round,
+                current,
+            } => Self::RoundNotOpen {
+                job,
+                round,
+                current: current.map_or("none".to_string(), |r| r.to_string()),
+            },
+            UploadRefusal::NotInRound { did, round } => Self::NotInRound { did, round },
+            UploadRefusal::Duplicate { did, round } => Self::DuplicateUpload { did, round },
+        }
     }
 }
 

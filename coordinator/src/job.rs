@@ -206,13 +206,10 @@ impl Job {
         batch: Batch<'_>,
         with_record: bool,
     ) -> Result<Head, CoordinatorError> {
-        let staged =
-            self.engine
-                .stage(batch.payloads(), true)
-                .map_err(|e| CoordinatorError::Rules {
-                    job: self.record.id.clone(),
-                    reason: e.0,
-                })?;
+        let staged = self
+            .engine
+            .stage(batch.payloads(), true)
+            .map_err(|e| CoordinatorError::rules(&self.record.id, e))?;
         let head = store.commit(with_record.then_some(&self.record), batch)?;
         self.engine.settle(staged);
         Ok(head)
@@ -477,10 +474,7 @@ impl Job {
         let awards = self
             .engine
             .close_awards(&entry)
-            .map_err(|e| CoordinatorError::Rules {
-                job: record.id.clone(),
-                reason: e.0,
-            })?;
+            .map_err(|e| CoordinatorError::rules(&record.id, e))?;
         batch.push(Payload::RoundClosed(entry));
         if !awards.is_empty() {
             batch.push(Payload::Reward(v1::Reward {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_aggregation::JobSpec;
-use conclave_aggregation::engine::{JobEngine, JobSummary, UploadRefusal};
+use conclave_aggregation::engine::{JobEngine, JobSummary};
 use conclave_crypto::{ParticipantId, PublicIdentity};
 use conclave_ledger::Payload;
 use conclave_ledger::signed::{admission_digest, contribution_digest, export_digest, signed_by};
@@ -76,10 +76,7 @@ impl UploadTicket {
         job.engine
             .check(&self.accepted_entry(), true)
             .map(drop)
-            .map_err(|e| CoordinatorError::Rules {
-                job: self.job.clone(),
-                reason: e.0,
-            })
+            .map_err(|e| CoordinatorError::rules(&self.job, e))
     }
 
     /// Records this upload in the job's open round and in the ledger, in one commit that
@@ -412,10 +409,7 @@ impl State {
             model_hash: blake3::hash(&latest_model).as_bytes().to_vec(),
         };
         // The job's rules start from its creation, as a replay of the ledger starts them.
-        let engine = JobEngine::create(&created).map_err(|e| CoordinatorError::Rules {
-            job: id.clone(),
-            reason: e.0,
-        })?;
+        let engine = JobEngine::create(&created).map_err(|e| CoordinatorError::rules(&id, e))?;
         let mut batch = self.store.batch(record.created_unix_ms);
         batch.push(Payload::JobCreated(created));
         // The ledger orders the commit among everyone's; no job's lock is needed for it.
@@ -1262,21 +1256,5 @@ pub(crate) fn check_round_upload(
         });
     }
     // Who may upload where is the round engine's rule, as the ledger's verifier runs it.
-    job.engine
-        .check_upload_claim(round, did.as_str())
-        .map_err(|e| match e {
-            UploadRefusal::NotOpen {
-                job,
-                round,
-                current,
-            } => CoordinatorError::RoundNotOpen {
-                job,
-                round,
-                current: current.map_or("none".to_string(), |r| r.to_string()),
-            },
-            UploadRefusal::NotInRound { did, round } => CoordinatorError::NotInRound { did, round },
-            UploadRefusal::Duplicate { did, round } => {
-                CoordinatorError::DuplicateUpload { did, round }
-            }
-        })
+    Ok(job.engine.check_upload_claim(round, did.as_str())?)
 }
